@@ -1,0 +1,370 @@
+"""Classification losses for long-tailed instance segmentation (pure torch).
+
+Conventions follow detectron2: ``N`` proposals, ``K`` foreground classes, ``gt_classes`` is a
+LongTensor ``[N]`` with values in ``[0, K]`` where ``K`` means background.  Softmax-family losses
+take ``[N, K+1]`` logits (last column = background), sigmoid-family losses take ``[N, K]`` logits
+(no background column).  Every loss accepts per-proposal ``weights`` ``[N]`` and reduces as
+``sum_i w_i * l_i / N`` (N = number of proposals, not the weight sum, so a meta reweigher's
+weights keep their absolute scale); ``weights=None`` is the plain mean.
+
+Equation numbers refer to the BALMS supplementary material (Ren et al., NeurIPS 2020).
+"""
+import math
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "LOSS_NAMES",
+    "SIGMOID_LOSSES",
+    "softmax_loss",
+    "sigmoid_loss",
+    "balanced_softmax_loss",
+    "balanced_sigmoid_loss",
+    "eql_loss",
+    "federated_classes",
+    "federated_loss",
+    "validate_counts",
+    "softmax_log_prior",
+    "sigmoid_log_prior_odds",
+    "image_frequency",
+    "sigmoid_bias_init",
+    "cls_loss",
+]
+
+LOSS_NAMES = ("softmax", "sigmoid", "balanced_softmax", "balanced_sigmoid", "eql", "federated")
+SIGMOID_LOSSES = frozenset({"sigmoid", "balanced_sigmoid", "eql", "federated"})
+
+# Statistic each loss needs from ``cls_loss``'s ``stats`` mapping (all are [K] tensors).
+_REQUIRED_STAT = {
+    "balanced_softmax": "log_prior",
+    "balanced_sigmoid": "log_prior_odds",
+    "eql": "class_freq",
+    "federated": "fed_weight",
+}
+_STAT_KEYS = ("log_prior", "log_prior_odds", "class_freq", "fed_weight")
+
+CountsLike = Union[Tensor, Sequence[float]]
+
+
+# --------------------------------------------------------------------------- reduction helpers
+def _reduce(per_proposal: Tensor, weights: Optional[Tensor]) -> Tensor:
+    """sum_i w_i * l_i / N (plain mean when ``weights`` is None)."""
+    if weights is None:
+        return per_proposal.mean()
+    if weights.shape != per_proposal.shape:
+        raise ValueError(
+            f"weights must have shape [N] = {list(per_proposal.shape)}, got {list(weights.shape)}"
+        )
+    return (per_proposal * weights).sum() / per_proposal.shape[0]
+
+
+def _empty(logits: Tensor) -> Tensor:
+    # The mean over zero proposals would be NaN; a zero that depends on logits keeps the graph.
+    return logits.sum() * 0.0
+
+
+def _one_hot_fg(gt_classes: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """[N, K] targets: one-hot for foreground proposals, all-zero rows for background (= K)."""
+    classes = torch.arange(num_classes, device=gt_classes.device)
+    return (gt_classes[:, None] == classes[None, :]).to(dtype)
+
+
+def _bce_per_proposal(logits: Tensor, gt_classes: Tensor) -> Tensor:
+    """[N] sum over the K columns of BCE-with-logits (stable for any logit magnitude)."""
+    targets = _one_hot_fg(gt_classes, logits.shape[1], logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
+
+
+# --------------------------------------------------------------------------- losses
+def softmax_loss(logits: Tensor, gt_classes: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """(K+1)-way softmax cross entropy, as in detectron2's FastRCNNOutputLayers.
+
+    With ``weights=None`` this is exactly ``F.cross_entropy(logits, gt_classes)``.
+    """
+    if logits.shape[0] == 0:
+        return _empty(logits)
+    if weights is None:
+        return F.cross_entropy(logits, gt_classes, reduction="mean")
+    return _reduce(F.cross_entropy(logits, gt_classes, reduction="none"), weights)
+
+
+def sigmoid_loss(logits: Tensor, gt_classes: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """K binary logistic regressions (A.2 Eq. 13): BCE summed over classes, mean over proposals.
+
+    Background proposals have all-zero targets, so they only push every class down.
+    """
+    if logits.shape[0] == 0:
+        return _empty(logits)
+    return _reduce(_bce_per_proposal(logits, gt_classes), weights)
+
+
+def balanced_softmax_loss(
+    logits: Tensor, gt_classes: Tensor, log_prior: Tensor, weights: Optional[Tensor] = None
+) -> Tensor:
+    """Balanced Softmax (A.1 Eq. 10): softmax CE on ``eta_j + log n_j`` for foreground proposals.
+
+    ``log_prior`` is ``[K]`` = ``log(n_j / mean_k n_k)`` (see ``softmax_log_prior``): it is
+    normalised relative to a uniform class distribution, so the background logit's relation to the
+    foreground classes is unchanged on average and uniform counts give exactly the plain softmax.
+
+    The background logit is untouched (shift 0) and background proposals use the plain softmax CE:
+    Balanced Softmax corrects the label-distribution shift among foreground classes (long-tailed
+    train vs balanced test), not the fg/bg ratio, and the A.2 remark says background proposals
+    must keep the standard loss (suppressing background gradients causes false positives).
+    """
+    if logits.shape[0] == 0:
+        return _empty(logits)
+    num_classes = logits.shape[1] - 1
+    log_prior = log_prior.to(logits)
+    # Shift row over the K+1 columns, 0 for the background column.
+    shift_row = torch.cat([log_prior, log_prior.new_zeros(1)])
+    fg_mask = (gt_classes < num_classes).to(logits.dtype)
+    # One fused kernel: logits + fg_mask[:, None] * shift_row (no loops, no index copies).
+    adjusted = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :])
+    return softmax_loss(adjusted, gt_classes, weights)
+
+
+def balanced_sigmoid_loss(
+    logits: Tensor, gt_classes: Tensor, log_prior_odds: Tensor, weights: Optional[Tensor] = None
+) -> Tensor:
+    """Balanced sigmoid (A.2 Eq. 23 with its Remark).
+
+    On foreground proposals every one of the K logits is shifted by
+    ``log_prior_odds[j] = -log((1 - p_j) / p_j) = log(n_j / (n - n_j))`` (the constant
+    ``(n/k) / (n - n/k)`` of Eq. 23 is dropped, as the Remark prescribes); background proposals
+    use the raw logits with all-zero targets.  BCE summed over classes, mean over proposals.
+    """
+    if logits.shape[0] == 0:
+        return _empty(logits)
+    num_classes = logits.shape[1]
+    fg_mask = (gt_classes < num_classes).to(logits.dtype)
+    adjusted = torch.addcmul(logits, fg_mask[:, None], log_prior_odds.to(logits)[None, :])
+    return sigmoid_loss(adjusted, gt_classes, weights)
+
+
+def eql_loss(
+    logits: Tensor,
+    gt_classes: Tensor,
+    class_freq: Tensor,
+    lambda_: float = 1.76e-3,
+    weights: Optional[Tensor] = None,
+) -> Tensor:
+    """Equalization Loss (Tan et al., CVPR 2020), sigmoid form.
+
+    Per-element weight ``w_ij = 1 - E(r_i) T(f_j) (1 - y_ij)`` with ``E = 1`` for foreground
+    proposals (0 for background) and ``T(f) = 1[f < lambda_]`` on the image frequency ``f_j``:
+    foreground proposals ignore the negative terms of rare classes (so rare classes are not
+    discouraged by other classes' objects), background proposals keep all negatives.
+    """
+    if logits.shape[0] == 0:
+        return _empty(logits)
+    num_classes = logits.shape[1]
+    targets = _one_hot_fg(gt_classes, num_classes, logits.dtype)
+    fg_mask = (gt_classes < num_classes).to(logits.dtype)
+    rare = (class_freq.to(logits.device) < lambda_).to(logits.dtype)
+    weight = 1.0 - fg_mask[:, None] * rare[None, :] * (1.0 - targets)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="none")
+    return _reduce(bce.sum(dim=1), weights)
+
+
+def federated_classes(
+    gt_classes: Tensor,
+    class_weight: Tensor,
+    num_classes: int,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Classes used by the federated loss (Zhou et al. 2021): sorted LongTensor of class ids.
+
+    The foreground classes present in ``gt_classes`` plus classes drawn without replacement with
+    probability proportional to ``class_weight`` (``image_count ** 0.5``) until ``num_classes``
+    classes in total; if the present classes already reach ``num_classes`` only they are used.
+    Unlike detectron2's ``get_fed_loss_classes`` the background id never takes up a slot.
+    """
+    num_total = class_weight.numel()
+    present = torch.unique(gt_classes[gt_classes < num_total])
+    num_missing = min(num_classes, num_total) - present.numel()
+    if num_missing <= 0:
+        return present
+    prob = class_weight.to(device=gt_classes.device, dtype=torch.float).clone()
+    prob[present] = 0.0
+    # Never ask for more classes than have non-zero probability (multinomial would raise).
+    num_missing = min(num_missing, int((prob > 0).sum()))
+    if num_missing == 0:
+        return present
+    sampled = torch.multinomial(prob, num_missing, replacement=False, generator=generator)
+    return torch.sort(torch.cat([present, sampled])).values
+
+
+def federated_loss(
+    logits: Tensor,
+    gt_classes: Tensor,
+    class_weight: Tensor,
+    num_classes: int = 50,
+    generator: Optional[torch.Generator] = None,
+    weights: Optional[Tensor] = None,
+) -> Tensor:
+    """Federated loss: sigmoid BCE summed over ``federated_classes(...)`` only, mean over proposals."""
+    if logits.shape[0] == 0:
+        return _empty(logits)
+    classes = federated_classes(gt_classes, class_weight, num_classes, generator)
+    # Only the selected columns enter the loss, so compute BCE on them alone ([N, C], C << K).
+    targets = (gt_classes[:, None] == classes[None, :]).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits[:, classes], targets, reduction="none")
+    return _reduce(bce.sum(dim=1), weights)
+
+
+# --------------------------------------------------------------------------- statistics
+def _check_counts(counts: CountsLike, num_classes: int, name: str) -> Tensor:
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    if counts.dim() != 1 or counts.numel() != num_classes:
+        raise ValueError(
+            f"{name} must be a 1-D tensor of length num_classes={num_classes}, got shape "
+            f"{list(counts.shape)} ({counts.numel()} entries); check MODEL.ROI_HEADS.NUM_CLASSES "
+            f"vs the dataset's number of categories"
+        )
+    if not torch.isfinite(counts).all():
+        raise ValueError(f"{name} contain non-finite values (NaN or inf)")
+    if (counts < 0).any():
+        bad = torch.nonzero(counts < 0).flatten()[:10].tolist()
+        raise ValueError(f"{name} must be non-negative; negative at class indices {bad}")
+    return counts
+
+
+def _check_num_images(counts: Tensor, num_images: float, name: str) -> None:
+    if not num_images > 0:
+        raise ValueError(f"num_images must be > 0, got {num_images}")
+    largest = counts.max().item() if counts.numel() else 0.0
+    if num_images < largest:
+        raise ValueError(
+            f"num_images ({num_images}) is smaller than the largest of the {name} ({largest}); "
+            f"counts must be image counts (training images containing each class), not "
+            f"instance counts, and num_images the number of training images"
+        )
+
+
+def validate_counts(
+    counts: CountsLike, num_classes: int, name: str = "class counts", floor: Optional[float] = None
+) -> Tensor:
+    """Check per-class counts and return them as a float64 ``[K]`` tensor.
+
+    Raises ValueError on a wrong length, non-finite or negative values, and on zero counts unless
+    ``floor`` (> 0) is given, in which case every count is clamped to at least ``floor``.
+    """
+    counts = _check_counts(counts, num_classes, name)
+    if floor is not None:
+        if not floor > 0:
+            raise ValueError(f"floor must be > 0 (a floor count for empty classes), got {floor}")
+        return counts.clamp(min=floor)
+    zero = torch.nonzero(counts == 0).flatten()
+    if zero.numel():
+        shown = zero[:10].tolist()
+        more = f" (and {zero.numel() - 10} more)" if zero.numel() > 10 else ""
+        raise ValueError(
+            f"{name}: {zero.numel()} classes have zero count, e.g. class indices {shown}{more}; "
+            f"their log prior would be -inf. Set LTDET.CLASS_STATS.FLOOR (e.g. 1.0) to give them "
+            f"a floor count"
+        )
+    return counts
+
+
+def softmax_log_prior(counts: CountsLike, floor: Optional[float] = None) -> Tensor:
+    """``log(n_j / mean_k n_k)``: Balanced Softmax prior (Eq. 10) relative to a uniform prior."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    counts = validate_counts(counts, counts.numel(), floor=floor)
+    return torch.log(counts / counts.mean())
+
+
+def sigmoid_log_prior_odds(
+    counts: CountsLike, num_images: float, floor: Optional[float] = None
+) -> Tensor:
+    """``log(p_j / (1 - p_j))`` with ``p_j = n_j / num_images`` (Eq. 23 shift, constant dropped).
+
+    As in the original BALMS code, ``counts`` are image counts and ``num_images`` the number of
+    training images.  A class present in every image (``p_j = 1``) would give +inf there; ``p_j``
+    is capped at ``num_images / (num_images + 1)`` so its log-odds is ``log(num_images)``.
+    """
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    counts = validate_counts(counts, counts.numel(), name="class image counts", floor=floor)
+    _check_num_images(counts, num_images, "class image counts")
+    p = (counts / num_images).clamp(max=num_images / (num_images + 1.0))
+    return torch.log(p) - torch.log1p(-p)
+
+
+def image_frequency(counts: CountsLike, num_images: float) -> Tensor:
+    """``f_j = n_j / num_images``: fraction of training images containing class j (for EQL).
+
+    Zero counts are allowed here: such a class simply has frequency 0 (rare).
+    """
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    counts = _check_counts(counts, counts.numel(), "class image counts")
+    _check_num_images(counts, num_images, "class image counts")
+    return counts / num_images
+
+
+def sigmoid_bias_init(prior_prob: float = 0.001) -> float:
+    """``-log((1 - p) / p)``: sigmoid classifier bias so every class starts at probability p."""
+    if not 0.0 < prior_prob < 1.0:
+        raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+    return -math.log((1.0 - prior_prob) / prior_prob)
+
+
+# --------------------------------------------------------------------------- dispatch
+def _check_logit_width(name: str, num_columns: int, num_classes: int) -> None:
+    sigmoid = name in SIGMOID_LOSSES
+    expected = num_classes if sigmoid else num_classes + 1
+    if num_columns == expected:
+        return
+    want = f"K logits (K={num_classes})" if sigmoid else f"K+1 logits (K={num_classes} + background)"
+    if sigmoid and num_columns == num_classes + 1:
+        got = "K+1 columns: a softmax checkpoint/head?"
+    elif not sigmoid and num_columns == num_classes:
+        got = "K columns: a sigmoid checkpoint/head?"
+    else:
+        got = f"{num_columns} columns: check MODEL.ROI_HEADS.NUM_CLASSES vs the class statistics"
+    raise ValueError(f"loss {name!r} expects {want} but got {got}")
+
+
+_LOSSES = {
+    "softmax": softmax_loss,
+    "sigmoid": sigmoid_loss,
+    "balanced_softmax": balanced_softmax_loss,
+    "balanced_sigmoid": balanced_sigmoid_loss,
+    "eql": eql_loss,
+    "federated": federated_loss,
+}
+
+
+def cls_loss(
+    name: str,
+    logits: Tensor,
+    gt_classes: Tensor,
+    stats: Mapping[str, Tensor],
+    weights: Optional[Tensor] = None,
+    **kwargs,
+) -> Tensor:
+    """Dispatch to the loss ``name``; ``stats`` holds the [K] statistics the loss needs.
+
+    Keys: ``log_prior`` (balanced_softmax), ``log_prior_odds`` (balanced_sigmoid), ``class_freq``
+    (eql), ``fed_weight`` (federated).  Extra ``kwargs`` (``lambda_``, ``num_classes``,
+    ``generator``) go to the loss.  Checks the logit width against K from the statistics so a
+    softmax head/checkpoint used with a sigmoid loss (or vice versa) fails loudly.
+    """
+    if name not in LOSS_NAMES:
+        raise ValueError(f"unknown classification loss {name!r}; expected one of {LOSS_NAMES}")
+    needed = _REQUIRED_STAT.get(name)
+    if needed is not None and needed not in stats:
+        raise ValueError(
+            f"loss {name!r} needs the class statistic {needed!r}, missing from stats "
+            f"(got keys {sorted(stats)})"
+        )
+    source = needed or next((key for key in _STAT_KEYS if key in stats), None)
+    if source is not None:
+        _check_logit_width(name, logits.shape[1], stats[source].numel())
+
+    loss_fn = _LOSSES[name]
+    if needed is None:
+        return loss_fn(logits, gt_classes, weights=weights, **kwargs)
+    return loss_fn(logits, gt_classes, stats[needed], weights=weights, **kwargs)

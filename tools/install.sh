@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Set up everything ltdet needs, on a fresh machine or an existing environment. Idempotent: a
+# second run only checks (a few seconds).
+#
+# * Uses the active virtualenv ($VIRTUAL_ENV) if there is one, else creates ./.venv.
+# * torch==2.14.1 / torchvision==0.29.1 (pinned pair), fvcore, pycocotools, lvis, opencv (headless).
+# * detectron2, first that works of:
+#     1. an importable detectron2 (the user's own build is kept as is);
+#     2. the official source: pip install git+https://github.com/facebookresearch/detectron2;
+#     3. the PyPI sdist pb1-detectron2==0.6 (detectron2 v0.6) with the fixes of ltdet/compat.py.
+# * ltdet itself, editable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -n "${VIRTUAL_ENV:-}" ]]; then
+  PY="$VIRTUAL_ENV/bin/python"
+else
+  [[ -x .venv/bin/python ]] || python3 -m venv .venv
+  PY=.venv/bin/python
+fi
+PIP=("$PY" -m pip install --disable-pip-version-check -q)
+
+have() { "$PY" -c "$1" >/dev/null 2>&1; }
+
+if ! have 'import torch, torchvision; assert torch.__version__.startswith("2.14.1") and torchvision.__version__.startswith("0.29.1")'; then
+  echo "[install] torch 2.14.1 / torchvision 0.29.1"
+  "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
+fi
+
+# Runtime deps of detectron2 0.6 and ltdet, listed here because detectron2's sdist pins
+# black==21.4b2 and iopath<0.1.10 (installed below with --no-deps), and lvis-api pulls in the
+# GUI opencv-python (installed with --no-deps; we use opencv-python-headless).
+DEPS=(fvcore iopath pycocotools opencv-python-headless matplotlib termcolor yacs tabulate
+      cloudpickle tqdm tensorboard omegaconf hydra-core pydot future Pillow numpy pytest
+      cycler kiwisolver pyparsing python-dateutil six Cython)
+if ! have 'import fvcore, iopath, pycocotools, cv2, matplotlib, yacs, tabulate, cloudpickle, tqdm, omegaconf, hydra, pytest, tensorboard, lvis'; then
+  echo "[install] runtime dependencies"
+  "${PIP[@]}" "${DEPS[@]}"
+  "${PIP[@]}" --no-deps lvis
+fi
+
+if ! have 'import detectron2, detectron2.layers, detectron2.model_zoo; detectron2.model_zoo.get_config_file("LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")'; then
+  if have 'import detectron2'; then
+    echo "[install] detectron2 is importable but broken:" >&2
+    "$PY" -c 'import detectron2.layers, detectron2.model_zoo' >&2 || true
+    exit 1
+  fi
+  echo "[install] detectron2: trying the official source"
+  if ! timeout 120 "${PIP[@]}" --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' 2>/dev/null; then
+    echo "[install] official source unreachable; building pb1-detectron2==0.6 with ltdet/compat.py fixes"
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    "$PY" - "$build" <<'EOF'
+# Fetch the sdist without running its setup.py (pip download would, and it imports torch in an
+# isolated env): read the download link from the configured package index.
+import hashlib, re, sys, tarfile, urllib.request
+from pip._internal.configuration import Configuration
+SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
+conf = Configuration(isolated=False); conf.load()
+index = dict(conf.items()).get("global.index-url", "https://pypi.org/simple").rstrip("/")
+page = urllib.request.urlopen(f"{index}/pb1-detectron2/", timeout=60).read().decode()
+url = next(u for u in re.findall(r'href="([^"]+)"', page) if "pb1-detectron2-0.6.tar.gz" in u)
+url = urllib.request.urljoin(f"{index}/pb1-detectron2/", url.split("#")[0])
+data = urllib.request.urlopen(url, timeout=300).read()
+if hashlib.sha256(data).hexdigest() != SHA256:
+    sys.exit(f"sha256 mismatch for {url}")
+path = f"{sys.argv[1]}/sdist.tar.gz"
+open(path, "wb").write(data)
+tarfile.open(path).extractall(sys.argv[1], filter="data")
+EOF
+    "$PY" ltdet/compat.py patch-sdist "$build/pb1-detectron2-0.6"
+    "${PIP[@]}" --no-build-isolation --no-deps "$build/pb1-detectron2-0.6"
+  fi
+fi
+
+if ! have 'import ltdet, importlib.util as u; assert u.find_spec("ltdet").origin.startswith("'"$PWD"'")'; then
+  echo "[install] ltdet (editable)"
+  "${PIP[@]}" --no-build-isolation --no-deps -e .
+fi
+echo "[install] ok: $("$PY" -c 'import torch, detectron2, ltdet; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| ltdet", ltdet.__version__)')"
