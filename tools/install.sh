@@ -16,7 +16,7 @@ if [[ -n "${VIRTUAL_ENV:-}" ]]; then
   PY="$VIRTUAL_ENV/bin/python"
 else
   [[ -x .venv/bin/python ]] || python3 -m venv .venv
-  PY=.venv/bin/python
+  PY="$PWD/.venv/bin/python"
 fi
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 
@@ -73,7 +73,8 @@ EOF
   fi
 fi
 
-if ! have 'import ltdet, importlib.util as u; assert u.find_spec("ltdet").origin.startswith("'"$PWD"'")'; then
+# (checked from / so that the repo checkout on sys.path does not count as installed)
+if ! (cd / && have 'import importlib.util as u; assert u.find_spec("ltdet").origin.startswith("'"$PWD"'")'); then
   echo "[install] ltdet (editable)"
   "${PIP[@]}" --no-build-isolation --no-deps -e .
 fi

@@ -1,0 +1,49 @@
+"""ltdet's config keys. Call ``add_ltdet_config(cfg)`` on a detectron2 ``get_cfg()`` first."""
+from detectron2.config import CfgNode as CN
+
+
+def add_ltdet_config(cfg: CN) -> None:
+    """Add every ltdet key, with the default of the paper it comes from."""
+    cfg.LTDET = CN()
+
+    # Per-class training statistics consumed by the balanced losses and samplers, computed from
+    # the annotations of DATASETS.TRAIN[0] (ltdet.data.class_stats).
+    cfg.LTDET.CLASS_STATS = CN()
+    # "image_count" (images containing the class; the original BALMS code) or "instance_count".
+    cfg.LTDET.CLASS_STATS.SOURCE = "image_count"
+    # Count given to classes with no training image. 0 = such classes are an error (log 0).
+    cfg.LTDET.CLASS_STATS.FLOOR = 0.0
+
+    # Box classification loss of the LongTail ROI heads (ltdet.modeling.losses).
+    cfg.LTDET.LOSS = CN()
+    # softmax | sigmoid | balanced_softmax | balanced_sigmoid | eql | federated.
+    cfg.LTDET.LOSS.NAME = "softmax"
+    # EQL frequency threshold lambda (Tan et al. 2020, LVIS v0.5: 1.76e-3).
+    cfg.LTDET.LOSS.EQL_LAMBDA = 1.76e-3
+    # Federated loss: number of classes per batch (Zhou et al. 2021: 50) ...
+    cfg.LTDET.LOSS.FED_NUM_CLASSES = 50
+    # ... sampled with probability image_count ** FED_POWER (Zhou et al.: 0.5).
+    cfg.LTDET.LOSS.FED_POWER = 0.5
+    # Sigmoid heads: classifier bias initialised to -log((1-p)/p) (BALMS code, focal-loss style).
+    cfg.LTDET.LOSS.SIGMOID_PRIOR_PROB = 0.001
+
+    # Evaluation extras written next to detectron2's metrics.
+    cfg.LTDET.EVAL = CN()
+    # Per-class AP table (csv) and a PNG of per-class AP against training frequency.
+    cfg.LTDET.EVAL.PER_CLASS = True
+
+
+def merge_config(cfg: CN, config_file: str = "", opts=()) -> CN:
+    """Merge a config file and command-line opts, turning yacs' bare KeyError for an unknown key
+    into an error that names the key and the likely fix."""
+    try:
+        if config_file:
+            cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except KeyError as e:
+        where = f"{config_file} or the command line" if config_file else "the command line"
+        raise KeyError(
+            f"unknown config key in {where}: {e.args[0]}. Check the spelling against "
+            "detectron2's defaults and ltdet/config.py (add_ltdet_config must run before merging)"
+        ) from None
+    return cfg

@@ -1,0 +1,196 @@
+"""Register any LVIS-format json (LVIS v0.5, v1, or a user's own long-tailed set) in detectron2.
+
+Unlike detectron2's ``register_lvis_instances``, the metadata (class names, id mapping) comes from
+the json itself, so no built-in class list is needed, and the per-class training statistics that
+the balanced losses and samplers consume are computed from the annotations (``class_stats``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+logger = logging.getLogger(__name__)
+
+# LVIS frequency groups from the number of training images (Gupta et al. 2019).
+RARE_MAX_IMAGES = 10
+COMMON_MAX_IMAGES = 100
+
+
+def frequency_group(image_count: int) -> str:
+    """'r' (<= 10 training images), 'c' (11-100) or 'f' (> 100): the LVIS rule."""
+    if image_count <= RARE_MAX_IMAGES:
+        return "r"
+    return "c" if image_count <= COMMON_MAX_IMAGES else "f"
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Per-class statistics of a training set, indexed by contiguous class id."""
+
+    names: List[str]
+    image_counts: np.ndarray  # images containing the class
+    instance_counts: np.ndarray  # annotated instances
+    num_images: int  # images in the set (with or without annotations)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def frequency(self) -> List[str]:
+        return [frequency_group(int(n)) for n in self.image_counts]
+
+    def counts(self, source: str) -> np.ndarray:
+        """``source`` is "image_count" or "instance_count" (LTDET.CLASS_STATS.SOURCE)."""
+        if source == "image_count":
+            return self.image_counts
+        if source == "instance_count":
+            return self.instance_counts
+        raise ValueError(
+            f"LTDET.CLASS_STATS.SOURCE = {source!r} is not valid: use 'image_count' or "
+            "'instance_count'"
+        )
+
+
+def _read_json(json_file: str) -> dict:
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(
+            f"dataset json {json_file} does not exist. For LVIS, place it under "
+            "$DETECTRON2_DATASETS/lvis/; for the synthetic demo run `python tools/make_synthetic.py`."
+        )
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_file} is not valid json ({e}); re-download or regenerate it") from e
+    missing = [k for k in ("images", "annotations", "categories") if k not in data]
+    if not isinstance(data, dict) or missing:
+        raise ValueError(
+            f"{json_file} is not in LVIS/COCO form: missing top-level key(s) {missing}; "
+            "an LVIS-format json has 'images', 'annotations' and 'categories'"
+        )
+    return data
+
+
+def _image_path(img: dict, image_root: str) -> str:
+    # LVIS v0.5 names images "COCO_val2014_000000001268.jpg" but they live in COCO 2017 folders
+    # as "000000001268.jpg"; LVIS v1 has no file_name and points at "<split>/<file>" via coco_url.
+    name = img.get("file_name")
+    if name is None:
+        name = os.path.join(*img["coco_url"].split("/")[-2:])
+    elif os.path.basename(name).startswith("COCO_"):
+        name = os.path.basename(name)[-16:]
+    return os.path.join(image_root, name)
+
+
+def load_lvis_format_json(
+    json_file: str, image_root: str, check_images: bool = True, dataset_name: Optional[str] = None
+) -> List[Dict]:
+    """Read an LVIS-format json into detectron2 dataset dicts with contiguous category ids.
+
+    With ``dataset_name``, its metadata (class names, id mapping) is set from the json's categories.
+    Image dicts keep LVIS's ``neg_category_ids`` / ``not_exhaustive_category_ids`` (as contiguous
+    ids) for losses that use them. Annotations that point at unknown categories or images, and
+    missing image files (when ``check_images``), are errors.
+    """
+    data = _read_json(json_file)
+    cats = sorted(data["categories"], key=lambda c: c["id"])
+    cat_ids = [c["id"] for c in cats]
+    id_map = {cid: i for i, cid in enumerate(cat_ids)}
+    if dataset_name is not None:
+        MetadataCatalog.get(dataset_name).set(
+            thing_classes=[c.get("name", str(c["id"])) for c in cats],
+            thing_dataset_id_to_contiguous_id=id_map,
+        )
+    anns_per_image: Dict[int, List[dict]] = {img["id"]: [] for img in data["images"]}
+    for ann in data["annotations"]:
+        if ann["category_id"] not in id_map:
+            raise ValueError(
+                f"{json_file}: annotation {ann.get('id')} has category_id {ann['category_id']}, "
+                f"which is not in 'categories' (ids {cat_ids[0]}..{cat_ids[-1]}); fix the json"
+            )
+        if ann["image_id"] not in anns_per_image:
+            raise ValueError(
+                f"{json_file}: annotation {ann.get('id')} points at image_id {ann['image_id']}, "
+                "which is not in 'images'; fix the json"
+            )
+        anns_per_image[ann["image_id"]].append(ann)
+
+    dicts = []
+    for img in data["images"]:
+        record = {
+            "file_name": _image_path(img, image_root),
+            "height": img["height"],
+            "width": img["width"],
+            "image_id": img["id"],
+            "neg_category_ids": [id_map[c] for c in img.get("neg_category_ids", []) if c in id_map],
+            "not_exhaustive_category_ids": [
+                id_map[c] for c in img.get("not_exhaustive_category_ids", []) if c in id_map
+            ],
+            "annotations": [
+                {
+                    "bbox": ann["bbox"],
+                    "bbox_mode": BoxMode.XYWH_ABS,
+                    "category_id": id_map[ann["category_id"]],
+                    "segmentation": ann["segmentation"],
+                }
+                for ann in anns_per_image[img["id"]]
+            ],
+        }
+        dicts.append(record)
+
+    if check_images:
+        missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(dicts)} images of {json_file} are missing under "
+                f"image_root {image_root!r}, e.g. {missing[:3]}; check the image_root given at "
+                "registration (LVIS v1: $DETECTRON2_DATASETS/coco/, LVIS v0.5: .../coco/train2017/)"
+            )
+    logger.info("Loaded %d images, %d classes from %s", len(dicts), len(cat_ids), json_file)
+    return dicts
+
+
+def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
+    """Register ``name`` in detectron2's DatasetCatalog/MetadataCatalog (lazily: nothing is read
+    until the dataset or its metadata is first needed, as with detectron2's built-in sets)."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+    DatasetCatalog.register(
+        name, lambda: load_lvis_format_json(json_file, image_root, dataset_name=name)
+    )
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="lvis")
+
+
+_STATS_CACHE: Dict[str, ClassStats] = {}
+
+
+def class_stats(dataset_name: str) -> ClassStats:
+    """Per-class image/instance counts and LVIS frequency groups of a registered dataset, computed
+    from its annotations (the one place later stages read class statistics from)."""
+    if dataset_name not in DatasetCatalog.list():
+        raise KeyError(
+            f"dataset {dataset_name!r} is not registered; registered LVIS-format sets: "
+            f"{sorted(n for n in DatasetCatalog.list() if 'lvis' in n or 'ltdet' in n)}"
+        )
+    if dataset_name not in _STATS_CACHE:
+        dicts = DatasetCatalog.get(dataset_name)
+        meta = MetadataCatalog.get(dataset_name)
+        names = list(meta.thing_classes)
+        image_counts = np.zeros(len(names), dtype=np.int64)
+        instance_counts = np.zeros(len(names), dtype=np.int64)
+        for d in dicts:
+            cls = np.fromiter((a["category_id"] for a in d["annotations"]), dtype=np.int64)
+            np.add.at(instance_counts, cls, 1)
+            image_counts[np.unique(cls)] += 1
+        _STATS_CACHE[dataset_name] = ClassStats(names, image_counts, instance_counts, len(dicts))
+    return _STATS_CACHE[dataset_name]

@@ -1,0 +1,84 @@
+"""LVIS AP (with APr/APc/APf) through lvis-api, plus per-class AP written to the output dir."""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+from typing import Optional
+
+import numpy as np
+from detectron2.evaluation import LVISEvaluator
+from detectron2.utils.logger import create_small_table
+
+from ..data.lvis_format import class_stats
+from .per_class import per_class_ap, plot_per_class_ap, write_per_class_csv
+
+METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
+
+
+class LongTailLVISEvaluator(LVISEvaluator):
+    """detectron2's LVISEvaluator that keeps lvis-api's per-class precision: besides the usual
+    metrics it writes ``per_class_ap.csv`` and ``per_class_ap.png`` (AP against the training
+    frequency of ``train_dataset``) to ``output_dir``."""
+
+    def __init__(self, dataset_name: str, tasks=None, distributed: bool = True,
+                 output_dir: Optional[str] = None, *, max_dets_per_image: Optional[int] = None,
+                 train_dataset: Optional[str] = None, per_class: bool = True):
+        super().__init__(dataset_name, tasks, distributed, output_dir,
+                         max_dets_per_image=max_dets_per_image)
+        self._train_dataset = train_dataset
+        self._per_class = per_class
+
+    def _eval_predictions(self, predictions):
+        results = list(itertools.chain(*[x["instances"] for x in predictions]))
+        # Contiguous ids back to the json's category ids.
+        id_map = self._metadata.get("thing_dataset_id_to_contiguous_id")
+        to_json = {v: k for k, v in id_map.items()} if id_map else None
+        for r in results:
+            r["category_id"] = to_json[r["category_id"]] if to_json else r["category_id"] + 1
+        if self._output_dir:
+            with open(os.path.join(self._output_dir, "lvis_instances_results.json"), "w") as f:
+                json.dump(results, f)
+        if not self._do_evaluation:
+            return
+
+        from lvis import LVISEval, LVISResults
+
+        per_class = {}
+        for task in sorted(self._tasks or self._tasks_from_predictions(results)):
+            if not results:
+                self._logger.warning("No predictions from the model!")
+                self._results[task] = {m: float("nan") for m in METRICS}
+                continue
+            dets = results
+            if task == "segm":  # let mask AP use the mask area for size ranges (as detectron2)
+                dets = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+            lvis_dt = LVISResults(self._lvis_api, dets, max_dets=self._max_dets_per_image or 300)
+            ev = LVISEval(self._lvis_api, lvis_dt, task)
+            ev.run()
+            ev.print_results()
+            res = ev.get_results()
+            self._results[task] = {m: float(res[m] * 100) for m in METRICS}
+            self._logger.info(f"Evaluation results for {task}:\n"
+                              + create_small_table(self._results[task]))
+            per_class[task] = per_class_ap(ev)
+            cat_ids = ev.params.cat_ids
+        if self._per_class and self._output_dir and per_class:
+            self._write_per_class(per_class, cat_ids)
+
+    def _write_per_class(self, per_class, cat_ids):
+        cats = self._lvis_api.cats
+        names = [cats[c].get("name", str(c)) for c in cat_ids]
+        freq = [cats[c].get("frequency", "") for c in cat_ids]
+        stats = class_stats(self._train_dataset) if self._train_dataset else None
+        if stats is not None and stats.num_classes != len(cat_ids):
+            raise ValueError(
+                f"training set {self._train_dataset} has {stats.num_classes} classes but the "
+                f"evaluated json has {len(cat_ids)}: they must share one category list"
+            )
+        out = self._output_dir
+        write_per_class_csv(os.path.join(out, "per_class_ap.csv"), names, per_class, stats, freq)
+        if stats is not None:
+            plot_per_class_ap(os.path.join(out, "per_class_ap.png"), per_class, stats.image_counts)
+        self._logger.info("Per-class AP written to %s/per_class_ap.{csv,png}", out)

@@ -1,0 +1,72 @@
+"""Per-class AP table (csv) and a plot of per-class AP against training frequency."""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..data.lvis_format import ClassStats, frequency_group
+
+GROUP_COLORS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
+
+
+def per_class_ap(lvis_eval) -> np.ndarray:
+    """AP of each category of a finished ``lvis.LVISEval`` (order of ``params.cat_ids``), NaN for
+    categories without ground truth: precision averaged over IoU thresholds and recall points,
+    area range 'all', exactly as lvis-api averages it for AP."""
+    precision = lvis_eval.eval["precision"][:, :, :, 0]  # [T, R, K]
+    valid = precision > -1
+    total = np.where(valid, precision, 0.0).sum(axis=(0, 1))
+    count = valid.sum(axis=(0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def write_per_class_csv(
+    path: str,
+    names: List[str],
+    ap: Dict[str, np.ndarray],
+    train_stats: Optional[ClassStats],
+    eval_frequency: List[str],
+) -> None:
+    """One row per class: ids, name, LVIS group of the evaluated json, training counts, AP per
+    task (percent)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        tasks = sorted(ap)
+        w.writerow(["class_id", "name", "frequency", "train_image_count", "train_instance_count"]
+                   + [f"AP_{t}" for t in tasks])
+        for k, name in enumerate(names):
+            counts = ("", "") if train_stats is None else (
+                int(train_stats.image_counts[k]), int(train_stats.instance_counts[k]))
+            w.writerow([k, name, eval_frequency[k], *counts]
+                       + [f"{100 * ap[t][k]:.2f}" if np.isfinite(ap[t][k]) else "" for t in tasks])
+
+
+def plot_per_class_ap(path: str, ap: Dict[str, np.ndarray], image_counts: np.ndarray) -> None:
+    """Scatter of per-class AP against training image count (log scale), coloured by group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(ap)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    counts = np.maximum(np.asarray(image_counts), 1)
+    groups = [frequency_group(int(n)) for n in image_counts]
+    for ax, task in zip(axes[0], tasks):
+        for g, label in (("r", "rare"), ("c", "common"), ("f", "frequent")):
+            sel = np.array([x == g for x in groups]) & np.isfinite(ap[task])
+            ax.scatter(counts[sel], 100 * ap[task][sel], c=GROUP_COLORS[g], label=label, s=18)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images containing the class")
+        ax.set_ylabel(f"{task} AP")
+        ax.set_ylim(-2, 102)
+        ax.axvline(10.5, color="gray", lw=0.5, ls="--")
+        ax.axvline(100.5, color="gray", lw=0.5, ls="--")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

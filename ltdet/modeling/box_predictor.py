@@ -1,0 +1,146 @@
+"""Box predictor whose classifier is trained with a long-tail loss (ltdet.modeling.losses).
+
+Box regression (class-specific for every one of the K classes, with its loss) and inference are
+detectron2's; only the class logits, their loss and the test-time scores change.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from torch import nn
+from torch.nn import functional as F
+
+from . import losses as L
+
+# Class statistics each loss needs (computed once here, not per step).
+_NEEDS_COUNTS = {"balanced_softmax", "balanced_sigmoid", "eql", "federated"}
+
+
+class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """FastRCNNOutputLayers with a configurable classification loss.
+
+    Softmax-family losses (softmax, balanced_softmax) keep detectron2's K+1 logits and score with
+    a softmax. Sigmoid-family losses (sigmoid, balanced_sigmoid, eql, federated) use K logits with
+    no background column (BALMS code) and score with the sigmoid of the raw logits (no prior at
+    test time); a zero background column is appended so ``fast_rcnn_inference`` works unchanged.
+
+    ``proposal_weight_fn`` (optional) maps the concatenated gt classes [N] to per-proposal loss
+    weights [N]; the Meta Reweigher sets it.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        loss_name: str = "softmax",
+        class_counts: Optional[Sequence[float]] = None,
+        num_images: Optional[int] = None,
+        count_floor: float = 0.0,
+        eql_lambda: float = 1.76e-3,
+        fed_num_classes: int = 50,
+        fed_power: float = 0.5,
+        sigmoid_prior_prob: float = 0.001,
+        **kwargs,
+    ):
+        super().__init__(input_shape, **kwargs)
+        if loss_name not in L.LOSS_NAMES:
+            raise ValueError(f"unknown LTDET.LOSS.NAME {loss_name!r}; valid: {', '.join(L.LOSS_NAMES)}")
+        self.loss_name = loss_name
+        self.use_sigmoid = loss_name in L.SIGMOID_LOSSES
+        if self.use_sigmoid:  # K logits, no background column
+            self.cls_score = nn.Linear(self.cls_score.in_features, self.num_classes)
+            nn.init.normal_(self.cls_score.weight, std=0.01)
+            nn.init.constant_(self.cls_score.bias, L.sigmoid_bias_init(sigmoid_prior_prob))
+        self.loss_kwargs: Dict = {}
+        self.proposal_weight_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+        stats: Dict[str, torch.Tensor] = {}
+        if loss_name in _NEEDS_COUNTS:
+            if class_counts is None or (loss_name != "balanced_softmax" and num_images is None):
+                raise ValueError(
+                    f"loss {loss_name!r} needs per-class training counts (and the number of "
+                    "training images); with a config they come from DATASETS.TRAIN[0], otherwise "
+                    "pass class_counts= and num_images="
+                )
+            floor = count_floor if count_floor > 0 else None
+            counts = L.validate_counts(class_counts, self.num_classes, floor=floor)
+            if loss_name == "balanced_softmax":
+                stats["log_prior"] = L.softmax_log_prior(counts)
+            elif loss_name == "balanced_sigmoid":
+                stats["log_prior_odds"] = L.sigmoid_log_prior_odds(counts, num_images)
+            elif loss_name == "eql":
+                stats["class_freq"] = L.image_frequency(counts, num_images)
+                self.loss_kwargs["lambda_"] = eql_lambda
+            else:
+                stats["fed_weight"] = counts.pow(fed_power)
+                self.loss_kwargs["num_classes"] = fed_num_classes
+        # Non-persistent buffers: follow the module's device/dtype, stay out of checkpoints (they
+        # belong to the training set, not to the model).
+        self._stat_names = sorted(stats)
+        for k, v in stats.items():
+            self.register_buffer(k, v.float(), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        name = cfg.LTDET.LOSS.NAME
+        ret.update(
+            loss_name=name,
+            count_floor=cfg.LTDET.CLASS_STATS.FLOOR,
+            eql_lambda=cfg.LTDET.LOSS.EQL_LAMBDA,
+            fed_num_classes=cfg.LTDET.LOSS.FED_NUM_CLASSES,
+            fed_power=cfg.LTDET.LOSS.FED_POWER,
+            sigmoid_prior_prob=cfg.LTDET.LOSS.SIGMOID_PRIOR_PROB,
+        )
+        if name in _NEEDS_COUNTS:
+            from ..data import class_stats
+
+            if not cfg.DATASETS.TRAIN:
+                raise ValueError(f"loss {name!r} needs class statistics: set DATASETS.TRAIN")
+            stats = class_stats(cfg.DATASETS.TRAIN[0])
+            # The sigmoid prior uses image counts over images (BALMS code) whatever the source.
+            source = "image_count" if name != "balanced_softmax" else cfg.LTDET.CLASS_STATS.SOURCE
+            ret.update(class_counts=stats.counts(source), num_images=stats.num_images)
+        return ret
+
+    @property
+    def stats(self) -> Dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in self._stat_names}
+
+    def classification_loss(
+        self, scores: torch.Tensor, gt_classes: torch.Tensor, weights: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        if weights is None and self.proposal_weight_fn is not None:
+            weights = self.proposal_weight_fn(gt_classes)
+        return L.cls_loss(self.loss_name, scores, gt_classes, self.stats, weights, **self.loss_kwargs)
+
+    def losses(self, predictions, proposals):
+        scores, proposal_deltas = predictions
+        gt_classes = cat([p.gt_classes for p in proposals], dim=0) if proposals else \
+            torch.empty(0, dtype=torch.long, device=scores.device)
+        if proposals:
+            proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+            gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor
+                            for p in proposals], dim=0)
+        else:
+            proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
+        losses = {
+            "loss_cls": self.classification_loss(scores, gt_classes),
+            "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes),
+        }
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+
+    def predict_probs(self, predictions, proposals) -> List[torch.Tensor]:
+        scores, _ = predictions
+        num_per_image = [len(p) for p in proposals]
+        if self.use_sigmoid:
+            probs = torch.sigmoid(scores)
+            probs = torch.cat([probs, probs.new_zeros(len(probs), 1)], dim=1)  # dropped by inference
+        else:
+            probs = F.softmax(scores, dim=-1)
+        return probs.split(num_per_image, dim=0)

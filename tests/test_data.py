@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ltdet.data import class_stats, frequency_group, load_lvis_format_json, register_lvis_format
+from ltdet.data.lvis_format import _STATS_CACHE
+
+from .conftest import write_lvis_json
+
+
+@pytest.fixture
+def registered(handmade):
+    name = "test_handmade_train"
+    _STATS_CACHE.pop(name, None)
+    register_lvis_format(name, handmade["json"], handmade["root"])
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+    _STATS_CACHE.pop(name, None)
+
+
+def test_frequency_rule():
+    assert [frequency_group(n) for n in (1, 10, 11, 100, 101)] == ["r", "r", "c", "c", "f"]
+
+
+def test_registration_counts_and_groups(registered):
+    stats = class_stats(registered)
+    assert stats.names == ["apple", "pear", "quince"]
+    assert stats.image_counts.tolist() == [120, 12, 1]
+    assert stats.instance_counts.tolist() == [240, 12, 3]
+    assert stats.num_images == 125
+    assert stats.frequency == ["f", "c", "r"]
+    assert stats.counts("instance_count").tolist() == [240, 12, 3]
+    with pytest.raises(ValueError, match="image_count"):
+        stats.counts("boxes")
+    meta = MetadataCatalog.get(registered)
+    assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1, 9: 2}
+    assert meta.evaluator_type == "lvis"
+
+
+def test_dataset_dicts_contiguous_ids_and_paths(registered, handmade):
+    dicts = DatasetCatalog.get(registered)
+    assert len(dicts) == 125
+    assert [a["category_id"] for a in dicts[0]["annotations"]] == [0, 0, 1, 2, 2, 2]
+    assert dicts[0]["file_name"].endswith("img/000.png")
+    assert dicts[124]["annotations"] == []
+
+
+def test_lvis_image_paths(tmp_path):
+    from ltdet.data.lvis_format import _image_path
+
+    v1 = {"coco_url": "http://images.cocodataset.org/train2017/000000391895.jpg"}
+    assert _image_path(v1, "/d/coco/") == "/d/coco/train2017/000000391895.jpg"
+    v05 = {"file_name": "COCO_val2014_000000001268.jpg"}
+    assert _image_path(v05, "/d/coco/train2017") == "/d/coco/train2017/000000001268.jpg"
+
+
+def test_unregistered_name():
+    with pytest.raises(KeyError, match="not registered"):
+        class_stats("no_such_dataset")
+
+
+def test_missing_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_lvis_format_json(str(tmp_path / "nope.json"), str(tmp_path))
+
+
+def test_broken_json(tmp_path):
+    p = tmp_path / "broken.json"
+    p.write_text('{"images": [')
+    with pytest.raises(ValueError, match="not valid json"):
+        load_lvis_format_json(str(p), str(tmp_path))
+
+
+def test_not_lvis_form(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(ValueError, match="categories"):
+        load_lvis_format_json(str(p), str(tmp_path))
+
+
+def test_unknown_category(handmade, tmp_path):
+    anns = handmade["anns"] + [dict(handmade["anns"][0], id=9999, category_id=42)]
+    p = tmp_path / "bad.json"
+    write_lvis_json(p, handmade["images"], anns, handmade["cats"])
+    with pytest.raises(ValueError, match="category_id 42"):
+        load_lvis_format_json(str(p), handmade["root"])
+
+
+def test_missing_image(handmade, tmp_path):
+    (tmp_path / "img" / "007.png").unlink()
+    with pytest.raises(FileNotFoundError, match="missing under image_root"):
+        load_lvis_format_json(handmade["json"], handmade["root"])
