@@ -7,12 +7,12 @@ evaluator. Examples:
   python tools/train_net.py --eval-only --config-file ... MODEL.WEIGHTS output/model_final.pth
 """
 import ltdet  # noqa: F401  (compat fixes, dataset and head registration)
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
+from ltdet.checkpoint import LongTailCheckpointer
 from ltdet.config import add_ltdet_config, merge_config
 from ltdet.engine import Trainer, launch
 
@@ -30,7 +30,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        LongTailCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

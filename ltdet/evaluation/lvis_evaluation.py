@@ -1,14 +1,13 @@
 """LVIS AP (with APr/APc/APf) through lvis-api, plus per-class AP written to the output dir."""
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import os
 from typing import Optional
 
-import numpy as np
 from detectron2.evaluation import LVISEvaluator
+from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
 from ..data.lvis_format import class_stats
@@ -64,6 +63,9 @@ class LongTailLVISEvaluator(LVISEvaluator):
                               + create_small_table(self._results[task]))
             per_class[task] = per_class_ap(ev)
             cat_ids = ev.params.cat_ids
+        if self._output_dir and comm.is_main_process():
+            with open(os.path.join(self._output_dir, "lvis_metrics.json"), "w") as f:
+                json.dump(self._results, f, indent=1)
         if self._per_class and self._output_dir and per_class:
             self._write_per_class(per_class, cat_ids)
 

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
-from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
 from torch import nn
 from torch.nn import functional as F
 
@@ -123,6 +123,8 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         scores, proposal_deltas = predictions
         gt_classes = cat([p.gt_classes for p in proposals], dim=0) if proposals else \
             torch.empty(0, dtype=torch.long, device=scores.device)
+        if not self.use_sigmoid:  # detectron2's accuracy logging assumes a background column
+            _log_classification_stats(scores, gt_classes)
         if proposals:
             proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
             gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor

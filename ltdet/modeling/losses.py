@@ -165,7 +165,12 @@ def eql_loss(
     targets = _one_hot_fg(gt_classes, num_classes, logits.dtype)
     fg_mask = (gt_classes < num_classes).to(logits.dtype)
     rare = (class_freq.to(logits.device) < lambda_).to(logits.dtype)
-    weight = 1.0 - fg_mask[:, None] * rare[None, :] * (1.0 - targets)
+    # Build w = 1 - E T (1 - y) in one buffer (in-place is safe: no grad flows through w).
+    # Zeroing (i, gt_i) removes the positive term from the suppression; for background rows
+    # the clamped index hits a row that is already all zero.
+    suppress = torch.outer(fg_mask, rare)
+    suppress.scatter_(1, gt_classes.clamp(max=num_classes - 1)[:, None], 0.0)
+    weight = suppress.neg_().add_(1.0)
     bce = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="none")
     return _reduce(bce.sum(dim=1), weights)
 

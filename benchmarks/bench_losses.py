@@ -1,0 +1,176 @@
+"""Forward+backward cost of the ltdet classification losses at LVIS scale.
+
+16 images x 512 proposals = 8192 proposals, K = 1203 classes, 25% foreground.  Each loss is timed
+as a ratio to its plain counterpart measured in the same run (rounds are interleaved so drift in
+machine load hits every loss alike).  Target: balanced losses <= 1.15x their plain loss.
+
+    python benchmarks/bench_losses.py [--device cpu|cuda] [--repeats R] [--out DIR]
+"""
+import argparse
+import csv
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without install
+from ltdet.modeling import losses as L  # noqa: E402
+
+NUM_IMAGES, PER_IMAGE, NUM_CLASSES, FG_FRACTION = 16, 512, 1203, 0.25
+NUM_TRAIN_IMAGES = 100170  # LVIS v1 train
+TARGET = 1.15
+WARMUP = 3
+# loss -> plain counterpart its cost is compared with (None: it is the reference)
+BASELINE = {
+    "softmax": None,
+    "sigmoid": "softmax",
+    "balanced_softmax": "softmax",
+    "balanced_sigmoid": "sigmoid",
+    "eql": "sigmoid",
+    "federated": "sigmoid",
+}
+TARGETED = ("balanced_softmax", "balanced_sigmoid")
+
+
+def _make_case(device: str, seed: int = 0) -> Dict[str, Callable[[], torch.Tensor]]:
+    """Random LVIS-scale inputs; returns loss name -> closure computing that loss."""
+    g = torch.Generator().manual_seed(seed)
+    n, k = NUM_IMAGES * PER_IMAGE, NUM_CLASSES
+    # Long-tailed image counts (Zipf-like, every class seen at least once), in random class order.
+    ranks = torch.randperm(k, generator=g).double() + 1
+    counts = torch.ceil(0.5 * NUM_TRAIN_IMAGES * ranks ** -1.5)
+    # Foreground labels drawn by frequency, as in real batches; the rest background (= K).
+    gt = torch.full((n,), k, dtype=torch.long)
+    num_fg = int(FG_FRACTION * n)
+    gt[:num_fg] = torch.multinomial(counts, num_fg, replacement=True, generator=g)
+    gt = gt[torch.randperm(n, generator=g)].to(device)
+
+    logits_softmax = torch.randn(n, k + 1, generator=g).to(device).requires_grad_()
+    logits_sigmoid = torch.randn(n, k, generator=g).to(device).requires_grad_()
+    stats = {
+        "log_prior": L.softmax_log_prior(counts).float().to(device),
+        "log_prior_odds": L.sigmoid_log_prior_odds(counts, NUM_TRAIN_IMAGES).float().to(device),
+        "class_freq": L.image_frequency(counts, NUM_TRAIN_IMAGES).float().to(device),
+        "fed_weight": counts.sqrt().float().to(device),
+    }
+    fed_gen = torch.Generator(device=device).manual_seed(seed)
+    cases = {}
+    for name in L.LOSS_NAMES:
+        logits = logits_sigmoid if name in L.SIGMOID_LOSSES else logits_softmax
+        kwargs = {"generator": fed_gen} if name == "federated" else {}
+        cases[name] = (lambda name=name, logits=logits, kwargs=kwargs:
+                       L.cls_loss(name, logits, gt, stats, **kwargs))
+    cases["_leaves"] = (logits_softmax, logits_sigmoid)
+    return cases
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run(device: str, repeats: int) -> List[dict]:
+    """Time forward+backward of every loss; one dict per loss with its ratio to the baseline.
+
+    Every round times each loss once, in an order rotated per round; the ratio is the median of
+    the per-round ratios, so a load change on a shared machine hits both sides of a ratio alike.
+    """
+    cases = _make_case(device)
+    leaves = cases.pop("_leaves")
+    names = list(cases)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for round_idx in range(WARMUP + repeats):
+        shift = round_idx % len(names)
+        for name in names[shift:] + names[:shift]:
+            for leaf in leaves:
+                leaf.grad = None
+            _sync(device)
+            start = time.perf_counter()
+            cases[name]().backward()
+            _sync(device)
+            if round_idx >= WARMUP:
+                times[name].append(time.perf_counter() - start)
+    rows = []
+    for name, base in BASELINE.items():
+        ratio = (statistics.median(t / b for t, b in zip(times[name], times[base]))
+                 if base else None)
+        rows.append({
+            "loss": name,
+            "median_ms": round(1e3 * statistics.median(times[name]), 3),
+            "baseline": base or "",
+            "ratio": round(ratio, 3) if ratio is not None else "",
+            "target": f"<= {TARGET}" if name in TARGETED else "",
+            "meets_target": ("yes" if ratio <= TARGET else "no") if name in TARGETED else "",
+        })
+    return rows
+
+
+def machine_info(device: str) -> Dict[str, str]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu or "unknown",
+        "cores": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def to_markdown(rows: List[dict], device: str, repeats: int, info: Dict[str, str]) -> str:
+    lines = [
+        f"# Classification loss cost ({device})",
+        "",
+        "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
+        "",
+        f"Forward+backward, {NUM_IMAGES} images x {PER_IMAGE} proposals = "
+        f"{NUM_IMAGES * PER_IMAGE} proposals, K = {NUM_CLASSES}, {FG_FRACTION:.0%} foreground; "
+        f"median of {repeats} interleaved repeats after {WARMUP} warm-up rounds; "
+        "ratio = median of per-round ratios to the plain loss.",
+        f"Target: balanced losses <= {TARGET}x their plain counterpart.",
+        "",
+        "| loss | median ms | vs | ratio | target | meets |",
+        "|---|---:|---|---:|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['loss']} | {r['median_ms']:.2f} | {r['baseline']} | {r['ratio']} | "
+                     f"{r['target']} | {r['meets_target']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=None, help="default: 10 cpu, 50 cuda")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = parser.parse_args()
+    repeats = args.repeats or (50 if args.device == "cuda" else 10)
+
+    rows = run(args.device, repeats)
+    info = machine_info(args.device)
+    table = to_markdown(rows, args.device, repeats, info)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"losses_{args.device}.md").write_text(table)
+    with open(out / f"losses_{args.device}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], *info])
+        writer.writeheader()
+        writer.writerows({**row, **info} for row in rows)
+    print(f"wrote {out}/losses_{args.device}.md and .csv")
+
+
+if __name__ == "__main__":
+    main()

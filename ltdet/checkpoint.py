@@ -1,0 +1,37 @@
+"""detectron2's checkpointer with an explained error for softmax/sigmoid classifier mix-ups."""
+from typing import Dict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+_CLS_KEY = "box_predictor.cls_score.weight"
+
+
+def check_classifier_shape(model_state: Dict[str, torch.Tensor],
+                           ckpt_state: Dict[str, torch.Tensor]) -> None:
+    """Raise if a checkpoint's box classifier has K+1 outputs where the model has K, or the
+    reverse: a softmax-family checkpoint loaded into a sigmoid-family head (or vice versa).
+    detectron2 would otherwise skip the layer with a warning and train a fresh classifier."""
+    for key, param in model_state.items():
+        if not key.endswith(_CLS_KEY) or key not in ckpt_state:
+            continue
+        theirs, ours = ckpt_state[key].shape[0], param.shape[0]
+        if theirs == ours + 1:
+            kind = ("a softmax-family model (K+1 logits, with background)",
+                    "sigmoid-family (K logits)", "softmax or balanced_softmax")
+        elif theirs + 1 == ours:
+            kind = ("a sigmoid-family model (K logits, no background)",
+                    "softmax-family (K+1 logits)", "sigmoid, balanced_sigmoid, eql or federated")
+        else:
+            continue  # a different class count: detectron2's usual skip-and-warn fine-tuning
+        raise ValueError(
+            f"checkpoint classifier {key} has {theirs} outputs but the model's has {ours}: the "
+            f"checkpoint is {kind[0]} while LTDET.LOSS.NAME makes this head {kind[1]}. Use a base "
+            f"model trained with the same loss family, or set LTDET.LOSS.NAME to {kind[2]}."
+        )
+
+
+class LongTailCheckpointer(DetectionCheckpointer):
+    def _load_model(self, checkpoint):
+        check_classifier_shape(self.model.state_dict(), checkpoint["model"])
+        return super()._load_model(checkpoint)

@@ -1,0 +1,147 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from ltdet.checkpoint import check_classifier_shape
+from ltdet.config import add_ltdet_config
+from ltdet.modeling import LongTailFastRCNNOutputLayers, LongTailROIHeads
+from ltdet.modeling import losses as L
+
+K = 5
+COUNTS = [400.0, 100.0, 20.0, 5.0, 1.0]
+NUM_IMAGES = 500
+
+
+def make(loss_name, **kw):
+    torch.manual_seed(0)
+    kw.setdefault("class_counts", COUNTS)
+    kw.setdefault("num_images", NUM_IMAGES)
+    return LongTailFastRCNNOutputLayers(
+        ShapeSpec(channels=16), box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
+        num_classes=K, test_score_thresh=0.0, test_topk_per_image=50, loss_name=loss_name, **kw)
+
+
+def proposals(n_per_image=(7, 9), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in n_per_image:
+        inst = Instances((64, 64))
+        xy = torch.rand(n, 2, generator=g) * 30
+        wh = torch.rand(n, 2, generator=g) * 20 + 5
+        inst.proposal_boxes = Boxes(torch.cat([xy, xy + wh], 1))
+        inst.gt_boxes = Boxes(torch.cat([xy + 1, xy + wh - 1], 1))
+        inst.gt_classes = torch.randint(0, K + 1, (n,), generator=g)
+        out.append(inst)
+    return out
+
+
+def test_softmax_head_equals_stock():
+    ours = make("softmax", class_counts=None, num_images=None)
+    stock = FastRCNNOutputLayers(ShapeSpec(channels=16),
+                                 box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
+                                 num_classes=K, test_score_thresh=0.0, test_topk_per_image=50)
+    stock.load_state_dict(ours.state_dict())
+    x = torch.randn(16, 16)
+    props = proposals()
+    p_ours, p_stock = ours(x), stock(x)
+    with EventStorage():
+        l_ours, l_stock = ours.losses(p_ours, props), stock.losses(p_stock, props)
+    assert l_ours.keys() == l_stock.keys()
+    for k in l_ours:
+        torch.testing.assert_close(l_ours[k], l_stock[k], rtol=0, atol=0)
+    i_ours, _ = ours.inference(p_ours, props)
+    i_stock, _ = stock.inference(p_stock, props)
+    for a, b in zip(i_ours, i_stock):
+        torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0)
+        torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, rtol=0, atol=0)
+        assert a.pred_classes.tolist() == b.pred_classes.tolist()
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "balanced_sigmoid", "eql", "federated"])
+def test_sigmoid_family_head(name):
+    head = make(name)
+    assert head.cls_score.out_features == K and head.bbox_pred.out_features == 4 * K
+    # BALMS code: bias -log((1-p)/p), p = 0.001
+    torch.testing.assert_close(head.cls_score.bias, torch.full((K,), -math.log(999.0)))
+    x = torch.randn(16, 16)
+    props = proposals()
+    scores, deltas = head(x)
+    losses = head.losses((scores, deltas), props)
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_box_reg"] > 0
+    # test-time scores: sigmoid of the raw logits, no prior
+    probs = torch.cat(head.predict_probs((scores, deltas), props))
+    torch.testing.assert_close(probs[:, :K], torch.sigmoid(scores))
+    assert (probs[:, K] == 0).all()
+    instances, _ = head.inference((scores, deltas), props)
+    assert all(i.pred_classes.max() < K for i in instances if len(i))
+
+
+def test_balanced_heads_use_dataset_prior():
+    head = make("balanced_softmax")
+    torch.testing.assert_close(head.log_prior.double(),
+                               torch.log(torch.tensor(COUNTS) / np.mean(COUNTS)).double())
+    head = make("balanced_sigmoid")
+    p = torch.tensor(COUNTS, dtype=torch.float64) / NUM_IMAGES
+    torch.testing.assert_close(head.log_prior_odds.double(), torch.log(p / (1 - p)), rtol=1e-6, atol=1e-6)
+    # non-persistent: class statistics never enter checkpoints
+    assert "log_prior_odds" not in head.state_dict()
+
+
+def test_box_regression_loss_for_every_class():
+    # The original BALMS sigmoid heads skipped the last class; here a proposal of class K-1
+    # gets a box-regression loss.
+    head = make("balanced_sigmoid")
+    props = proposals((4,))
+    props[0].gt_classes = torch.full((4,), K - 1)
+    scores, deltas = head(torch.randn(4, 16))
+    assert head.losses((scores, deltas), props)["loss_box_reg"] > 0
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="unknown LTDET.LOSS.NAME 'focal'.*balanced_softmax"):
+        make("focal")
+    with pytest.raises(ValueError, match="length num_classes=5"):
+        make("balanced_softmax", class_counts=[1.0, 2.0])
+    with pytest.raises(ValueError, match="needs per-class training counts"):
+        make("balanced_sigmoid", class_counts=None)
+    with pytest.raises(ValueError, match="zero count.*LTDET.CLASS_STATS.FLOOR"):
+        make("balanced_softmax", class_counts=[3.0, 0.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="non-negative"):
+        make("balanced_softmax", class_counts=[3.0, -1.0, 1.0, 1.0, 1.0])
+    head = make("balanced_softmax", class_counts=[3.0, 0.0, 1.0, 1.0, 1.0], count_floor=1.0)
+    assert torch.isfinite(head.log_prior).all()
+
+
+def test_softmax_checkpoint_into_sigmoid_head_is_explained():
+    softmax, sigmoid = make("softmax"), make("sigmoid")
+    ckpt = {"roi_heads.box_predictor." + k: v for k, v in softmax.state_dict().items()}
+    model = {"roi_heads.box_predictor." + k: v for k, v in sigmoid.state_dict().items()}
+    with pytest.raises(ValueError, match="softmax-family model.*sigmoid-family"):
+        check_classifier_shape(model, ckpt)
+    with pytest.raises(ValueError, match="sigmoid-family model.*softmax-family"):
+        check_classifier_shape(ckpt, model)
+    check_classifier_shape(model, model)
+
+
+def test_registered_and_built_from_config(tmp_path):
+    cfg = get_cfg()
+    add_ltdet_config(cfg)
+    cfg.merge_from_file("configs/Base-LTDet-RCNN-FPN.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = K
+    cfg.LTDET.LOSS.NAME = "sigmoid"
+    model = build_model(cfg)
+    assert isinstance(model.roi_heads, LongTailROIHeads)
+    assert isinstance(model.roi_heads.box_predictor, LongTailFastRCNNOutputLayers)
+    assert model.roi_heads.box_predictor.cls_score.out_features == K
