@@ -31,7 +31,33 @@ def check_classifier_shape(model_state: Dict[str, torch.Tensor],
         )
 
 
+def check_complete(model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, torch.Tensor],
+                   path: str = "the checkpoint") -> None:
+    """Raise unless every model tensor is in the checkpoint with the same shape (a decoupled
+    fine-tuning must start from a base model of this exact architecture)."""
+    missing = [k for k in model_state if k not in ckpt_state]
+    mismatched = [f"{k}: checkpoint {tuple(ckpt_state[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in model_state.items()
+                  if k in ckpt_state and tuple(ckpt_state[k].shape) != tuple(v.shape)]
+    if missing or mismatched:
+        raise ValueError(
+            f"{path} is not a base model of this architecture: {len(missing)} missing keys "
+            f"{missing[:8]}, {len(mismatched)} shape mismatches {mismatched[:8]}. The decoupled "
+            "regime fine-tunes a model trained with the same config (MODEL.WEIGHTS = its "
+            "model_final.pth)."
+        )
+
+
 class LongTailCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that explains classifier mix-ups and, with ``require_complete``,
+    refuses checkpoints that do not cover the whole model."""
+
+    def __init__(self, model, save_dir="", *, require_complete: bool = False, **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.require_complete = require_complete
+
     def _load_model(self, checkpoint):
         check_classifier_shape(self.model.state_dict(), checkpoint["model"])
+        if self.require_complete:
+            check_complete(self.model.state_dict(), checkpoint["model"])
         return super()._load_model(checkpoint)

@@ -27,6 +27,32 @@ def add_ltdet_config(cfg: CN) -> None:
     # Sigmoid heads: classifier bias initialised to -log((1-p)/p) (BALMS code, focal-loss style).
     cfg.LTDET.LOSS.SIGMOID_PRIOR_PROB = 0.001
 
+    # Decoupled regime (BALMS supp. C.3): fine-tune only the box classifier of MODEL.WEIGHTS.
+    cfg.LTDET.DECOUPLED = CN()
+    cfg.LTDET.DECOUPLED.ENABLED = False
+    # fnmatch patterns of the parameters that train; everything else is frozen (paper: the
+    # class-score layer, "one fully connected layer").
+    cfg.LTDET.DECOUPLED.TRAINABLE = ["roi_heads.box_predictor.cls_score.*"]
+
+    # Meta Reweigher (BALMS supp. B.2): learnable per-class loss weights, bi-level optimisation
+    # on a class-balanced meta batch. Needs LTDET.DECOUPLED.ENABLED.
+    cfg.LTDET.META = CN()
+    cfg.LTDET.META.ENABLED = False
+    # Adam learning rate: the paper's 1e-3 (the original code used 1e-2).
+    cfg.LTDET.META.LR = 1e-3
+    # Adam betas of the BALMS supplementary (C.3).
+    cfg.LTDET.META.BETAS = (0.9, 0.99)
+    # Meta loss on the class-balanced batch: "plain" (softmax/sigmoid, the paper: the meta set
+    # is already balanced) or "same" (the head's own loss, what the original code effectively
+    # used through an in-place logit edit).
+    cfg.LTDET.META.LOSS = "plain"
+    # A meta step every INTERVAL iterations (paper and code: every iteration).
+    cfg.LTDET.META.INTERVAL = 1
+    # Images per meta batch (all ranks); 0 = SOLVER.IMS_PER_BATCH.
+    cfg.LTDET.META.IMS_PER_BATCH = 0
+    # Log the class weights every LOG_PERIOD iterations (a csv and PNG are written at the end).
+    cfg.LTDET.META.LOG_PERIOD = 20
+
     # Evaluation extras written next to detectron2's metrics.
     cfg.LTDET.EVAL = CN()
     # Per-class AP table (csv) and a PNG of per-class AP against training frequency.

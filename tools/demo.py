@@ -2,8 +2,10 @@
 """The main job on the embedded synthetic long-tail set, on the CPU.
 
 Generates the dataset if absent, trains the instance-balanced base model (softmax, repeat-factor
-sampling) with tools/train_net.py, evaluates it with LVIS AP, and prints the AP table. Each run's
-metrics, per-class AP (csv, png) and logs land in output/demo/<run>/.
+sampling) with tools/train_net.py, fine-tunes its box classifier in the decoupled regime with
+softmax (re-training baseline), Balanced Softmax and BALMS, evaluates every model with LVIS AP and
+prints one comparison table. Each run's metrics, per-class AP (csv, png) and logs land in
+output/demo/<run>/.
 
   python tools/demo.py [--output output/demo] [--quick]
 """
@@ -20,10 +22,12 @@ sys.path.insert(0, ROOT)
 from ltdet.data.builtin import SYNTHETIC_DIR, datasets_root  # noqa: E402
 from ltdet.data.synthetic import generate  # noqa: E402
 
-# (run name, config, description)
-RUNS = [
-    ("base_softmax_rfs", "configs/synthetic/base_softmax_rfs.yaml",
-     "base model: softmax + repeat-factor sampling"),
+# (run name, config): the base model, then its classifier fine-tuned (decoupled) per method.
+BASE = ("base_softmax_rfs", "configs/synthetic/base_softmax_rfs.yaml")
+DECOUPLED = [
+    ("decoupled_softmax", "configs/synthetic/decoupled/softmax.yaml"),
+    ("decoupled_balanced_softmax", "configs/synthetic/decoupled/balanced_softmax.yaml"),
+    ("decoupled_balms", "configs/synthetic/decoupled/balms.yaml"),
 ]
 COLUMNS = [("segm", "AP"), ("segm", "APr"), ("segm", "APc"), ("segm", "APf"), ("bbox", "AP")]
 
@@ -59,10 +63,13 @@ def main() -> None:
     info = generate(data_dir)
     print(f"synthetic set: {info['num_classes']} classes, {info['num_train_images']} train / "
           f"{info['num_val_images']} val images in {data_dir}")
-    extra = ["SOLVER.MAX_ITER", "20", "SOLVER.STEPS", "(15,)", "SOLVER.WARMUP_ITERS", "5"] \
+    extra = ["SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "SOLVER.WARMUP_ITERS", "0"] \
         if args.quick else []
-    results = {name: run(name, cfg, os.path.join(args.output, name), extra)
-               for name, cfg, _ in RUNS}
+    base_dir = os.path.join(args.output, BASE[0])
+    results = {BASE[0]: run(*BASE, base_dir, extra)}
+    weights = ["MODEL.WEIGHTS", os.path.join(base_dir, "model_final.pth")]
+    for name, cfg in DECOUPLED:
+        results[name] = run(name, cfg, os.path.join(args.output, name), extra + weights)
     text = table(results)
     print("\nLVIS AP on the synthetic val split (mask AP with APr/APc/APf, and box AP):\n" + text)
     with open(os.path.join(args.output, "results.md"), "w") as f:

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import weakref
+from typing import Optional
+
+import numpy as np
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import AMPTrainer
 from detectron2.utils import comm
@@ -17,6 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import LongTailCheckpointer
 from ..data import class_stats
+from ..data.samplers import SkipSampler, class_balanced_repeat_factors
+from ..modeling.meta_reweigher import MetaReweigher
+from .decoupled import DecoupledTrainStep, freeze_except
+from .hooks import MetaWeightsHook
 from ..evaluation import LongTailLVISEvaluator
 
 
@@ -39,6 +48,11 @@ def check_config(cfg: CfgNode) -> None:
                              f"{stats.num_classes}: they must share one category list")
 
 
+def _train_dicts(cfg: CfgNode):
+    return get_detection_dataset_dicts(cfg.DATASETS.TRAIN,
+                                       filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+
+
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
     """detectron2's create_ddp_model, but CPU modules get ``device_ids=None`` (DDP requires it)."""
     if comm.get_world_size() == 1:
@@ -49,28 +63,129 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
 
 
 class Trainer(DefaultTrainer):
+    """DefaultTrainer plus: config checks, DDP on CPU (gloo), and the decoupled regime with the
+    optional Meta Reweigher (LTDET.DECOUPLED / LTDET.META)."""
+
     def __init__(self, cfg: CfgNode):
-        # Same construction as DefaultTrainer.__init__, with our DDP wrapper and config checks.
+        # DefaultTrainer.__init__'s construction, with the ltdet additions.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         check_config(cfg)
+        if comm.is_main_process() and cfg.OUTPUT_DIR:
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        decoupled = cfg.LTDET.DECOUPLED.ENABLED
+        self.reweigher = None
         model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False)
-        self._trainer = self.build_train_step(cfg, model, data_loader, optimizer)
+        if decoupled:
+            trainable = freeze_except(model, cfg.LTDET.DECOUPLED.TRAINABLE)
+            logging.getLogger(__name__).info("Decoupled regime: training only %s", trainable)
+        optimizer = self.build_optimizer(cfg, model)  # detectron2 skips frozen parameters
+        # Sampler seeds are drawn once (from cfg.SEED via default_setup) and checkpointed.
+        self.data_seeds = [comm.shared_random_seed(), comm.shared_random_seed()]
+        data_loader = self.build_train_loader(cfg, seed=self.data_seeds[0])
+        extra = {}
+        if decoupled:
+            if cfg.LTDET.META.ENABLED:
+                self.reweigher = MetaReweigher(cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(model.device)
+                extra["meta_reweigher"] = self.reweigher
+            self._trainer = self.build_decoupled_step(cfg, model, data_loader, optimizer)
+        else:
+            if cfg.LTDET.META.ENABLED:
+                raise ValueError("LTDET.META.ENABLED needs LTDET.DECOUPLED.ENABLED (the Meta "
+                                 "Reweigher trains with the decoupled classifier, BALMS supp. C.3)")
+            model = create_ddp_model(model, broadcast_buffers=False)
+            self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+                model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = LongTailCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # Decoupled fine-tuning must start from a complete base model of this architecture.
+        self.checkpointer = LongTailCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+                                                 require_complete=decoupled, **extra)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_decoupled_step(self, cfg, model, data_loader, optimizer) -> DecoupledTrainStep:
+        if self.reweigher is None:
+            return DecoupledTrainStep(model, data_loader, optimizer)
+        meta_optimizer = torch.optim.Adam(self.reweigher.parameters(), lr=cfg.LTDET.META.LR,
+                                          betas=tuple(cfg.LTDET.META.BETAS), weight_decay=0.0)
+        return DecoupledTrainStep(
+            model, data_loader, optimizer, reweigher=self.reweigher,
+            meta_loader=self.build_meta_loader(cfg, seed=self.data_seeds[1]),
+            meta_optimizer=meta_optimizer,
+            meta_loss=cfg.LTDET.META.LOSS, meta_interval=cfg.LTDET.META.INTERVAL)
+
     @classmethod
-    def build_train_step(cls, cfg, model, data_loader, optimizer):
-        return (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+    def build_train_loader(cls, cfg, skip: int = 0, seed: Optional[int] = None):
+        """detectron2's train loader and sampler, with the sampler's ``seed`` explicit and this
+        rank's first ``skip`` indices dropped (both for an exact --resume)."""
+        dicts = _train_dicts(cfg)
+        name = cfg.DATALOADER.SAMPLER_TRAIN
+        if name == "TrainingSampler":
+            sampler = TrainingSampler(len(dicts), seed=seed)
+        elif name == "RepeatFactorTrainingSampler":
+            factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dicts, cfg.DATALOADER.REPEAT_THRESHOLD)
+            sampler = RepeatFactorTrainingSampler(factors, seed=seed)
+        else:
+            raise ValueError(f"DATALOADER.SAMPLER_TRAIN {name!r} is not supported by ltdet's "
+                             "trainer; use TrainingSampler or RepeatFactorTrainingSampler")
+        return build_detection_train_loader(cfg, dataset=dicts, sampler=SkipSampler(sampler, skip))
+
+    @classmethod
+    def build_meta_loader(cls, cfg, skip: int = 0, seed: Optional[int] = None):
+        """Class-balanced batches from the training set (detectron2's repeat-factor sampler with
+        factors max_c 1/f(c))."""
+        dicts = _train_dicts(cfg)
+        factors = class_balanced_repeat_factors(dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        sampler = SkipSampler(RepeatFactorTrainingSampler(factors, seed=seed), skip)
+        return build_detection_train_loader(cfg, dataset=dicts, sampler=sampler,
+                                            total_batch_size=cls._meta_batch(cfg))
+
+    @staticmethod
+    def _meta_batch(cfg) -> int:
+        return cfg.LTDET.META.IMS_PER_BATCH or cfg.SOLVER.IMS_PER_BATCH
+
+    def resume_or_load(self, resume: bool = True):
+        super().resume_or_load(resume)
+        if self.start_iter > 0:  # continue the data streams where the saved run stopped
+            world, cfg, step = comm.get_world_size(), self.cfg, self._trainer
+            step.data_loader = self.build_train_loader(
+                cfg, skip=self.start_iter * cfg.SOLVER.IMS_PER_BATCH // world,
+                seed=self.data_seeds[0])
+            step._data_loader_iter = iter(step.data_loader)
+            if getattr(step, "reweigher", None) is not None:
+                meta_steps = -(-self.start_iter // step.meta_interval)
+                step.set_meta_loader(self.build_meta_loader(
+                    cfg, skip=meta_steps * self._meta_batch(cfg) // world, seed=self.data_seeds[1]))
+
+    def state_dict(self):
+        # detectron2 0.6's DefaultTrainer saves neither the optimizer nor the RNG state; both
+        # are needed for --resume to continue exactly (ROI sampling and augmentation draw from
+        # the global RNGs).
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        ret["data_seeds"] = list(self.data_seeds)
+        # (only tensors and builtins: torch.load's weights_only mode refuses numpy objects)
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        ret["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                      "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                int(has_gauss), float(gauss)]}
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.data_seeds = state_dict.get("data_seeds", self.data_seeds)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        if "rng" in state_dict:
+            torch.set_rng_state(state_dict["rng"]["torch"])
+            kind, keys, pos, has_gauss, gauss = state_dict["rng"]["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(state_dict["rng"]["python"])
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -88,6 +203,20 @@ class Trainer(DefaultTrainer):
             train_dataset=cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None,
             per_class=cfg.LTDET.EVAL.PER_CLASS,
         )
+
+    def train(self):
+        """Train; return the last evaluation results (detectron2 0.6 returns them only when
+        TEST.EXPECTED_RESULTS is set)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if getattr(self, "reweigher", None) is not None:
+            # before the writers (last in the list), so its scalars are written with the step's
+            hooks.insert(-1, MetaWeightsHook(self.reweigher, self.cfg.DATASETS.TRAIN[0],
+                                             self.cfg.OUTPUT_DIR, self.cfg.LTDET.META.LOG_PERIOD))
+        return hooks
 
     def build_writers(self):
         writers = [CommonMetricPrinter(self.max_iter),

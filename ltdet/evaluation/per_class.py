@@ -70,3 +70,23 @@ def plot_per_class_ap(path: str, ap: Dict[str, np.ndarray], image_counts: np.nda
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_class_weights(path: str, weights: np.ndarray, image_counts: np.ndarray) -> None:
+    """Learned Meta Reweigher class weight against training image count (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    counts = np.maximum(np.asarray(image_counts), 1)
+    colors = [GROUP_COLORS[frequency_group(int(n))] for n in image_counts]
+    ax.scatter(counts, weights, c=colors, s=18)
+    ax.axhline(0.5, color="gray", lw=0.5, ls="--")  # the initial weight
+    ax.set_xscale("log")
+    ax.set_xlabel("training images containing the class")
+    ax.set_ylabel("learned class weight sigmoid(w_c)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,50 @@
+"""Repeat factors for detectron2's RepeatFactorTrainingSampler."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+
+
+def _image_classes(dataset_dicts: List[Dict]) -> List[set]:
+    return [{a["category_id"] for a in d["annotations"]} for d in dataset_dicts]
+
+
+def _class_image_freq(classes: List[set], num_images: int) -> Dict[int, float]:
+    counts: Dict[int, int] = {}
+    for cs in classes:
+        for c in cs:
+            counts[c] = counts.get(c, 0) + 1
+    return {c: n / num_images for c, n in counts.items()}
+
+
+def class_balanced_repeat_factors(dataset_dicts: List[Dict], num_classes: int) -> torch.Tensor:
+    """Image repeat factors for a class-balanced meta set (BALMS code): the max over the image's
+    classes of 1/f(c), f(c) the fraction of images containing c, scaled by 1/K so that an epoch
+    is about as long as the dataset (the distribution is unchanged; LVIS would otherwise list
+    ~K x N indices per epoch). Images without annotations get 0 (never drawn)."""
+    classes = _image_classes(dataset_dicts)
+    freq = _class_image_freq(classes, len(dataset_dicts))
+    missing = sorted(set(range(num_classes)) - set(freq))
+    if missing:
+        raise ValueError(
+            f"class-balanced meta sampler: classes {missing[:10]} have no training image, so no "
+            "balanced batch can contain them; remove them from the dataset or disable "
+            "LTDET.META.ENABLED"
+        )
+    return torch.tensor([max((1.0 / (num_classes * freq[c]) for c in cs), default=0.0)
+                         for cs in classes], dtype=torch.float32)
+
+
+class SkipSampler(torch.utils.data.Sampler):
+    """Drop the first ``skip`` indices of a (per-rank, infinite) detectron2 sampler, so that a
+    resumed run draws the batches the uninterrupted run would have drawn next (exact when all
+    images fall in one aspect-ratio group, or ASPECT_RATIO_GROUPING is off)."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, int(skip)
+
+    def __iter__(self):
+        import itertools
+
+        yield from itertools.islice(iter(self.sampler), self.skip, None)

@@ -1,0 +1,140 @@
+"""The decoupled regime (BALMS supp. C.3): fine-tune only the box classifier of a base model.
+
+Nothing upstream of the classifier learns, so each step runs the frozen trunk (backbone, RPN,
+RoI pooling, box head) in eval mode without autograd, and skips everything whose result has no
+gradient (mask head, box-regression and RPN losses). The classifier's features are computed once
+per batch and reused by the meta look-ahead and the main step.
+"""
+from __future__ import annotations
+
+import fnmatch
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from detectron2.engine import SimpleTrainer
+from detectron2.layers import cat
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from ..modeling.meta_reweigher import MetaReweigher
+from .meta_step import meta_reweigher_step
+
+
+def freeze_except(model: nn.Module, patterns: Sequence[str]) -> List[str]:
+    """Set requires_grad=False on every parameter whose name matches none of ``patterns``
+    (fnmatch globs); return the trainable names. A pattern that matches nothing is an error."""
+    names = [n for n, _ in model.named_parameters()]
+    for pat in patterns:
+        if not fnmatch.filter(names, pat):
+            raise ValueError(
+                f"LTDET.DECOUPLED.TRAINABLE pattern {pat!r} matches no parameter of the model; "
+                f"classifier parameters are e.g. {[n for n in names if 'box_predictor' in n]}"
+            )
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(fnmatch.fnmatch(name, pat) for pat in patterns))
+        if p.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+@torch.no_grad()
+def classifier_inputs(model: nn.Module, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Box-head features [N, D] of the sampled proposals of a batch and their gt classes [N], by
+    the frozen trunk in eval mode (RPN gives its test-time proposals; sampling and gt matching
+    are the ROI heads' own, PROPOSAL_APPEND_GT included)."""
+    images = model.preprocess_image(batched_inputs)
+    features = model.backbone(images.tensor)
+    proposals, _ = model.proposal_generator(images, features, None)
+    gt = [x["instances"].to(model.device) for x in batched_inputs]
+    heads = model.roi_heads
+    proposals = heads.label_and_sample_proposals(proposals, gt)
+    x = heads.box_pooler([features[f] for f in heads.box_in_features],
+                         [p.proposal_boxes for p in proposals])
+    x = heads.box_head(x).flatten(1)
+    return x, cat([p.gt_classes for p in proposals], dim=0)
+
+
+def _plain_loss_name(loss_name: str) -> str:
+    from ..modeling.losses import SIGMOID_LOSSES
+
+    return "sigmoid" if loss_name in SIGMOID_LOSSES else "softmax"
+
+
+class DecoupledTrainStep(SimpleTrainer):
+    """Training step of the decoupled regime, with the optional Meta Reweigher step.
+
+    Gradients of the trainable parameters are averaged over ranks by hand (the model is not
+    wrapped in DDP: the frozen trunk never runs under autograd, so DDP would have nothing to hook).
+    """
+
+    def __init__(self, model, data_loader, optimizer, *, reweigher: Optional[MetaReweigher] = None,
+                 meta_loader=None, meta_optimizer: Optional[torch.optim.Optimizer] = None,
+                 meta_loss: str = "plain", meta_interval: int = 1):
+        super().__init__(model, data_loader, optimizer)
+        self.predictor = model.roi_heads.box_predictor
+        self.reweigher = reweigher
+        self.meta_optimizer = meta_optimizer
+        self.meta_interval = meta_interval
+        self.set_meta_loader(meta_loader)
+        name = self.predictor.loss_name if meta_loss == "same" else _plain_loss_name(self.predictor.loss_name)
+        self._meta_loss_name = name
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def set_meta_loader(self, meta_loader) -> None:
+        self._meta_iter = iter(meta_loader) if meta_loader is not None else None
+
+    def _train_loss(self, scores, gt, weights):
+        return self.predictor.classification_loss(scores, gt, weights)
+
+    def _meta_loss(self, scores, gt):
+        from ..modeling.losses import cls_loss
+
+        return cls_loss(self._meta_loss_name, scores, gt, self.predictor.stats,
+                        **self.predictor.loss_kwargs if self._meta_loss_name == self.predictor.loss_name else {})
+
+    def run_step(self):
+        self.model.eval()  # frozen trunk: BN statistics and dropout stay as in the base model
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        x, gt = classifier_inputs(self.model, data)
+        metrics = {}
+        if self.reweigher is not None and self.iter % self.meta_interval == 0:
+            x_meta, gt_meta = classifier_inputs(self.model, next(self._meta_iter))
+            metrics.update(meta_reweigher_step(
+                self.predictor.cls_score, self.optimizer, self.reweigher, self.meta_optimizer,
+                self._train_loss, self._meta_loss, x, gt, x_meta, gt_meta))
+
+        weights = self.reweigher(gt).detach() if self.reweigher is not None else None
+        scores = self.predictor.cls_score(x)
+        loss = self.predictor.classification_loss(scores, gt, weights)
+        self.optimizer.zero_grad()
+        loss.backward()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            grads = [p.grad for p in self.trainable]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            i = 0
+            for g in grads:
+                g.copy_(flat[i:i + g.numel()].view_as(g))
+                i += g.numel()
+        self._write_metrics({"loss_cls": loss}, data_time)
+        if metrics and comm.is_main_process():
+            get_event_storage().put_scalars(**metrics)
+        self.optimizer.step()
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if self.meta_optimizer is not None:
+            ret["meta_optimizer"] = self.meta_optimizer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.meta_optimizer is not None and "meta_optimizer" in state_dict:
+            self.meta_optimizer.load_state_dict(state_dict["meta_optimizer"])

@@ -1,0 +1,134 @@
+"""End-to-end runs on the tiny synthetic split (CPU, seconds each)."""
+import csv
+import json
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.utils.env import seed_all_rng
+
+from ltdet.config import add_ltdet_config
+from ltdet.data.builtin import SYNTHETIC_DIR, register_all
+from ltdet.data.lvis_format import _STATS_CACHE
+from ltdet.data.synthetic import generate
+from ltdet.engine import Trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    generate(str(root / SYNTHETIC_DIR), preset="tiny")
+    register_all(str(root))
+    _STATS_CACHE.clear()
+    yield root
+    _STATS_CACHE.clear()
+    register_all()  # back to the default root
+
+
+def tiny_cfg(out_dir, config="configs/synthetic/base_softmax_rfs.yaml", *opts):
+    cfg = get_cfg()
+    add_ltdet_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, config))
+    cfg.merge_from_list([
+        "MODEL.ROI_HEADS.NUM_CLASSES", 8, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 8,
+        "SOLVER.STEPS", (6,), "SOLVER.WARMUP_ITERS", 2, "DATALOADER.NUM_WORKERS", 0,
+        "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.MIN_SIZE_TEST", 64,
+        "INPUT.MAX_SIZE_TEST", 64, "INPUT.RANDOM_FLIP", "none", "OUTPUT_DIR", str(out_dir),
+        "SEED", 1, *opts,
+    ])
+    return cfg
+
+
+def train(cfg, resume=False):
+    seed_all_rng(cfg.SEED)  # as detectron2's default_setup does in tools/train_net.py
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    results = trainer.train()
+    return trainer, results
+
+
+@pytest.fixture(scope="module")
+def base_model(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    _, results = train(tiny_cfg(out))
+    return out, results
+
+
+def test_base_train_and_lvis_eval(base_model):
+    out, results = base_model
+    for task in ("bbox", "segm"):
+        assert {"AP", "APr", "APc", "APf"} <= set(results[task])
+    inf = out / "inference" / "ltdet_synthetic_val"
+    assert json.loads((inf / "lvis_metrics.json").read_text())["segm"]["APr"] == results["segm"]["APr"]
+    rows = list(csv.DictReader(open(inf / "per_class_ap.csv")))
+    assert len(rows) == 8 and {"AP_bbox", "AP_segm", "train_image_count", "frequency"} <= set(rows[0])
+    assert (inf / "per_class_ap.png").stat().st_size > 1000
+    # Same numbers as lvis-api's own evaluator run directly on the saved detections.
+    from lvis import LVIS, LVISEval, LVISResults
+
+    gt = LVIS(MetadataCatalog.get("ltdet_synthetic_val").json_file)
+    dets = json.loads((inf / "lvis_instances_results.json").read_text())
+    ev = LVISEval(gt, LVISResults(gt, dets, max_dets=50), "bbox")
+    ev.run()
+    assert abs(ev.get_results()["AP"] * 100 - results["bbox"]["AP"]) < 1e-6
+
+
+@pytest.mark.parametrize("loss", ["balanced_softmax", "sigmoid", "balanced_sigmoid", "eql", "federated"])
+def test_heads_train_end_to_end(tiny_root, tmp_path, loss):
+    cfg = tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml", "LTDET.LOSS.NAME", loss,
+                   "SOLVER.MAX_ITER", 3, "DATASETS.TEST", ())
+    trainer, _ = train(cfg)
+    assert torch.isfinite(trainer.storage.history("loss_cls").latest() * torch.ones(1)).all()
+
+
+def _decoupled_cfg(base_dir, out, *opts):
+    return tiny_cfg(out, "configs/synthetic/decoupled/balms.yaml",
+                    "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "SOLVER.MAX_ITER", 4,
+                    "SOLVER.STEPS", (3,), "SOLVER.WARMUP_ITERS", 0, "LTDET.META.LR", 0.05,
+                    "DATASETS.TEST", (), *opts)
+
+
+def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
+    base_dir, _ = base_model
+    base = torch.load(base_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    trainer, _ = train(_decoupled_cfg(base_dir, tmp_path))
+    state = trainer.model.state_dict()
+    changed = [k for k in base if not torch.equal(base[k], state[k])]
+    assert changed == ["roi_heads.box_predictor.cls_score.weight",
+                       "roi_heads.box_predictor.cls_score.bias"]
+    w = trainer.reweigher.class_weights()
+    assert not torch.allclose(w, torch.full_like(w, 0.5))
+    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu")  # weights_only loads it
+    assert torch.equal(ckpt["meta_reweigher"]["logits"], trainer.reweigher.logits.detach())
+    assert "meta_optimizer" in ckpt["trainer"]["_trainer"]
+    assert "optimizer" in ckpt["trainer"]["_trainer"]
+
+
+def test_decoupled_resume_is_exact(base_model, tmp_path):
+    base_dir, _ = base_model
+    full, _ = train(_decoupled_cfg(base_dir, tmp_path / "full"))
+    # "kill" after 2 iterations (a checkpoint at iteration 2), then resume to 4
+    _, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", "SOLVER.MAX_ITER", 2))
+    resumed, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut"), resume=True)
+    assert resumed.start_iter == 2
+    torch.testing.assert_close(resumed.reweigher.logits, full.reweigher.logits)
+    torch.testing.assert_close(resumed.model.roi_heads.box_predictor.cls_score.weight,
+                               full.model.roi_heads.box_predictor.cls_score.weight)
+
+
+def test_decoupled_bad_input(base_model, tmp_path):
+    base_dir, _ = base_model
+    with pytest.raises(ValueError, match="matches no parameter"):
+        Trainer(_decoupled_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.TRAINABLE", ["nope.*"]))
+    with pytest.raises(ValueError, match="NUM_CLASSES = 5"):
+        Trainer(_decoupled_cfg(base_dir, tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", 5))
+    partial = {k: v for k, v in torch.load(base_dir / "model_final.pth", weights_only=False)["model"].items()
+               if "mask_head" not in k}
+    torch.save({"model": partial}, tmp_path / "partial.pth")
+    trainer = Trainer(_decoupled_cfg(base_dir, tmp_path, "MODEL.WEIGHTS", str(tmp_path / "partial.pth")))
+    with pytest.raises(ValueError, match="not a base model.*missing keys.*mask_head"):
+        trainer.resume_or_load(resume=False)

@@ -1,0 +1,133 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from ltdet.engine.meta_step import meta_reweigher_step, sgd_lookahead
+from ltdet.modeling import losses as L
+from ltdet.modeling.meta_reweigher import MetaReweigher, proposal_weights
+
+K, D = 3, 5
+
+
+def test_proposal_weights_by_hand():
+    logits = torch.tensor([0.0, 2.0, -1.0])
+    gt = torch.tensor([0, 1, 1, 3, 2, 3])  # 3 = background
+    s = torch.sigmoid(logits)
+    raw = torch.tensor([s[0], s[1], s[1], s[2]])
+    expected_fg = raw * 4 / raw.sum()
+    w = proposal_weights(logits, gt)
+    torch.testing.assert_close(w[[0, 1, 2, 4]], expected_fg)
+    assert w[3] == 1 and w[5] == 1
+    assert torch.isclose(w[[0, 1, 2, 4]].mean(), torch.tensor(1.0))
+    assert (proposal_weights(logits, torch.tensor([3, 3])) == 1).all()
+    assert torch.allclose(MetaReweigher(K).class_weights(), torch.full((K,), 0.5))
+
+
+def _problem(seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    clf = nn.Linear(D, K + 1).to(dtype)
+    with torch.no_grad():
+        clf.weight.copy_(torch.randn(K + 1, D, generator=g, dtype=dtype) * 0.3)
+        clf.bias.copy_(torch.randn(K + 1, generator=g, dtype=dtype) * 0.1)
+    data = dict(
+        x_train=torch.randn(24, D, generator=g, dtype=dtype),
+        gt_train=torch.randint(0, K + 1, (24,), generator=g),
+        x_meta=torch.randn(12, D, generator=g, dtype=dtype),
+        gt_meta=torch.arange(12) % (K + 1),
+    )
+    log_prior = L.softmax_log_prior([50.0, 5.0, 1.0]).to(dtype)
+    train_loss = lambda s, y, w: L.balanced_softmax_loss(s, y, log_prior, weights=w)  # noqa: E731
+    meta_loss = lambda s, y: L.softmax_loss(s, y)  # noqa: E731
+    return clf, data, train_loss, meta_loss
+
+
+def _optimizer(clf, nesterov=False):
+    opt = torch.optim.SGD(clf.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-2,
+                          nesterov=nesterov)
+    # one real step so that the momentum buffer is non-trivial
+    clf(torch.ones(2, D, dtype=clf.weight.dtype)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    return opt
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_lookahead_matches_torch_sgd(nesterov):
+    clf, data, train_loss, _ = _problem()
+    opt = _optimizer(clf, nesterov)
+    named = dict(clf.named_parameters())
+    w = torch.randn(K, dtype=torch.float64)
+    loss = train_loss(clf(data["x_train"]), data["gt_train"], proposal_weights(w, data["gt_train"]))
+    grads = dict(zip(named, torch.autograd.grad(loss, list(named.values()))))
+    new, _ = sgd_lookahead(opt, named, grads)
+    clf2, opt2 = copy.deepcopy(clf), None
+    opt2 = torch.optim.SGD(clf2.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for p, q in zip(clf2.parameters(), clf.parameters()):
+        p.grad = grads[[k for k in named if named[k] is q][0]].clone()
+    opt2.step()
+    for (k, v), p in zip(new.items(), clf2.parameters()):
+        torch.testing.assert_close(v, p.detach())
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_meta_gradient_matches_finite_differences(nesterov):
+    clf, data, train_loss, meta_loss = _problem()
+    opt = _optimizer(clf, nesterov)
+    rw = MetaReweigher(K).double()
+    with torch.no_grad():
+        rw.logits.copy_(torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64))
+    w0 = rw.logits.detach().clone()
+    before = copy.deepcopy((clf.state_dict(), opt.state_dict()))
+    meta_opt = torch.optim.SGD(rw.parameters(), lr=1.0)  # logits move by exactly -grad
+    meta_reweigher_step(clf, opt, rw, meta_opt, train_loss, meta_loss, **data)
+    analytic = w0 - rw.logits.detach()
+    # the classifier and its optimiser are untouched by the meta step
+    for k, v in before[0].items():
+        assert torch.equal(v, clf.state_dict()[k])
+    for k, st in before[1]["state"].items():
+        assert torch.equal(st["momentum_buffer"], opt.state_dict()["state"][k]["momentum_buffer"])
+
+    def f(w):  # the real thing: a torch SGD step with class weights w, then the meta loss
+        c = copy.deepcopy(clf)
+        o = torch.optim.SGD(c.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
+        o.load_state_dict(copy.deepcopy(opt.state_dict()))
+        train_loss(c(data["x_train"]), data["gt_train"], proposal_weights(w, data["gt_train"])).backward()
+        o.step()
+        with torch.no_grad():
+            return meta_loss(c(data["x_meta"]), data["gt_meta"])
+
+    eps = 1e-6
+    numeric = torch.stack([(f(w0 + eps * e) - f(w0 - eps * e)) / (2 * eps)
+                           for e in torch.eye(K, dtype=torch.float64)])
+    torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-9)
+    assert analytic.abs().max() > 1e-6  # not trivially zero
+
+
+def test_meta_step_raises_tail_weight_on_imbalanced_toy():
+    """Two overlapping classes, 90% head in training, balanced meta set: a softmax classifier
+    is biased to the head, and meta steps move weight to the tail class."""
+    g = torch.Generator().manual_seed(0)
+    k = 2
+    def sample(n_head, n_tail):
+        x = torch.cat([torch.randn(n_head, 2, generator=g) + torch.tensor([1.0, 0.0]),
+                       torch.randn(n_tail, 2, generator=g) - torch.tensor([1.0, 0.0])])
+        y = torch.cat([torch.zeros(n_head, dtype=torch.long), torch.ones(n_tail, dtype=torch.long)])
+        return x, y
+    clf = nn.Linear(2, k + 1)
+    opt = torch.optim.SGD(clf.parameters(), lr=0.1, momentum=0.9)
+    rw = MetaReweigher(k)
+    meta_opt = torch.optim.Adam(rw.parameters(), lr=0.05)
+    loss = lambda s, y, w: L.softmax_loss(s, y, weights=w)  # noqa: E731
+    for _ in range(60):
+        xt, yt = sample(90, 10)
+        xm, ym = sample(50, 50)
+        meta_reweigher_step(clf, opt, rw, meta_opt, loss, lambda s, y: L.softmax_loss(s, y),
+                            xt, yt, xm, ym)
+        opt.zero_grad()
+        loss(clf(xt), yt, rw(yt).detach()).backward()
+        opt.step()
+    w = rw.class_weights()
+    assert w[1] > 0.6 > 0.4 > w[0], w
