@@ -66,10 +66,12 @@ def merge_config(cfg: CN, config_file: str = "", opts=()) -> CN:
         if config_file:
             cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
-    except KeyError as e:
+    except (KeyError, AssertionError) as e:  # yacs: KeyError from files, assert from lists
+        if "Non-existent" not in str(e):
+            raise
         where = f"{config_file} or the command line" if config_file else "the command line"
         raise KeyError(
-            f"unknown config key in {where}: {e.args[0]}. Check the spelling against "
+            f"unknown config key in {where}: {e}. Check the spelling against "
             "detectron2's defaults and ltdet/config.py (add_ltdet_config must run before merging)"
         ) from None
     return cfg

@@ -22,7 +22,29 @@ PIP=("$PY" -m pip install --disable-pip-version-check -q)
 
 have() { "$PY" -c "$1" >/dev/null 2>&1; }
 
-if ! have 'import torch, torchvision; assert torch.__version__.startswith("2.14.1") and torchvision.__version__.startswith("0.29.1")'; then
+# One probe for every component (each torch import costs seconds); prints the missing ones.
+# Run from / so that this checkout on sys.path does not count as an installed ltdet.
+PROBE='
+import sys, warnings
+warnings.simplefilter("ignore")
+checks = {
+    "torch": "import torch, torchvision; assert torch.__version__.startswith(\"2.14.1\") and torchvision.__version__.startswith(\"0.29.1\")",
+    "deps": "import fvcore, iopath, pycocotools, cv2, matplotlib, yacs, tabulate, cloudpickle, tqdm, omegaconf, hydra, pytest, tensorboard, lvis",
+    "detectron2": "import detectron2.layers, detectron2.model_zoo as m; m.get_config_file(\"LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml\")",
+    "ltdet": "import importlib.util as u; assert u.find_spec(\"ltdet\").origin.startswith(sys.argv[1])",
+}
+def ok(stmt):
+    try:
+        exec(stmt, {"sys": sys})
+        return True
+    except Exception:
+        return False
+print(" ".join(k for k, v in checks.items() if not ok(v)))
+'
+missing=$(cd / && "$PY" -c "$PROBE" "$OLDPWD" 2>/dev/null) || missing="torch deps detectron2 ltdet"
+needs() { [[ " $missing " == *" $1 "* ]]; }
+
+if needs torch; then
   echo "[install] torch 2.14.1 / torchvision 0.29.1"
   "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
 fi
@@ -33,13 +55,13 @@ fi
 DEPS=(fvcore iopath pycocotools opencv-python-headless matplotlib termcolor yacs tabulate
       cloudpickle tqdm tensorboard omegaconf hydra-core pydot future Pillow numpy pytest
       cycler kiwisolver pyparsing python-dateutil six Cython)
-if ! have 'import fvcore, iopath, pycocotools, cv2, matplotlib, yacs, tabulate, cloudpickle, tqdm, omegaconf, hydra, pytest, tensorboard, lvis'; then
+if needs deps; then
   echo "[install] runtime dependencies"
   "${PIP[@]}" "${DEPS[@]}"
   "${PIP[@]}" --no-deps lvis
 fi
 
-if ! have 'import detectron2, detectron2.layers, detectron2.model_zoo; detectron2.model_zoo.get_config_file("LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")'; then
+if needs detectron2; then
   if have 'import detectron2'; then
     echo "[install] detectron2 is importable but broken:" >&2
     "$PY" -c 'import detectron2.layers, detectron2.model_zoo' >&2 || true
@@ -73,9 +95,12 @@ EOF
   fi
 fi
 
-# (checked from / so that the repo checkout on sys.path does not count as installed)
-if ! (cd / && have 'import importlib.util as u; assert u.find_spec("ltdet").origin.startswith("'"$PWD"'")'); then
+if needs ltdet; then
   echo "[install] ltdet (editable)"
   "${PIP[@]}" --no-build-isolation --no-deps -e .
 fi
-echo "[install] ok: $("$PY" -c 'import torch, detectron2, ltdet; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| ltdet", ltdet.__version__)')"
+if [[ -n "$missing" ]]; then  # verify what was just installed
+  "$PY" -W ignore -c 'import torch, detectron2, ltdet; print("[install] ok: torch", torch.__version__, "| detectron2", detectron2.__version__, "| ltdet", ltdet.__version__)'
+else
+  echo "[install] ok (nothing to do)"
+fi

@@ -1,0 +1,584 @@
+"""Cost of one decoupled training step (BALMS supp. C.3) against the alternatives, same run.
+
+Four training steps of the same Mask R-CNN (same initial weights, same batches, only the box
+classifier ``roi_heads.box_predictor.cls_score`` trainable) are timed in interleaved rounds:
+
+  stock      detectron2's SimpleTrainer step: the full training forward ``model(batch)`` (RPN,
+             box and mask losses), sum, backward, SGD step. What a plain detectron2 user does to
+             fine-tune only the classifier.
+  decoupled  ltdet's DecoupledTrainStep (Balanced Softmax, no reweigher): frozen trunk in eval
+             mode without autograd, classifier loss only.
+  balms      DecoupledTrainStep with a MetaReweigher (meta batch from a second, class-balanced
+             loader; torch.func look-ahead on the cached classifier features).
+  original   a re-creation (in this file) of the official BALMS code's scheme: three full
+             training-mode forward passes per iteration - (1) training batch with the classifier
+             as differentiable fast weights (torch.func.functional_call on the whole model),
+             look-ahead SGD step from the local gradient with create_graph; (2) meta batch
+             through the looked-ahead classifier, meta loss back-propagated to the class weights,
+             Adam step; (3) the real forward+backward with the updated weights, SGD step.
+
+Targets, as ratios measured in the same run: decoupled/stock time <= 0.6x and peak memory
+<= 0.5x; balms/decoupled time <= 2.2x; balms/original time <= 0.7x.
+
+    python benchmarks/bench_decoupled.py [--device cpu|cuda] [--iters N] [--warmup W]
+                                         [--batch B] [--lvis-scale] [--out DIR]
+
+Time: median over the timed rounds (after the warm-up rounds), torch.cuda.synchronize around
+each step on GPU; ratios are the median of per-round ratios, so a load change on a shared
+machine hits both sides alike. Memory (GPU only): the variant's own resident state (weights,
+buffers, optimiser state) plus the peak of torch.cuda.max_memory_allocated above what was
+allocated when its step started (all four variants live on the GPU at once, so the raw peak
+would count the other variants' weights). On CPU torch exposes no allocator statistics: memory
+is reported as n/a and only time ratios are checked.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from anywhere without install
+# ltdet registers its datasets relative to $DETECTRON2_DATASETS (default ./datasets) on import.
+os.environ.setdefault("DETECTRON2_DATASETS", str(ROOT / "datasets"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.engine import SimpleTrainer  # noqa: E402
+from detectron2.layers import cat  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.solver import build_optimizer  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.func import functional_call  # noqa: E402
+
+import ltdet  # noqa: E402,F401  (registers datasets and the LongTail ROI heads)
+from ltdet.config import add_ltdet_config  # noqa: E402
+from ltdet.engine.decoupled import DecoupledTrainStep, freeze_except  # noqa: E402
+from ltdet.engine.trainer import Trainer  # noqa: E402
+from ltdet.modeling import losses as L  # noqa: E402
+from ltdet.modeling.meta_reweigher import MetaReweigher, proposal_weights  # noqa: E402
+
+BASE_CONFIG = ROOT / "configs/synthetic/base_softmax_rfs.yaml"
+DECOUPLED_CONFIG = ROOT / "configs/synthetic/decoupled/balanced_softmax.yaml"
+DATA_DIR = ROOT / "datasets/ltdet_synthetic"
+CLASSIFIER = "roi_heads.box_predictor.cls_score"
+VARIANTS = ("stock", "decoupled", "balms", "original")
+DESCRIPTION = {
+    "stock": "detectron2 SimpleTrainer step, full forward, only cls_score trainable",
+    "decoupled": "ltdet DecoupledTrainStep, balanced_softmax",
+    "balms": "ltdet DecoupledTrainStep + MetaReweigher",
+    "original": "original BALMS scheme: 3 full training forwards per step",
+}
+# (numerator, denominator, time target, memory target); None = reported, no target.
+COMPARISONS = [
+    ("decoupled", "stock", 0.6, 0.5),
+    ("balms", "decoupled", 2.2, None),
+    ("balms", "original", 0.7, None),
+    ("original", "stock", None, None),
+]
+WARMUP = 2
+
+
+# --------------------------------------------------------------------------- configs and data
+def _load_cfg(path: Path, device: str, batch: int, lvis_scale: bool):
+    cfg = get_cfg()
+    add_ltdet_config(cfg)
+    cfg.merge_from_file(str(path))
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.WEIGHTS = ""  # random init: the cost does not depend on the weights
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SOLVER.IMS_PER_BATCH = batch
+    if lvis_scale:
+        # Mask R-CNN R50-FPN sizes of the LVIS configs (Base-LTDet-RCNN-FPN.yaml / detectron2's
+        # LVIS 1x), on the synthetic set (28 classes) upscaled to an 800 px short side.
+        cfg.MODEL.RESNETS.DEPTH = 50
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+        cfg.MODEL.FPN.OUT_CHANNELS = 256
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+        cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
+        cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
+        cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
+        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+        cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+        cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
+        cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
+        cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
+        cfg.INPUT.MIN_SIZE_TRAIN = (800,)
+        cfg.INPUT.MAX_SIZE_TRAIN = 1333
+        cfg.INPUT.MIN_SIZE_TEST = 800
+        cfg.INPUT.MAX_SIZE_TEST = 1333
+    cfg.freeze()
+    return cfg
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _fetch(loader, n: int) -> List[List[dict]]:
+    return list(islice(iter(loader), n))
+
+
+# --------------------------------------------------------------------------- the variants
+class _Variant:
+    """One training scheme with its own model copy, optimiser(s) and data streams."""
+
+    name: str
+    model: nn.Module
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def state_tensors(self) -> List[torch.Tensor]:
+        """Resident tensors owned by this variant (for the memory accounting)."""
+        ts = list(self.model.parameters()) + list(self.model.buffers())
+        for opt in self.optimizers():
+            for st in opt.state.values():
+                ts += [v for v in st.values() if torch.is_tensor(v)]
+        return ts
+
+    def optimizers(self) -> List[torch.optim.Optimizer]:
+        return []
+
+
+class StockStep(_Variant):
+    name = "stock"
+
+    def __init__(self, model, optimizer, batches):
+        self.model = model
+        self.trainer = SimpleTrainer(model, batches, optimizer)  # puts the model in train mode
+
+    def step(self):
+        self.trainer.run_step()
+        self.trainer.iter += 1
+
+    def optimizers(self):
+        return [self.trainer.optimizer]
+
+
+class DecoupledStep(_Variant):
+    def __init__(self, name, model, optimizer, batches, reweigher=None, meta_optimizer=None,
+                 meta_batches=None, meta_loss="plain"):
+        self.name = name
+        self.model = model
+        self.reweigher = reweigher
+        self.trainer = DecoupledTrainStep(model, batches, optimizer, reweigher=reweigher,
+                                          meta_loader=meta_batches, meta_optimizer=meta_optimizer,
+                                          meta_loss=meta_loss, meta_interval=1)
+
+    def step(self):
+        self.trainer.run_step()
+        self.trainer.iter += 1
+
+    def optimizers(self):
+        return [o for o in (self.trainer.optimizer, self.trainer.meta_optimizer) if o is not None]
+
+    def state_tensors(self):
+        extra = list(self.reweigher.parameters()) if self.reweigher is not None else []
+        return super().state_tensors() + extra
+
+
+class _TrainingForward(nn.Module):
+    """GeneralizedRCNN's training forward rebuilt from the model's parts, so that the sampled
+    proposals' gt classes are at hand for the per-proposal weights: preprocess, backbone, RPN
+    (with its losses), label_and_sample_proposals, box pooler + head + predictor (classification
+    and box-regression losses), mask head loss. Returns every loss, like ``model(batch)``.
+
+    ``class_logits`` given: the classification loss is the head's own (balanced_softmax) with
+    ``proposal_weights(class_logits, gt)``; ``loss_name`` given: that loss, unweighted (meta).
+    A module wrapping the model, so ``functional_call`` can swap any model parameter.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batched_inputs, class_logits: Optional[torch.Tensor] = None,
+                loss_name: Optional[str] = None) -> Dict[str, torch.Tensor]:
+        model = self.model
+        heads = model.roi_heads
+        predictor = heads.box_predictor
+        images = model.preprocess_image(batched_inputs)
+        gt = [x["instances"].to(model.device) for x in batched_inputs]
+        features = model.backbone(images.tensor)
+        proposals, losses = model.proposal_generator(images, features, gt)
+        losses = dict(losses)
+        proposals = heads.label_and_sample_proposals(proposals, gt)
+
+        x = heads.box_pooler([features[f] for f in heads.box_in_features],
+                             [p.proposal_boxes for p in proposals])
+        x = heads.box_head(x)
+        scores, deltas = predictor(x)
+        gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+        if loss_name is None:
+            weights = proposal_weights(class_logits, gt_classes) if class_logits is not None else None
+            loss_cls = predictor.classification_loss(scores, gt_classes, weights)
+        else:
+            kwargs = predictor.loss_kwargs if loss_name == predictor.loss_name else {}
+            loss_cls = L.cls_loss(loss_name, scores, gt_classes, predictor.stats, **kwargs)
+        proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+        gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor
+                        for p in proposals], dim=0)
+        loss_box_reg = predictor.box_reg_loss(proposal_boxes, gt_boxes, deltas, gt_classes)
+        losses["loss_cls"] = loss_cls * predictor.loss_weight.get("loss_cls", 1.0)
+        losses["loss_box_reg"] = loss_box_reg * predictor.loss_weight.get("loss_box_reg", 1.0)
+        losses.update(heads._forward_mask(features, proposals))
+        return losses
+
+
+class OriginalBalmsStep(_Variant):
+    """The official BALMS code's Meta Reweigher iteration: three full training-mode forward
+    passes of the model, look-ahead from the local (not all-reduced) gradient."""
+
+    name = "original"
+
+    def __init__(self, model, optimizer, batches, reweigher, meta_optimizer, meta_batches,
+                 meta_loss_name: str):
+        self.model = model
+        self.model.train()
+        self.forward_module = _TrainingForward(model)
+        self.optimizer = optimizer
+        self.reweigher = reweigher
+        self.meta_optimizer = meta_optimizer
+        self.meta_loss_name = meta_loss_name
+        self._data = iter(batches)
+        self._meta = iter(meta_batches)
+        self.classifier = dict(model.named_parameters())
+        self.classifier = {k: p for k, p in self.classifier.items() if p.requires_grad}
+        assert sorted(self.classifier) == [f"{CLASSIFIER}.bias", f"{CLASSIFIER}.weight"], \
+            sorted(self.classifier)
+
+    def _lookahead(self, fast: Dict[str, torch.Tensor], grads: Dict[str, torch.Tensor]):
+        """One differentiable torch-SGD step (the optimiser's lr, momentum buffer, dampening,
+        nesterov, weight decay) of the fast weights; graph kept through ``grads``."""
+        new = {}
+        for k, real in self.classifier.items():
+            group = next(g for g in self.optimizer.param_groups if any(q is real for q in g["params"]))
+            lr, mom = group["lr"], group.get("momentum", 0.0)
+            wd, damp = group.get("weight_decay", 0.0), group.get("dampening", 0.0)
+            d_p = grads[k] + wd * fast[k]
+            if mom:
+                buf = self.optimizer.state.get(real, {}).get("momentum_buffer")
+                buf = d_p if buf is None else mom * buf + (1 - damp) * d_p
+                d_p = d_p + mom * buf if group.get("nesterov", False) else buf
+            new[k] = fast[k] - lr * d_p
+        return new
+
+    def step(self):
+        self.model.train()
+        start = time.perf_counter()
+        data = next(self._data)
+        meta = next(self._meta)
+        data_time = time.perf_counter() - start
+        w = self.reweigher.logits
+        prefixed = {f"model.{k}": k for k in self.classifier}
+
+        # (1) training batch, classifier as differentiable fast weights, weighted loss.
+        fast = {k: p.detach().clone().requires_grad_() for k, p in self.classifier.items()}
+        losses = functional_call(self.forward_module, {pk: fast[k] for pk, k in prefixed.items()},
+                                 (data, w))
+        keys = list(fast)
+        grads = torch.autograd.grad(sum(losses.values()), [fast[k] for k in keys],
+                                    create_graph=True)
+        new = self._lookahead(fast, dict(zip(keys, grads)))  # local gradient (no all-reduce)
+
+        # (2) meta batch through the looked-ahead classifier; meta gradient to the class weights.
+        meta_losses = functional_call(self.forward_module,
+                                      {pk: new[k] for pk, k in prefixed.items()},
+                                      (meta, None, self.meta_loss_name))
+        (h,) = torch.autograd.grad(sum(meta_losses.values()), [w])
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        w.grad = h
+        self.meta_optimizer.step()
+
+        # (3) the real step with the updated weights.
+        losses = self.forward_module(data, w.detach())
+        total = sum(losses.values())
+        self.optimizer.zero_grad()
+        total.backward()
+        SimpleTrainer.write_metrics(losses, data_time)
+        self.optimizer.step()
+
+    def optimizers(self):
+        return [self.optimizer, self.meta_optimizer]
+
+    def state_tensors(self):
+        return super().state_tensors() + list(self.reweigher.parameters())
+
+
+def _meta_optimizer(cfg, reweigher):  # as ltdet's Trainer.build_decoupled_step
+    return torch.optim.Adam(reweigher.parameters(), lr=cfg.LTDET.META.LR,
+                            betas=tuple(cfg.LTDET.META.BETAS), weight_decay=0.0)
+
+
+def _meta_loss_name(predictor, setting: str) -> str:  # as DecoupledTrainStep
+    if setting == "same":
+        return predictor.loss_name
+    return "sigmoid" if predictor.loss_name in L.SIGMOID_LOSSES else "softmax"
+
+
+def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale: bool = False,
+                   seed: int = 0) -> Dict[str, _Variant]:
+    if not (DATA_DIR / "GENERATOR.json").is_file():
+        from ltdet.data.synthetic import generate
+
+        generate(str(DATA_DIR))
+    base_cfg = _load_cfg(BASE_CONFIG, device, batch, lvis_scale)
+    dec_cfg = _load_cfg(DECOUPLED_CONFIG, device, batch, lvis_scale)
+    stock_cfg = base_cfg.clone()
+    stock_cfg.defrost()
+    stock_cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"  # detectron2's own heads and predictor
+    stock_cfg.freeze()
+
+    # The same batches for every variant, fetched once (repeat-factor training sampler; the meta
+    # batches from ltdet's class-balanced meta loader).
+    _seed(seed)
+    n = warmup + iters
+    batches = _fetch(Trainer.build_train_loader(base_cfg, seed=seed), n)
+    meta_batches = _fetch(Trainer.build_meta_loader(dec_cfg, seed=seed + 1), n)
+
+    _seed(seed)
+    reference = build_model(dec_cfg)
+    init = copy.deepcopy(reference.state_dict())
+    del reference
+
+    def model_from(cfg):
+        m = build_model(cfg)
+        m.load_state_dict(init)  # strict: every variant starts from the same weights
+        return m
+
+    variants: Dict[str, _Variant] = {}
+    # (a) stock: plain detectron2, every parameter but the classifier frozen by hand.
+    m = model_from(stock_cfg)
+    for name, p in m.named_parameters():
+        p.requires_grad_(name.startswith(CLASSIFIER + "."))
+    variants["stock"] = StockStep(m, build_optimizer(stock_cfg, m), batches)
+
+    # (b) decoupled.
+    m = model_from(dec_cfg)
+    freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
+    variants["decoupled"] = DecoupledStep("decoupled", m, build_optimizer(dec_cfg, m), batches)
+
+    # (c) BALMS, ltdet's implementation.
+    m = model_from(dec_cfg)
+    freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
+    rw = MetaReweigher(dec_cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(m.device)
+    variants["balms"] = DecoupledStep("balms", m, build_optimizer(dec_cfg, m), batches,
+                                      reweigher=rw, meta_optimizer=_meta_optimizer(dec_cfg, rw),
+                                      meta_batches=meta_batches, meta_loss=dec_cfg.LTDET.META.LOSS)
+
+    # (d) the original scheme, same losses and weighting as (c).
+    m = model_from(dec_cfg)
+    freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
+    rw = MetaReweigher(dec_cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(m.device)
+    variants["original"] = OriginalBalmsStep(
+        m, build_optimizer(dec_cfg, m), batches, rw, _meta_optimizer(dec_cfg, rw), meta_batches,
+        _meta_loss_name(m.roi_heads.box_predictor, dec_cfg.LTDET.META.LOSS))
+
+    for v in variants.values():
+        trainable = sorted(k for k, p in v.model.named_parameters() if p.requires_grad)
+        assert trainable == [f"{CLASSIFIER}.bias", f"{CLASSIFIER}.weight"], (v.name, trainable)
+    return variants
+
+
+# --------------------------------------------------------------------------- measurement
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _bytes(tensors: List[torch.Tensor]) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if t.device.type != "cuda":
+            continue
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def _ratio(num: List[float], den: List[float]) -> float:
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scale: bool = False,
+            seed: int = 0):
+    """Time (and on GPU, peak memory of) one training step of each variant.
+
+    Every round runs one step of each variant on the same batch, in an order rotated per round.
+    Returns (one dict per comparison of ``COMPARISONS``, per-variant numbers).
+    """
+    cuda = device.startswith("cuda")
+    variants = build_variants(device, batch, iters, warmup, lvis_scale, seed)
+    names = list(VARIANTS)
+    times: Dict[str, List[float]] = {k: [] for k in names}
+    step_peak: Dict[str, int] = {k: 0 for k in names}
+    with EventStorage(0) as storage:
+        for r in range(warmup + iters):
+            storage.iter = r
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                _sync(device)
+                if cuda:
+                    before = torch.cuda.memory_allocated()
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                variants[name].step()
+                _sync(device)
+                elapsed = time.perf_counter() - start
+                if r >= warmup:
+                    times[name].append(elapsed)
+                    if cuda:
+                        step_peak[name] = max(step_peak[name],
+                                              torch.cuda.max_memory_allocated() - before)
+    stats = {}
+    for name in names:
+        s = {"median_ms": 1e3 * statistics.median(times[name]),
+             "min_ms": 1e3 * min(times[name])}
+        if cuda:
+            resident = _bytes(variants[name].state_tensors())
+            s["peak_mb"] = (resident + step_peak[name]) / 2**20
+            s["step_mb"] = step_peak[name] / 2**20
+        stats[name] = s
+
+    rows = []
+    for num, den, t_target, m_target in COMPARISONS:
+        t_ratio = _ratio(times[num], times[den])
+        row = {
+            "comparison": f"{num} / {den}",
+            "num_ms": round(stats[num]["median_ms"], 2),
+            "den_ms": round(stats[den]["median_ms"], 2),
+            "time_ratio": round(t_ratio, 3),
+            "time_target": f"<= {t_target}" if t_target else "",
+            "time_meets": ("yes" if t_ratio <= t_target else "no") if t_target else "",
+        }
+        if cuda:
+            m_ratio = stats[num]["peak_mb"] / stats[den]["peak_mb"]
+            row.update(num_peak_mb=round(stats[num]["peak_mb"], 1),
+                       den_peak_mb=round(stats[den]["peak_mb"], 1),
+                       mem_ratio=round(m_ratio, 3))
+        else:
+            row.update(num_peak_mb="n/a", den_peak_mb="n/a", mem_ratio="n/a")
+        row["mem_target"] = f"<= {m_target}" if m_target else ""
+        row["mem_meets"] = (("yes" if m_ratio <= m_target else "no") if cuda else "n/a on CPU") \
+            if m_target else ""
+        rows.append(row)
+    return rows, stats
+
+
+def run(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scale: bool = False,
+        seed: int = 0) -> List[dict]:
+    """One dict per comparison (time ratio, and memory ratio on GPU, with targets)."""
+    return measure(device, iters, batch, warmup, lvis_scale, seed)[0]
+
+
+# --------------------------------------------------------------------------- report
+def machine_info(device: str) -> Dict[str, str]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu or "unknown",
+        "cores": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def to_markdown(rows: List[dict], stats: Dict[str, dict], device: str, iters: int, warmup: int,
+                batch: int, lvis_scale: bool, info: Dict[str, str]) -> str:
+    scale = ("ResNet-50 FPN (256 ch), 800 px short side, box head 1024, 512 RoIs/image"
+             if lvis_scale else "synthetic config: ResNet-18 FPN (64 ch), 128 px, 128 RoIs/image")
+    cuda = device.startswith("cuda")
+    lines = [
+        f"# Decoupled training step cost ({device})",
+        "",
+        "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
+        "",
+        f"Mask R-CNN, {scale}, 28 classes, {batch} images per batch; only "
+        f"`{CLASSIFIER}` trainable in every variant; same initial weights and batches. "
+        f"Median of {iters} interleaved rounds after {warmup} warm-up rounds; time ratio = median "
+        "of per-round ratios. "
+        + ("Peak memory = the variant's resident state + peak allocated above it during its step."
+           if cuda else "Memory: n/a on CPU (torch has no CPU allocator statistics)."),
+        "",
+        "| variant | what | median ms | min ms | peak MB |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name in VARIANTS:
+        s = stats[name]
+        peak = f"{s['peak_mb']:.1f}" if "peak_mb" in s else "n/a"
+        lines.append(f"| {name} | {DESCRIPTION[name]} | {s['median_ms']:.1f} | "
+                     f"{s['min_ms']:.1f} | {peak} |")
+    lines += [
+        "",
+        "| comparison | time ratio | target | meets | memory ratio | target | meets |",
+        "|---|---:|---|---|---:|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['comparison']} | {r['time_ratio']} | {r['time_target']} | "
+                     f"{r['time_meets']} | {r['mem_ratio']} | {r['mem_target']} | "
+                     f"{r['mem_meets']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--iters", type=int, default=None, help="timed rounds; default 10 cpu, 30 cuda")
+    parser.add_argument("--warmup", type=int, default=WARMUP)
+    parser.add_argument("--batch", type=int, default=None, help="images per batch; default 4 cpu, 8 cuda")
+    parser.add_argument("--lvis-scale", action="store_true",
+                        help="ResNet-50 FPN sizes and 800 px images (meant for GPU)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("--device cuda but torch.cuda.is_available() is False")
+    iters = args.iters or (30 if cuda else 10)
+    batch = args.batch or (8 if cuda else 4)
+    if args.lvis_scale and not cuda:
+        print("warning: --lvis-scale on CPU is very slow", file=sys.stderr)
+
+    rows, stats = measure(args.device, iters, batch, warmup=args.warmup, lvis_scale=args.lvis_scale)
+    info = machine_info(args.device)
+    table = to_markdown(rows, stats, args.device, iters, args.warmup, batch, args.lvis_scale, info)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"decoupled_{args.device}" + ("_lvis_scale" if args.lvis_scale else "")
+    (out / f"{stem}.md").write_text(table)
+    extra = {"batch": str(batch), "iters": str(iters), "warmup": str(args.warmup),
+             "lvis_scale": str(args.lvis_scale)}
+    with open(out / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], *extra, *info])
+        writer.writeheader()
+        writer.writerows({**row, **extra, **info} for row in rows)
+    print(f"wrote {out}/{stem}.md and .csv")
+
+
+if __name__ == "__main__":
+    main()

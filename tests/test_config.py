@@ -1,0 +1,43 @@
+import glob
+import os
+
+import pytest
+from detectron2.config import get_cfg
+
+from ltdet.config import add_ltdet_config, merge_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
+
+
+def fresh():
+    cfg = get_cfg()
+    add_ltdet_config(cfg)
+    return cfg
+
+
+def test_paper_defaults():
+    cfg = fresh()
+    assert cfg.LTDET.LOSS.NAME == "softmax"
+    assert cfg.LTDET.META.LR == 1e-3 and cfg.LTDET.META.INTERVAL == 1
+    assert cfg.LTDET.DECOUPLED.TRAINABLE == ["roi_heads.box_predictor.cls_score.*"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO) for p in CONFIGS])
+def test_every_config_loads(path):
+    cfg = merge_config(fresh(), path)
+    assert cfg.MODEL.ROI_HEADS.NAME == "LongTailROIHeads"
+
+
+def test_lvis_base_recipe_matches_the_paper():
+    cfg = merge_config(fresh(), os.path.join(REPO, "configs/LVISv0.5/base_softmax_rfs_R50_FPN.yaml"))
+    assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
+    assert cfg.DATALOADER.REPEAT_THRESHOLD == 0.001
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS, cfg.SOLVER.BASE_LR) == (90000, (60000, 80000), 0.01)
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 300 and cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 1e-4
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1230
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(KeyError, match="unknown config key.*LTDET.LOSS.NAEM"):
+        merge_config(fresh(), opts=["LTDET.LOSS.NAEM", "sigmoid"])

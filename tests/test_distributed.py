@@ -1,0 +1,112 @@
+"""Two CPU processes on gloo (ltdet.engine.launch), against one process on the same data."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from ltdet.engine import launch
+from ltdet.engine.meta_step import meta_reweigher_step
+from ltdet.modeling import losses as L
+from ltdet.modeling.meta_reweigher import MetaReweigher
+
+K, D = 3, 6
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU (gloo) path")
+
+
+def _data():
+    """A global batch of two halves with the same class composition, so that the per-rank
+    foreground renormalisation of the weights equals the global one."""
+    g = torch.Generator().manual_seed(0)
+    x_train = torch.randn(2, 16, D, generator=g, dtype=torch.float64)
+    gt_train = torch.stack([torch.arange(16) % (K + 1)] * 2)
+    x_meta = torch.randn(2, 8, D, generator=g, dtype=torch.float64)
+    gt_meta = torch.stack([torch.arange(8) % (K + 1)] * 2)
+    return x_train, gt_train, x_meta, gt_meta
+
+
+def _meta_run(x_train, gt_train, x_meta, gt_meta, steps=3):
+    torch.manual_seed(0)
+    clf = nn.Linear(D, K + 1).double()
+    opt = torch.optim.SGD(clf.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
+    rw = MetaReweigher(K).double()
+    meta_opt = torch.optim.Adam(rw.parameters(), lr=0.1)
+    prior = L.softmax_log_prior([30.0, 6.0, 1.0]).double()
+    loss = lambda s, y, w: L.balanced_softmax_loss(s, y, prior, weights=w)  # noqa: E731
+    for _ in range(steps):
+        meta_reweigher_step(clf, opt, rw, meta_opt, loss, L.softmax_loss,
+                            x_train, gt_train, x_meta, gt_meta)
+        opt.zero_grad()
+        loss(clf(x_train), gt_train, rw(gt_train).detach()).backward()
+        if torch.distributed.is_initialized():
+            for p in clf.parameters():
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= torch.distributed.get_world_size()
+        opt.step()
+    return rw.logits.detach(), clf.weight.detach()
+
+
+def _meta_worker(out_dir):
+    rank = torch.distributed.get_rank()
+    x_train, gt_train, x_meta, gt_meta = _data()
+    w, cls = _meta_run(x_train[rank], gt_train[rank], x_meta[rank], gt_meta[rank])
+    torch.save({"w": w, "cls": cls}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_meta_step_two_ranks_equals_one_process(tmp_path):
+    launch(_meta_worker, 2, args=(str(tmp_path),))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(r0["w"], r1["w"])  # identical class weights on every rank
+    x_train, gt_train, x_meta, gt_meta = _data()
+    w, cls = _meta_run(x_train.flatten(0, 1), gt_train.flatten(), x_meta.flatten(0, 1), gt_meta.flatten())
+    torch.testing.assert_close(r0["w"], w, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(r0["cls"], cls, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(w, torch.zeros_like(w))
+
+
+def _train_worker(root, out_dir, config, extra):
+    from detectron2.utils.env import seed_all_rng
+
+    from ltdet.data.builtin import register_all
+    from ltdet.engine import Trainer
+
+    from .test_end_to_end import tiny_cfg
+
+    register_all(root)
+    cfg = tiny_cfg(out_dir, config, "SOLVER.MAX_ITER", 3, "DATASETS.TEST", (), *extra)
+    seed_all_rng(cfg.SEED)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    rank = torch.distributed.get_rank()
+    state = {"cls": trainer.model.state_dict()
+             if not hasattr(trainer.model, "module") else trainer.model.module.state_dict()}
+    if trainer.reweigher is not None:
+        state["w"] = trainer.reweigher.logits.detach()
+    torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from ltdet.data.builtin import SYNTHETIC_DIR
+    from ltdet.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("datasets")
+    generate(str(root / SYNTHETIC_DIR), preset="tiny")
+    return str(root)
+
+
+def test_base_and_balms_train_on_two_cpu_processes(tiny, tmp_path):
+    base = tmp_path / "base"
+    launch(_train_worker, 2, args=(tiny, str(base), "configs/synthetic/base_softmax_rfs.yaml", ()))
+    b0, b1 = (torch.load(base / f"rank{r}.pt") for r in (0, 1))
+    for k in b0["cls"]:  # DDP keeps the replicas identical
+        torch.testing.assert_close(b0["cls"][k], b1["cls"][k])
+    balms = tmp_path / "balms"
+    launch(_train_worker, 2, args=(tiny, str(balms), "configs/synthetic/decoupled/balms.yaml",
+                                   ("MODEL.WEIGHTS", str(base / "model_final.pth"),
+                                    "LTDET.META.LR", 0.05)))
+    m0, m1 = (torch.load(balms / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(m0["w"], m1["w"]) and not torch.equal(m0["w"], torch.zeros_like(m0["w"]))
+    key = "roi_heads.box_predictor.cls_score.weight"
+    assert torch.equal(m0["cls"][key], m1["cls"][key])
