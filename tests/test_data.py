@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -93,3 +94,30 @@ def test_missing_image(handmade, tmp_path):
     (tmp_path / "img" / "007.png").unlink()
     with pytest.raises(FileNotFoundError, match="missing under image_root"):
         load_lvis_format_json(handmade["json"], handmade["root"])
+
+
+def test_official_lvis_names_use_the_json_when_present(handmade, tmp_path):
+    from ltdet.data.builtin import register_all
+
+    root = tmp_path / "root"
+    (root / "lvis").mkdir(parents=True)
+    (root / "lvis" / "lvis_v1_val.json").write_text(open(handmade["json"]).read())
+    (root / "coco").mkdir()
+    (root / "coco" / "img").symlink_to(tmp_path / "img")
+    try:
+        register_all(str(root))
+        meta = MetadataCatalog.get("lvis_v1_val")
+        assert meta.json_file == str(root / "lvis" / "lvis_v1_val.json")
+        assert meta.image_root == os.path.join(str(root), "coco/")
+        assert class_stats("lvis_v1_val").names == ["apple", "pear", "quince"]
+        # lvis_v1_train has no json under root: detectron2's own registration is kept
+        assert str(root) not in MetadataCatalog.get("lvis_v1_train").json_file
+    finally:
+        _STATS_CACHE.pop("lvis_v1_val", None)
+        DatasetCatalog.remove("lvis_v1_val")
+        MetadataCatalog.remove("lvis_v1_val")
+        from detectron2.data.datasets.lvis import get_lvis_instances_meta, register_lvis_instances
+
+        register_lvis_instances("lvis_v1_val", get_lvis_instances_meta("lvis_v1_val"),
+                                "datasets/lvis/lvis_v1_val.json", "datasets/coco/")
+        register_all()

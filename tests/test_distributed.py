@@ -79,8 +79,9 @@ def _train_worker(root, out_dir, config, extra):
     trainer.resume_or_load(resume=False)
     trainer.train()
     rank = torch.distributed.get_rank()
-    state = {"cls": trainer.model.state_dict()
-             if not hasattr(trainer.model, "module") else trainer.model.module.state_dict()}
+    model = getattr(trainer.model, "module", trainer.model)
+    # parameters only: BN running statistics are per rank (detectron2: broadcast_buffers=False)
+    state = {"cls": {k: p.detach() for k, p in model.named_parameters()}}
     if trainer.reweigher is not None:
         state["w"] = trainer.reweigher.logits.detach()
     torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -106,6 +106,11 @@ def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
     assert torch.equal(ckpt["meta_reweigher"]["logits"], trainer.reweigher.logits.detach())
     assert "meta_optimizer" in ckpt["trainer"]["_trainer"]
     assert "optimizer" in ckpt["trainer"]["_trainer"]
+    # learned weights logged during training and plotted against class frequency at the end
+    assert trainer.storage.history("meta_w/mean").latest() == pytest.approx(float(w.mean()))
+    assert (tmp_path / "meta_class_weights.png").stat().st_size > 1000
+    rows = list(csv.DictReader(open(tmp_path / "meta_class_weights.csv")))
+    assert [float(r["weight"]) for r in rows] == pytest.approx(w.tolist(), abs=1e-4)
 
 
 def test_decoupled_resume_is_exact(base_model, tmp_path):
