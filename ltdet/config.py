@@ -26,6 +26,16 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.LOSS.FED_POWER = 0.5
     # Sigmoid heads: classifier bias initialised to -log((1-p)/p) (BALMS code, focal-loss style).
     cfg.LTDET.LOSS.SIGMOID_PRIOR_PROB = 0.001
+    # Class-balanced "effective number" weights (1-beta)/(1-beta^n_y) of dbm_cb; < 0 means
+    # beta = (n-1)/n with n the total training count (Jamal et al. 2020).
+    cfg.LTDET.LOSS.CB_BETA = -1.0
+
+    # DBM losses dbm / dbm_bs / dbm_cb (Son et al. 2025): cosine classifier with scale s,
+    # class-wise margin m_C = K (n_y / n_min)^(-tau) and instance-wise margin on hard positives.
+    cfg.LTDET.DBM = CN()
+    cfg.LTDET.DBM.SCALE = 30.0  # paper: s = 30 (30-32 in its tables)
+    cfg.LTDET.DBM.K = 0.1  # paper: K = 0.1 (0.1-0.3)
+    cfg.LTDET.DBM.TAU = 1.0  # paper: tau = 1
 
     # Decoupled regime (BALMS supp. C.3): fine-tune only the box classifier of MODEL.WEIGHTS.
     cfg.LTDET.DECOUPLED = CN()

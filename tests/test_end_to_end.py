@@ -77,7 +77,7 @@ def test_base_train_and_lvis_eval(base_model):
     assert abs(ev.get_results()["AP"] * 100 - results["bbox"]["AP"]) < 1e-6
 
 
-@pytest.mark.parametrize("loss", ["balanced_softmax", "sigmoid", "balanced_sigmoid", "eql", "federated"])
+@pytest.mark.parametrize("loss", ["balanced_softmax", "sigmoid", "balanced_sigmoid", "eql", "federated", "dbm_bs"])
 def test_heads_train_end_to_end(tiny_root, tmp_path, loss):
     cfg = tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml", "LTDET.LOSS.NAME", loss,
                    "SOLVER.MAX_ITER", 3, "DATASETS.TEST", ())

@@ -68,8 +68,10 @@ LOG_PRIOR = L.softmax_log_prior(COUNTS)
 LOG_ODDS = L.sigmoid_log_prior_odds(COUNTS, NUM_IMAGES)
 FREQ = torch.tensor([0.5, 1e-4, 0.01, 1e-3, 0.2], dtype=torch.float64)  # rare: classes 1, 3
 FED_WEIGHT = COUNTS.sqrt()
+MARGIN = L.dbm_class_margins(COUNTS, k=0.2)
+DBM_S = 4.0
 STATS = {"log_prior": LOG_PRIOR, "log_prior_odds": LOG_ODDS, "class_freq": FREQ,
-         "fed_weight": FED_WEIGHT}
+         "fed_weight": FED_WEIGHT, "class_margin": MARGIN}
 
 
 def fed_gen():
@@ -86,12 +88,19 @@ LOSSES = {
     # fresh generator per call so repeated evaluations (gradcheck) see the same class set
     "federated": (False, lambda x, y, w=None: L.federated_loss(
         x, y, FED_WEIGHT, num_classes=4, generator=fed_gen(), weights=w)),
+    # DBM on cosine scores (values beyond +-1 are clamped inside acos only)
+    "dbm": (True, lambda x, y, w=None: L.dbm_loss(x, y, MARGIN, DBM_S, weights=w)),
+    "dbm_bs": (True, lambda x, y, w=None: L.dbm_loss(x, y, MARGIN, DBM_S, LOG_PRIOR, w)),
+    "dbm_cb": (True, lambda x, y, w=None: L.dbm_loss(x, y, MARGIN, DBM_S, weights=w)),
 }
+DISPATCH_KWARGS = {"federated": {"num_classes": 4, "generator": fed_gen()},
+                   "dbm": {"scale": DBM_S}, "dbm_cb": {"scale": DBM_S},
+                   "dbm_bs": {"scale": DBM_S, "log_prior": LOG_PRIOR}}
 
 
 def test_api_names():
     assert L.LOSS_NAMES == ("softmax", "sigmoid", "balanced_softmax", "balanced_sigmoid", "eql",
-                            "federated")
+                            "federated", "dbm", "dbm_bs", "dbm_cb")
     assert L.SIGMOID_LOSSES == {"sigmoid", "balanced_sigmoid", "eql", "federated"}
     assert set(LOSSES) == set(L.LOSS_NAMES)
 
@@ -301,7 +310,9 @@ def test_empty_batch(name):
 def test_cls_loss_dispatch(name):
     softmax, fn = LOSSES[name]
     x, y, w = make_batch(softmax=softmax)
-    kwargs = {"num_classes": 4, "generator": fed_gen()} if name == "federated" else {}
+    kwargs = dict(DISPATCH_KWARGS.get(name, {}))
+    if name == "federated":
+        kwargs["generator"] = fed_gen()
     assert torch.equal(L.cls_loss(name, x, y, STATS, w, **kwargs), fn(x, y, w))
 
 
@@ -382,3 +393,54 @@ def test_cls_loss_errors():
         L.cls_loss("balanced_softmax", torch.zeros(2, 7), y[:2], STATS)
     # no statistics at all: nothing to infer K from, the plain losses still run
     assert torch.isfinite(L.cls_loss("sigmoid", x, y, {}))
+
+
+# ----------------------------------------------------------------------------------- DBM
+def test_dbm_margins_and_weights_by_hand():
+    m = L.dbm_class_margins([400.0, 20.0, 4.0], k=0.2, tau=1.0)
+    torch.testing.assert_close(m, torch.tensor([0.2 * 4 / 400, 0.2 * 4 / 20, 0.2], dtype=torch.float64))
+    w = L.effective_number_weights([3.0, 1.0], beta=0.5)
+    raw = torch.tensor([0.5 / (1 - 0.125), 0.5 / 0.5], dtype=torch.float64)
+    torch.testing.assert_close(w, raw / raw.mean())
+    with pytest.raises(ValueError, match="LTDET.LOSS.CB_BETA"):
+        L.effective_number_weights([3.0, 1.0], beta=1.0)
+    with pytest.raises(ValueError, match="LTDET.DBM.K"):
+        L.dbm_class_margins([3.0, 1.0], k=-0.1)
+
+
+def test_dbm_loss_by_hand():
+    s = 10.0
+    cos = torch.tensor([[0.8, 0.1, 0.0],     # class 0, easy (argmax is 0)
+                        [0.6, 0.3, -0.2],    # class 1, hard (argmax is 0)
+                        [0.2, 0.4, 0.5]],    # background
+                       dtype=torch.float64)
+    gt = torch.tensor([0, 1, 2])
+    m_c = torch.tensor([0.05, 0.3], dtype=torch.float64)
+    logits = s * cos.clone()
+    logits[0, 0] = s * math.cos(math.acos(0.8) + 0.05)
+    logits[1, 1] = s * math.cos(math.acos(0.3) + 0.3 + 0.3 * (1 - 0.3) / 2)
+    expected = torch.nn.functional.cross_entropy(logits, gt)
+    torch.testing.assert_close(L.dbm_loss(cos, gt, m_c, scale=s), expected)
+    # DBM-BS: + log prior on the class logits of foreground proposals only
+    prior = torch.tensor([0.7, -0.7], dtype=torch.float64)
+    lb = logits.clone()
+    lb[:2, :2] += prior
+    torch.testing.assert_close(L.dbm_loss(cos, gt, m_c, scale=s, log_prior=prior),
+                               torch.nn.functional.cross_entropy(lb, gt))
+
+
+def test_dbm_with_zero_margin_is_scaled_cosine_softmax():
+    g = torch.Generator().manual_seed(3)
+    cos = torch.rand(20, 6, generator=g, dtype=torch.float64) * 1.8 - 0.9
+    gt = torch.randint(0, 6, (20,), generator=g)
+    torch.testing.assert_close(L.dbm_loss(cos, gt, torch.zeros(5, dtype=torch.float64), scale=30.0),
+                               torch.nn.functional.cross_entropy(30.0 * cos, gt))
+
+
+def test_dbm_gradcheck():
+    g = torch.Generator().manual_seed(4)
+    cos = (torch.rand(8, 4, generator=g, dtype=torch.float64) * 1.6 - 0.8).requires_grad_()
+    gt = torch.tensor([0, 1, 2, 3, 3, 0, 2, 1])
+    m = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda c: L.dbm_loss(c, gt, m, scale=5.0,
+                                                         log_prior=torch.zeros(3, dtype=torch.float64)), (cos,))

@@ -145,3 +145,35 @@ def test_registered_and_built_from_config(tmp_path):
     assert isinstance(model.roi_heads, LongTailROIHeads)
     assert isinstance(model.roi_heads.box_predictor, LongTailFastRCNNOutputLayers)
     assert model.roi_heads.box_predictor.cls_score.out_features == K
+
+
+@pytest.mark.parametrize("name", ["dbm", "dbm_bs", "dbm_cb"])
+def test_dbm_heads(name):
+    head = make(name)
+    x = torch.randn(16, 16)
+    props = proposals()
+    scores, deltas = head(x)
+    assert scores.shape == (16, K + 1) and scores.abs().max() <= 1 + 1e-6  # cosines
+    with EventStorage():
+        losses = head.losses((scores, deltas), props)
+    assert torch.isfinite(losses["loss_cls"])
+    probs = torch.cat(head.predict_probs((scores, deltas), props))
+    torch.testing.assert_close(probs, torch.softmax(30.0 * scores, dim=1))  # no margin at test
+    torch.testing.assert_close(head.class_margin.double(),
+                               0.1 * (torch.tensor(COUNTS) / min(COUNTS)).pow(-1.0).double())
+
+
+def test_dbm_cb_weights_foreground_by_class():
+    head = make("dbm_cb")
+    gt = torch.tensor([0, 4, K, 4])
+    scores = head.cls_score(torch.randn(4, 16))
+    per = torch.stack([L.dbm_loss(scores[i:i + 1], gt[i:i + 1], head.class_margin, 30.0)
+                       for i in range(4)])
+    w = torch.cat([head.cb_weight, torch.ones(1)])[gt]
+    torch.testing.assert_close(head.classification_loss(scores, gt), (w * per).sum() / 4)
+    assert head.cb_weight[4] > head.cb_weight[0]  # the rarest class weighs most
+
+
+def test_dbm_bad_scale():
+    with pytest.raises(ValueError, match="LTDET.DBM.SCALE"):
+        make("dbm", dbm_scale=0.0)

@@ -91,8 +91,10 @@ class DecoupledTrainStep(SimpleTrainer):
         return self.predictor.classification_loss(scores, gt, weights)
 
     def _meta_loss(self, scores, gt):
-        from ..modeling.losses import cls_loss
+        from ..modeling.losses import cls_loss, softmax_loss
 
+        if self.predictor.use_cosine and self._meta_loss_name != self.predictor.loss_name:
+            return softmax_loss(self.predictor.dbm_scale * scores, gt)  # plain scaled cosine
         return cls_loss(self._meta_loss_name, scores, gt, self.predictor.stats,
                         **self.predictor.loss_kwargs if self._meta_loss_name == self.predictor.loss_name else {})
 

@@ -17,7 +17,22 @@ from torch.nn import functional as F
 from . import losses as L
 
 # Class statistics each loss needs (computed once here, not per step).
-_NEEDS_COUNTS = {"balanced_softmax", "balanced_sigmoid", "eql", "federated"}
+_NEEDS_COUNTS = {"balanced_softmax", "balanced_sigmoid", "eql", "federated", "dbm", "dbm_bs", "dbm_cb"}
+
+
+class CosineClassifier(nn.Module):
+    """Cosine similarities between L2-normalised features and class weights (DBM Eq. 2 without
+    the scale s, which the loss and the test-time softmax apply). Its ``weight`` has the shape of
+    a linear classifier's, so a decoupled run initialises it from the base model's classifier."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.normal_(self.weight, std=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
 
 
 class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -45,6 +60,10 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         fed_num_classes: int = 50,
         fed_power: float = 0.5,
         sigmoid_prior_prob: float = 0.001,
+        dbm_scale: float = 30.0,
+        dbm_k: float = 0.1,
+        dbm_tau: float = 1.0,
+        cb_beta: Optional[float] = None,
         **kwargs,
     ):
         super().__init__(input_shape, **kwargs)
@@ -56,6 +75,12 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.cls_score = nn.Linear(self.cls_score.in_features, self.num_classes)
             nn.init.normal_(self.cls_score.weight, std=0.01)
             nn.init.constant_(self.cls_score.bias, L.sigmoid_bias_init(sigmoid_prior_prob))
+        self.use_cosine = loss_name in L.COSINE_LOSSES
+        if self.use_cosine:  # DBM: cosine classifier with K+1 outputs
+            if dbm_scale <= 0:
+                raise ValueError(f"LTDET.DBM.SCALE must be > 0, got {dbm_scale}")
+            self.cls_score = CosineClassifier(self.cls_score.in_features, self.num_classes + 1)
+            self.dbm_scale = dbm_scale
         self.loss_kwargs: Dict = {}
         self.proposal_weight_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
@@ -76,9 +101,16 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             elif loss_name == "eql":
                 stats["class_freq"] = L.image_frequency(counts, num_images)
                 self.loss_kwargs["lambda_"] = eql_lambda
-            else:
+            elif loss_name == "federated":
                 stats["fed_weight"] = counts.pow(fed_power)
                 self.loss_kwargs["num_classes"] = fed_num_classes
+            else:  # DBM family
+                stats["class_margin"] = L.dbm_class_margins(counts, dbm_k, dbm_tau)
+                self.loss_kwargs["scale"] = dbm_scale
+                if loss_name == "dbm_bs":
+                    stats["log_prior"] = L.softmax_log_prior(counts)
+                if loss_name == "dbm_cb":
+                    stats["cb_weight"] = L.effective_number_weights(counts, cb_beta)
         # Non-persistent buffers: follow the module's device/dtype, stay out of checkpoints (they
         # belong to the training set, not to the model).
         self._stat_names = sorted(stats)
@@ -96,6 +128,10 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             fed_num_classes=cfg.LTDET.LOSS.FED_NUM_CLASSES,
             fed_power=cfg.LTDET.LOSS.FED_POWER,
             sigmoid_prior_prob=cfg.LTDET.LOSS.SIGMOID_PRIOR_PROB,
+            dbm_scale=cfg.LTDET.DBM.SCALE,
+            dbm_k=cfg.LTDET.DBM.K,
+            dbm_tau=cfg.LTDET.DBM.TAU,
+            cb_beta=cfg.LTDET.LOSS.CB_BETA if cfg.LTDET.LOSS.CB_BETA >= 0 else None,
         )
         if name in _NEEDS_COUNTS:
             from ..data import class_stats
@@ -117,7 +153,13 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     ) -> torch.Tensor:
         if weights is None and self.proposal_weight_fn is not None:
             weights = self.proposal_weight_fn(gt_classes)
-        return L.cls_loss(self.loss_name, scores, gt_classes, self.stats, weights, **self.loss_kwargs)
+        kwargs = self.loss_kwargs
+        if self.use_cosine:
+            kwargs = dict(kwargs, log_prior=getattr(self, "log_prior", None))
+            if hasattr(self, "cb_weight"):  # DBM-CB: class-balanced weight per fg proposal
+                cb = torch.cat([self.cb_weight, self.cb_weight.new_ones(1)])[gt_classes]
+                weights = cb if weights is None else weights * cb
+        return L.cls_loss(self.loss_name, scores, gt_classes, self.stats, weights, **kwargs)
 
     def losses(self, predictions, proposals):
         scores, proposal_deltas = predictions
@@ -143,6 +185,8 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         if self.use_sigmoid:
             probs = torch.sigmoid(scores)
             probs = torch.cat([probs, probs.new_zeros(len(probs), 1)], dim=1)  # dropped by inference
+        elif self.use_cosine:
+            probs = F.softmax(self.dbm_scale * scores, dim=-1)  # no margin or prior at test time
         else:
             probs = F.softmax(scores, dim=-1)
         return probs.split(num_per_image, dim=0)

@@ -26,6 +26,9 @@ __all__ = [
     "eql_loss",
     "federated_classes",
     "federated_loss",
+    "dbm_loss",
+    "dbm_class_margins",
+    "effective_number_weights",
     "validate_counts",
     "softmax_log_prior",
     "sigmoid_log_prior_odds",
@@ -34,7 +37,10 @@ __all__ = [
     "cls_loss",
 ]
 
-LOSS_NAMES = ("softmax", "sigmoid", "balanced_softmax", "balanced_sigmoid", "eql", "federated")
+LOSS_NAMES = ("softmax", "sigmoid", "balanced_softmax", "balanced_sigmoid", "eql", "federated",
+              "dbm", "dbm_bs", "dbm_cb")
+# Losses on a cosine classifier (K+1 cosine similarities instead of logits).
+COSINE_LOSSES = frozenset({"dbm", "dbm_bs", "dbm_cb"})
 SIGMOID_LOSSES = frozenset({"sigmoid", "balanced_sigmoid", "eql", "federated"})
 
 # Statistic each loss needs from ``cls_loss``'s ``stats`` mapping (all are [K] tensors).
@@ -43,8 +49,11 @@ _REQUIRED_STAT = {
     "balanced_sigmoid": "log_prior_odds",
     "eql": "class_freq",
     "federated": "fed_weight",
+    "dbm": "class_margin",
+    "dbm_bs": "class_margin",
+    "dbm_cb": "class_margin",
 }
-_STAT_KEYS = ("log_prior", "log_prior_odds", "class_freq", "fed_weight")
+_STAT_KEYS = ("log_prior", "log_prior_odds", "class_freq", "fed_weight", "class_margin")
 
 CountsLike = Union[Tensor, Sequence[float]]
 
@@ -221,6 +230,69 @@ def federated_loss(
     return _reduce(bce.sum(dim=1), weights)
 
 
+def dbm_loss(
+    cos: Tensor,
+    gt_classes: Tensor,
+    class_margin: Tensor,
+    scale: float = 30.0,
+    log_prior: Optional[Tensor] = None,
+    weights: Optional[Tensor] = None,
+) -> Tensor:
+    """Difficulty-aware balancing margin loss (Son et al. 2025, Eqs. 6-9) on a cosine classifier.
+
+    ``cos`` is ``[N, K+1]`` cosine similarities (last column background). For a foreground
+    proposal of class y the positive logit is ``s cos(theta_y + m_C[y] + 1[hard] m_I)`` with
+    ``m_I = m_C[y] (1 - cos theta_y) / 2`` (Eqs. 7-8, differentiated as written) and
+    "hard" meaning the largest cosine is not y's (Eq. 9); every other logit is ``s cos theta_j``.
+    With ``log_prior`` (DBM-BS, Eq. 4) foreground proposals add it to the K class logits.
+    Background: the background column never gets a margin or a prior, and background proposals
+    take the plain scaled-cosine softmax, as in ``balanced_softmax_loss`` (A.2 remark).
+    """
+    if cos.shape[0] == 0:
+        return _empty(cos)
+    num_classes = cos.shape[1] - 1
+    logits = scale * cos
+    fg = gt_classes < num_classes
+    idx = torch.nonzero(fg).squeeze(1)
+    if idx.numel():
+        y = gt_classes[idx]
+        cos_y = cos[idx, y].clamp(-1 + 1e-6, 1 - 1e-6)  # acos has an infinite slope at +-1
+        m_c = class_margin.to(cos)[y]
+        hard = (cos[idx].argmax(dim=1) != y).to(cos.dtype)
+        margin = m_c + hard * m_c * (1 - cos_y) / 2
+        positive = scale * torch.cos((torch.acos(cos_y) + margin).clamp(max=math.pi))
+        logits = logits.index_put((idx, y), positive)
+    if log_prior is not None:
+        shift_row = torch.cat([log_prior.to(cos), cos.new_zeros(1)])
+        logits = torch.addcmul(logits, fg.to(cos.dtype)[:, None], shift_row[None, :])
+    return softmax_loss(logits, gt_classes, weights)
+
+
+def dbm_class_margins(counts: CountsLike, k: float = 0.1, tau: float = 1.0) -> Tensor:
+    """``m_C = K rho_y^(-tau)``, ``rho_y = n_y / n_min`` (DBM Eq. 6): the rarest class gets K."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    counts = validate_counts(counts, counts.numel(), name="class counts")
+    if k < 0 or tau < 0:
+        raise ValueError(f"DBM margins need LTDET.DBM.K >= 0 and LTDET.DBM.TAU >= 0, got "
+                         f"K={k}, tau={tau}")
+    return k * (counts / counts.min()).pow(-tau)
+
+
+def effective_number_weights(counts: CountsLike, beta: Optional[float] = None) -> Tensor:
+    """Class-balanced weights ``(1 - beta) / (1 - beta^n_y)`` (Cui et al. 2019; Jamal et al. 2020
+    Eq. 6), normalised to mean 1 over classes. ``beta=None`` means ``(n - 1) / n`` with n the
+    total count (Jamal et al.)."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    counts = validate_counts(counts, counts.numel(), name="class counts")
+    if beta is None:
+        total = counts.sum()
+        beta = float((total - 1) / total)
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"class-balanced beta (LTDET.LOSS.CB_BETA) must be in [0, 1), got {beta}")
+    w = (1 - beta) / (1 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+    return w / w.mean()
+
+
 # --------------------------------------------------------------------------- statistics
 def _check_counts(counts: CountsLike, num_classes: int, name: str) -> Tensor:
     counts = torch.as_tensor(counts, dtype=torch.float64)
@@ -339,6 +411,9 @@ _LOSSES = {
     "balanced_sigmoid": balanced_sigmoid_loss,
     "eql": eql_loss,
     "federated": federated_loss,
+    "dbm": dbm_loss,
+    "dbm_bs": dbm_loss,
+    "dbm_cb": dbm_loss,
 }
 
 
