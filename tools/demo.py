@@ -48,7 +48,8 @@ def table(results: dict) -> str:
     head = "| run | mask AP | APr | APc | APf | box AP |"
     lines = [head, "|" + "---|" * 6]
     for name, res in results.items():
-        cells = [f"{res[task][m]:.1f}" for task, m in COLUMNS]
+        # lvis-api reports -100 for a group without classes (e.g. no frequent class)
+        cells = [f"{res[task][m]:.1f}" if res[task][m] >= 0 else "n/a" for task, m in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

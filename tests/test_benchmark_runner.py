@@ -1,0 +1,232 @@
+"""The multi-seed accuracy benchmark runner (benchmarks/longtail.py).
+
+One real run (base model + softmax, tools/train_net.py subprocesses, 3 iterations on the tiny
+synthetic set) checks the whole chain; caching, failures, skipped dependents and the
+"not implemented" rows use an injected runner that writes what a run writes."""
+import csv
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("ltdet_bench_longtail",
+                                                  os.path.join(REPO, "benchmarks", "longtail.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(mod)
+    return mod
+
+
+lt = _load()
+
+# tests/test_end_to_end.py tiny_cfg, with 3 iterations and a cheaper test-time head.
+TINY_OPTS = [
+    "MODEL.ROI_HEADS.NUM_CLASSES", "8", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3",
+    "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.MAX_SIZE_TEST", "64", "INPUT.RANDOM_FLIP", "none", "TEST.DETECTIONS_PER_IMAGE", "10",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
+]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    lt.prepare_data("tiny", str(root), data_root=str(root))
+    return str(root)
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class FakeRunner:
+    """Writes the files of a finished train_net run (metrics with APf = -100 as on the tiny set,
+    per-class csv); ``fail`` = method names or (name, seed) pairs that exit with code 1."""
+
+    def __init__(self, fail=()):
+        self.fail = set(fail)
+        self.calls = []
+
+    def __call__(self, run):
+        self.calls.append((run.name, run.seed))
+        assert run.cmd[run.cmd.index("OUTPUT_DIR") + 1] == run.out_dir
+        assert run.cmd[run.cmd.index("SEED") + 1] == str(run.seed)
+        assert os.path.isdir(os.path.join(run.env["DETECTRON2_DATASETS"], "ltdet_synthetic"))
+        if run.base_run is not None:
+            weights = run.cmd[run.cmd.index("MODEL.WEIGHTS") + 1]
+            assert weights == os.path.join(run.base_run.out_dir, "model_final.pth")
+        if run.name in self.fail or (run.name, run.seed) in self.fail:
+            with open(run.log_path, "w") as f:
+                f.write("Traceback (most recent call last):\nKeyError: 'unknown config key LTDET.NOPE'\n")
+            return 1
+        inf = os.path.dirname(run.metrics_path)
+        os.makedirs(inf)
+        ap = 10.0 + 2 * run.seed + len(run.name)
+        task = {"AP": ap, "AP50": ap, "AP75": ap, "APr": ap - 5, "APc": ap + 1, "APf": -100.0}
+        with open(run.metrics_path, "w") as f:
+            json.dump({"bbox": dict(task, AP=ap + 3), "segm": task}, f)
+        with open(run.per_class_path, "w") as f:
+            f.write("class_id,name,frequency,train_image_count,train_instance_count,AP_bbox,AP_segm\n")
+            for c, n in enumerate([30, 11, 4, 1, 30, 11, 4, 1]):
+                f.write(f"{c},cls{c},{'c' if n > 10 else 'r'},{n},{n + 1},{ap:.2f},{ap + c:.2f}\n")
+        open(os.path.join(run.out_dir, "model_final.pth"), "w").close()
+        return 0
+
+
+def test_real_tiny_run_and_cache(data_root, tmp_path):
+    """Base + softmax for real (subprocesses), then a re-run that runs nothing."""
+    out = str(tmp_path / "bench")
+    methods = ["softmax", "two_component"]
+    res = lt.run_benchmark(methods, [0], out, "tiny", TINY_OPTS, data_root=data_root)
+    status = {r.name: r.status for r in res["runs"]}
+    assert status == {"base_softmax_rfs": "ok", "softmax": "ok", "two_component": "not implemented"}, \
+        [(r.name, r.reason, r.log_path) for r in res["runs"]]
+    for name in ("results.md", "results.csv", "groups.png", "per_class.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 200, name
+    runs = {r.name: r for r in res["runs"]}
+    softmax = runs["softmax"]
+    assert os.path.isfile(softmax.per_class_path)
+    # the decoupled run started from this seed's base model
+    with open(os.path.join(softmax.out_dir, "config.yaml")) as f:
+        text = f.read()
+    assert os.path.join(runs["base_softmax_rfs"].out_dir, "model_final.pth") in text
+    assert "SEED: 0" in text
+    rows = _read_csv(os.path.join(out, "results.csv"))
+    assert [(r["method"], r["status"]) for r in rows] == [
+        ("base_softmax_rfs", "ok"), ("softmax", "ok"), ("two_component", "not implemented")]
+    assert rows[1]["segm_APf"] == ""  # the tiny set has no frequent class: LVIS -100 -> n/a
+    assert float(rows[1]["segm_AP"]) >= 0.0
+    md = open(os.path.join(out, "results.md")).read()
+    assert "| two_component |" in md and "not implemented" in md and "git commit:" in md
+
+    done = os.path.join(softmax.out_dir, "done.json")
+    mtime = os.path.getmtime(done)
+    calls = []
+    again = lt.run_benchmark(methods, [0], out, "tiny", TINY_OPTS, data_root=data_root,
+                             runner=lambda run: calls.append(run) or 1)
+    assert calls == []
+    assert [r.status for r in again["runs"]] == ["cached", "cached", "not implemented"]
+    assert os.path.getmtime(done) == mtime
+    assert again["runs"][1].metrics == softmax.metrics
+
+
+def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
+    out = str(tmp_path / "bench")
+    broken = lt.Method("broken", "decoupled/softmax.yaml", "softmax", ("LTDET.NOPE", "1"),
+                       description="config with an unknown key")
+    methods = ["softmax", "balanced_softmax", broken, "m2m"]
+    runner = FakeRunner(fail={"broken"})
+    res = lt.run_benchmark(methods, [0, 1], out, "tiny", TINY_OPTS, runner=runner, data_root=data_root)
+    assert len(runner.calls) == 8  # (base + 3 methods) x 2 seeds; m2m never runs
+    status = {(r.name, r.seed): r.status for r in res["runs"]}
+    assert status[("broken", 0)] == status[("broken", 1)] == "failed"
+    assert status[("m2m", 0)] == "not implemented"
+    assert status[("balanced_softmax", 1)] == "ok"
+    printed = capsys.readouterr().out
+    assert "[1/8] seed 0 base_softmax_rfs ..." in printed
+    assert "[6/8] seed 1 softmax ..." in printed and "left for" in printed  # ETA once runs finished
+    assert "seed 0 broken: FAILED (exit code 1)" in printed
+
+    failed = next(r for r in res["runs"] if r.name == "broken" and r.seed == 0)
+    info = json.load(open(os.path.join(failed.out_dir, "failed.json")))
+    assert info["returncode"] == 1 and "unknown config key" in info["log_tail"]
+    assert "LTDET.NOPE" in failed.cmd
+
+    rows = _read_csv(os.path.join(out, "results.csv"))
+    assert len(rows) == 10 and {r["status"] for r in rows} == {"ok", "failed", "not implemented"}
+    sm = [r for r in rows if r["method"] == "softmax"]
+    assert [float(r["segm_AP"]) for r in sm] == [17.0, 19.0] and sm[0]["segm_APf"] == ""
+    md = open(os.path.join(out, "results.md")).read()
+    summary = md.split("## Per seed")[0]
+    assert "| softmax | 18.0 ± 1.4 | 13.0 ± 1.4 | 19.0 ± 1.4 | n/a | 21.0 ± 1.4 | 2/2 | ok |" in summary
+    assert "| broken | — | — | — | — | — | 0/2 | failed (exit code 1) |" in summary
+    assert "| m2m | — | — | — | — | — | 0/2 | not implemented |" in summary
+    assert "| base_softmax_rfs |" in summary
+    for name in ("groups.png", "per_class.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000
+
+    # Re-run: only the failed runs run again; then a changed override runs everything again.
+    runner2 = FakeRunner()
+    res2 = lt.run_benchmark(methods, [0, 1], out, "tiny", TINY_OPTS, runner=runner2, data_root=data_root)
+    assert sorted(runner2.calls) == [("broken", 0), ("broken", 1)]
+    status2 = {(r.name, r.seed): r.status for r in res2["runs"]}
+    assert status2[("softmax", 1)] == "cached" and status2[("broken", 1)] == "ok"
+    assert not os.path.exists(os.path.join(failed.out_dir, "failed.json"))
+    runner3 = FakeRunner()
+    lt.run_benchmark(["softmax"], [0], out, "tiny", TINY_OPTS + ["SOLVER.BASE_LR", "0.01"],
+                     runner=runner3, data_root=data_root)
+    assert runner3.calls == [("base_softmax_rfs", 0), ("softmax", 0)]
+
+
+def test_failed_base_skips_its_methods(data_root, tmp_path):
+    out = str(tmp_path / "bench")
+    runner = FakeRunner(fail={("base_softmax_rfs", 1)})
+    res = lt.run_benchmark(["softmax", "sigmoid"], [0, 1], out, "tiny", TINY_OPTS, runner=runner,
+                           data_root=data_root)
+    status = {(r.name, r.seed): (r.status, r.reason) for r in res["runs"]}
+    assert status[("softmax", 1)] == ("skipped", "base base_softmax_rfs failed")
+    assert status[("sigmoid", 1)][0] == "ok" and status[("softmax", 0)][0] == "ok"
+    assert ("softmax", 1) not in runner.calls
+    sigmoid = next(r for r in res["runs"] if r.name == "sigmoid")
+    i = sigmoid.cmd.index("--config-file")
+    assert sigmoid.cmd[i + 1].endswith("decoupled/Base-Decoupled-Sigmoid.yaml")
+    assert sigmoid.cmd[i + 2:i + 4] == ["LTDET.LOSS.NAME", "sigmoid"]
+    assert "base_sigmoid_rfs" in sigmoid.base_run.out_dir
+    md = open(os.path.join(out, "results.md")).read()
+    assert "1/2 seeds ok; seed 1 skipped" in md
+    assert "| softmax | 1 | — | — | — | — | — | skipped: base base_softmax_rfs failed |" in md
+
+    # A re-trained base invalidates its methods' cache even though their config is unchanged.
+    runner2 = FakeRunner()
+    lt.run_benchmark(["softmax"], [0, 1], out, "tiny", TINY_OPTS, runner=runner2, data_root=data_root)
+    assert runner2.calls == [("base_softmax_rfs", 1), ("softmax", 1)]
+    base0 = next(r for r in res["runs"] if r.name == "base_softmax_rfs" and r.seed == 0)
+    os.remove(os.path.join(base0.out_dir, "done.json"))
+    os.remove(base0.metrics_path)
+    runner3 = FakeRunner()
+    lt.run_benchmark(["softmax"], [0, 1], out, "tiny", TINY_OPTS, runner=runner3, data_root=data_root)
+    assert runner3.calls == [("base_softmax_rfs", 0), ("softmax", 0)]
+
+
+def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
+    cfg = os.path.join(REPO, "configs/synthetic/decoupled/balms.yaml")
+    assert lt.scaled_schedule_opts(cfg, 1.0) == []
+    assert lt.scaled_schedule_opts(cfg, 0.5) == [
+        "SOLVER.MAX_ITER", "60", "SOLVER.STEPS", "(30,50,)", "SOLVER.WARMUP_ITERS", "0"]
+    chain = [os.path.relpath(p, REPO) for p in lt._config_chain(cfg)]
+    assert chain[-1] == "configs/Base-LTDet-RCNN-FPN.yaml"  # the hash also covers files outside
+    m = lt.KNOWN_METHODS["balms"]
+    h = lt.config_hash(m, ["A", "1"], "tiny")
+    assert h == lt.config_hash(m, ["A", "1"], "tiny")
+    assert len({h, lt.config_hash(m, ["A", "2"], "tiny"), lt.config_hash(m, ["A", "1"], "default"),
+                lt.config_hash(m, ["A", "1"], "tiny", base_hash="x")}) == 4
+
+    runs = lt.plan(["eql", "dbm_bs"], [3], str(tmp_path), "tiny", ["K", "V"], 1.0, data_root, num_classes=8)
+    assert [(r.name, r.status) for r in runs] == [
+        ("base_softmax_rfs", "planned"), ("base_sigmoid_rfs", "planned"), ("eql", "planned"),
+        ("dbm_bs", "not implemented")]
+    assert runs[2].cmd[-8:] == ["K", "V", "SEED", "3", "OUTPUT_DIR", runs[2].out_dir, "MODEL.WEIGHTS",
+                                os.path.join(runs[1].out_dir, "model_final.pth")]
+    assert os.path.basename(os.path.dirname(runs[2].out_dir)) == "seed3"
+    with pytest.raises(ValueError, match="unknown method"):
+        lt.plan(["nope"], [0], str(tmp_path))
+    with pytest.raises(ValueError, match="KEY VALUE"):
+        lt.plan(["softmax"], [0], str(tmp_path), extra_opts=["SOLVER.MAX_ITER"])
+    with pytest.raises(ValueError, match="SEED"):
+        lt.plan(["softmax"], [0], str(tmp_path), extra_opts=["SEED", "1"])
+
+    assert lt.main(["--dry-run", "--preset", "tiny", "--seeds", "0", "--methods", "softmax", "m2m",
+                    "--out", str(tmp_path / "cli"), "--data-root", data_root]) == 0
+    printed = capsys.readouterr().out
+    assert "seed 0 softmax: to run" in printed and "seed 0 m2m: not implemented" in printed
+    assert not os.path.exists(tmp_path / "cli" / "results.md")
+    assert lt.main(["--list"]) == 0
+    assert "two_component" in capsys.readouterr().out
