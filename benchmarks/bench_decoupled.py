@@ -21,7 +21,7 @@ Targets, as ratios measured in the same run: decoupled/stock time <= 0.6x and pe
 <= 0.5x; balms/decoupled time <= 2.2x; balms/original time <= 0.7x.
 
     python benchmarks/bench_decoupled.py [--device cpu|cuda] [--iters N] [--warmup W]
-                                         [--batch B] [--lvis-scale] [--out DIR]
+                                         [--batch B] [--lvis-scale] [--threads T] [--out DIR]
 
 Time: median over the timed rounds (after the warm-up rounds), torch.cuda.synchronize around
 each step on GPU; ratios are the median of per-round ratios, so a load change on a shared
@@ -450,7 +450,8 @@ def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scal
     stats = {}
     for name in names:
         s = {"median_ms": 1e3 * statistics.median(times[name]),
-             "min_ms": 1e3 * min(times[name])}
+             "min_ms": 1e3 * min(times[name]),
+             "times_ms": [round(1e3 * t, 1) for t in times[name]]}
         if cuda:
             resident = _bytes(variants[name].state_tensors())
             s["peak_mb"] = (resident + step_peak[name]) / 2**20
@@ -533,6 +534,8 @@ def to_markdown(rows: List[dict], stats: Dict[str, dict], device: str, iters: in
         peak = f"{s['peak_mb']:.1f}" if "peak_mb" in s else "n/a"
         lines.append(f"| {name} | {DESCRIPTION[name]} | {s['median_ms']:.1f} | "
                      f"{s['min_ms']:.1f} | {peak} |")
+    lines += ["", "Per-round times (ms): " + "; ".join(
+        f"{name} {', '.join(f'{t:.0f}' for t in stats[name]['times_ms'])}" for name in VARIANTS)]
     lines += [
         "",
         "| comparison | time ratio | target | meets | memory ratio | target | meets |",
@@ -553,9 +556,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="images per batch; default 4 cpu, 8 cuda")
     parser.add_argument("--lvis-scale", action="store_true",
                         help="ResNet-50 FPN sizes and 800 px images (meant for GPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads; default 1 on cpu (on a shared machine more "
+                             "threads made steps swing 10x), torch's default on cuda; 0 = torch's")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     cuda = args.device == "cuda"
+    threads = args.threads if args.threads is not None else (0 if cuda else 1)
+    if threads:
+        torch.set_num_threads(threads)
     if cuda and not torch.cuda.is_available():
         sys.exit("--device cuda but torch.cuda.is_available() is False")
     iters = args.iters or (30 if cuda else 10)

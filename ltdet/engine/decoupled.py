@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -41,14 +42,27 @@ def freeze_except(model: nn.Module, patterns: Sequence[str]) -> List[str]:
     return trainable
 
 
+@contextmanager
+def _training_proposals(rpn: nn.Module):
+    """Let an eval-mode RPN keep its *training* top-k (PRE/POST_NMS_TOPK_TRAIN), as the original
+    fine-tuning did in training mode, without computing the RPN losses that training mode needs."""
+    saved = dict(rpn.pre_nms_topk), dict(rpn.post_nms_topk)
+    rpn.pre_nms_topk[False], rpn.post_nms_topk[False] = rpn.pre_nms_topk[True], rpn.post_nms_topk[True]
+    try:
+        yield
+    finally:
+        rpn.pre_nms_topk, rpn.post_nms_topk = saved
+
+
 @torch.no_grad()
 def classifier_inputs(model: nn.Module, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Box-head features [N, D] of the sampled proposals of a batch and their gt classes [N], by
-    the frozen trunk in eval mode (RPN gives its test-time proposals; sampling and gt matching
-    are the ROI heads' own, PROPOSAL_APPEND_GT included)."""
+    the frozen trunk in eval mode (RPN proposals with the training top-k; sampling and gt
+    matching are the ROI heads' own, PROPOSAL_APPEND_GT included)."""
     images = model.preprocess_image(batched_inputs)
     features = model.backbone(images.tensor)
-    proposals, _ = model.proposal_generator(images, features, None)
+    with _training_proposals(model.proposal_generator):
+        proposals, _ = model.proposal_generator(images, features, None)
     gt = [x["instances"].to(model.device) for x in batched_inputs]
     heads = model.roi_heads
     proposals = heads.label_and_sample_proposals(proposals, gt)

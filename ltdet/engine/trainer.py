@@ -87,6 +87,9 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg, seed=self.data_seeds[0])
         extra = {}
         if decoupled:
+            if cfg.LTDET.META.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+                raise ValueError("LTDET.META.ENABLED with SOLVER.CLIP_GRADIENTS.ENABLED is not "
+                                 "supported: the look-ahead would not clip like the real step")
             if cfg.LTDET.META.ENABLED:
                 self.reweigher = MetaReweigher(cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(model.device)
                 extra["meta_reweigher"] = self.reweigher
