@@ -63,6 +63,20 @@ def add_ltdet_config(cfg: CN) -> None:
     # Log the class weights every LOG_PERIOD iterations (a csv and PNG are written at the end).
     cfg.LTDET.META.LOG_PERIOD = 20
 
+    # Two-component weights w_y + eps_i (Jamal et al. 2020, Algorithm 1): class-balanced
+    # effective-number weights (beta: LTDET.LOSS.CB_BETA) plus per-proposal weights meta-learned
+    # on a class-balanced development split held out of the training images. Needs
+    # LTDET.DECOUPLED.ENABLED; exclusive with LTDET.META.
+    cfg.LTDET.TWO_COMPONENT = CN()
+    cfg.LTDET.TWO_COMPONENT.ENABLED = False
+    # Step size tau of the eps update (Algorithm 1, line 13); the paper does not report it.
+    cfg.LTDET.TWO_COMPONENT.EPS_LR = 1.0
+    # Development images per class (the paper's ImageNet-LT dev set: 10 per class).
+    cfg.LTDET.TWO_COMPONENT.DEV_IMAGES_PER_CLASS = 2
+    # Classes with a single training image cannot be held out; True leaves them out of the
+    # development set instead of failing.
+    cfg.LTDET.TWO_COMPONENT.ALLOW_UNCOVERED = False
+
     # Evaluation extras written next to detectron2's metrics.
     cfg.LTDET.EVAL = CN()
     # Per-class AP table (csv) and a PNG of per-class AP against training frequency.

@@ -77,7 +77,7 @@ def test_base_train_and_lvis_eval(base_model):
     assert abs(ev.get_results()["AP"] * 100 - results["bbox"]["AP"]) < 1e-6
 
 
-@pytest.mark.parametrize("loss", ["balanced_softmax", "sigmoid", "balanced_sigmoid", "eql", "federated", "dbm_bs"])
+@pytest.mark.parametrize("loss", ["balanced_softmax", "sigmoid", "balanced_sigmoid", "eql", "federated", "dbm_bs", "dbm_cb"])
 def test_heads_train_end_to_end(tiny_root, tmp_path, loss):
     cfg = tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml", "LTDET.LOSS.NAME", loss,
                    "SOLVER.MAX_ITER", 3, "DATASETS.TEST", ())
@@ -137,3 +137,22 @@ def test_decoupled_bad_input(base_model, tmp_path):
     trainer = Trainer(_decoupled_cfg(base_dir, tmp_path, "MODEL.WEIGHTS", str(tmp_path / "partial.pth")))
     with pytest.raises(ValueError, match="not a base model.*missing keys.*mask_head"):
         trainer.resume_or_load(resume=False)
+
+
+def test_decoupled_two_component(base_model, tmp_path):
+    base_dir, _ = base_model
+    cfg = tiny_cfg(tmp_path, "configs/synthetic/decoupled/two_component.yaml",
+                   "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "SOLVER.MAX_ITER", 3,
+                   "SOLVER.STEPS", (2,), "SOLVER.WARMUP_ITERS", 0, "DATASETS.TEST", (),
+                   "LTDET.TWO_COMPONENT.EPS_LR", 100.0)
+    trainer, _ = train(cfg)
+    assert trainer.storage.history("eps_abs_mean").latest() > 0
+    # development images are held out of training
+    from ltdet.engine.trainer import _dev_dicts, _train_dicts
+
+    dev = {d["image_id"] for d in _dev_dicts(trainer.cfg)}
+    assert dev and not dev & {d["image_id"] for d in _train_dicts(trainer.cfg)}
+    with pytest.raises(ValueError, match="alternatives"):
+        Trainer(tiny_cfg(tmp_path / "x", "configs/synthetic/decoupled/two_component.yaml",
+                         "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "LTDET.META.ENABLED", True,
+                         "DATASETS.TEST", ()))

@@ -21,7 +21,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..modeling.meta_reweigher import MetaReweigher
-from .meta_step import meta_reweigher_step
+from .meta_step import meta_reweigher_step, two_component_weights
 
 
 def freeze_except(model: nn.Module, patterns: Sequence[str]) -> List[str]:
@@ -87,16 +87,27 @@ class DecoupledTrainStep(SimpleTrainer):
 
     def __init__(self, model, data_loader, optimizer, *, reweigher: Optional[MetaReweigher] = None,
                  meta_loader=None, meta_optimizer: Optional[torch.optim.Optimizer] = None,
-                 meta_loss: str = "plain", meta_interval: int = 1):
+                 meta_loss: str = "plain", meta_interval: int = 1,
+                 two_component: Optional[Tuple[torch.Tensor, float]] = None):
+        """``two_component``: (class weights w_y [K], eps step size) for Jamal et al.'s weights,
+        with ``meta_loader`` drawing from the development split."""
         super().__init__(model, data_loader, optimizer)
         self.predictor = model.roi_heads.box_predictor
         self.reweigher = reweigher
+        self.two_component = two_component
         self.meta_optimizer = meta_optimizer
         self.meta_interval = meta_interval
         self.set_meta_loader(meta_loader)
         name = self.predictor.loss_name if meta_loss == "same" else _plain_loss_name(self.predictor.loss_name)
         self._meta_loss_name = name
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+
+    @property
+    def meta_steps_per_iter(self) -> float:
+        """Meta/development batches drawn per iteration (for resuming their stream)."""
+        if self.two_component is not None:
+            return 1.0
+        return 1.0 / self.meta_interval if self.reweigher is not None else 0.0
 
     def set_meta_loader(self, meta_loader) -> None:
         self._meta_iter = iter(meta_loader) if meta_loader is not None else None
@@ -119,13 +130,24 @@ class DecoupledTrainStep(SimpleTrainer):
         data_time = time.perf_counter() - start
         x, gt = classifier_inputs(self.model, data)
         metrics = {}
+        weights = None
+        if self.two_component is not None:  # a development batch every iteration (Algorithm 1)
+            x_dev, gt_dev = classifier_inputs(self.model, next(self._meta_iter))
+            class_weights, eps_lr = self.two_component
+            weights = two_component_weights(
+                self.predictor.cls_score, self.optimizer, class_weights.to(x.device), eps_lr,
+                self._train_loss, self._meta_loss, x, gt, x_dev, gt_dev)
+            fg = gt < self.predictor.num_classes
+            if fg.any():
+                metrics["eps_abs_mean"] = float((weights[fg] - class_weights.to(x.device)[gt[fg]]).abs().mean())
         if self.reweigher is not None and self.iter % self.meta_interval == 0:
             x_meta, gt_meta = classifier_inputs(self.model, next(self._meta_iter))
             metrics.update(meta_reweigher_step(
                 self.predictor.cls_score, self.optimizer, self.reweigher, self.meta_optimizer,
                 self._train_loss, self._meta_loss, x, gt, x_meta, gt_meta))
 
-        weights = self.reweigher(gt).detach() if self.reweigher is not None else None
+        if self.reweigher is not None:
+            weights = self.reweigher(gt).detach()
         scores = self.predictor.cls_score(x)
         loss = self.predictor.classification_loss(scores, gt, weights)
         self.optimizer.zero_grad()

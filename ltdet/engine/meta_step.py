@@ -1,4 +1,5 @@
-"""One bi-level step of the Meta Reweigher (BALMS supp. B.2), written with ``torch.func``.
+"""Bi-level steps on per-proposal loss weights, written with ``torch.func``: the Meta Reweigher
+(BALMS supp. B.2) and the two-component weights of Jamal et al. 2020 share ``meta_gradient``.
 
 The classifier is a linear layer on frozen RoI features, so the look-ahead needs only the
 features of the training batch (reused from the main step) and of the meta batch:
@@ -72,6 +73,47 @@ def sgd_lookahead(optimizer: torch.optim.Optimizer, named: Dict[str, nn.Paramete
     return new, coef
 
 
+def meta_gradient(
+    classifier: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loss: LossFn,
+    weights_of: Callable[[torch.Tensor], torch.Tensor],
+    w: torch.Tensor,
+    meta_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_train: torch.Tensor,
+    gt_train: torch.Tensor,
+    x_meta: torch.Tensor,
+    gt_meta: torch.Tensor,
+    shared: bool = True,
+) -> torch.Tensor:
+    """d L_meta(theta'(w)) / d w for per-proposal loss weights ``weights_of(w)``.
+
+    ``shared``: w is the same on every rank (class weights: the per-rank contributions are
+    summed); otherwise w is this rank's own (per-proposal weights: the local term is the whole
+    derivative). The classifier and ``optimizer`` are untouched.
+    """
+    named = {k: p for k, p in classifier.named_parameters() if p.requires_grad}
+    params = {k: p.detach() for k, p in named.items()}
+
+    def inner(w_):  # gradient of the weighted training loss w.r.t. the classifier
+        def loss(ps):
+            scores = functional_call(classifier, ps, (x_train,))
+            return train_loss(scores, gt_train, weights_of(w_))
+        return grad(loss)(params)
+
+    g_local, back = vjp(inner, w.detach())
+    g_avg = _all_reduce(g_local, average=True)
+    new_params, coef = sgd_lookahead(optimizer, named, g_avg)
+
+    def outer(ps):
+        return meta_loss(functional_call(classifier, ps, (x_meta,)), gt_meta)
+
+    v = _all_reduce(grad(outer)(new_params), average=True)
+    world = _world()
+    (h,) = back({k: v[k] * (coef[k] / world) for k in v})
+    return _all_reduce({"w": h}, average=False)["w"] if shared else h
+
+
 def meta_reweigher_step(
     classifier: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -85,29 +127,43 @@ def meta_reweigher_step(
     gt_meta: torch.Tensor,
 ) -> Dict[str, float]:
     """Update ``reweigher`` by one meta step; the classifier and ``optimizer`` are untouched."""
-    named = {k: p for k, p in classifier.named_parameters() if p.requires_grad}
-    params = {k: p.detach() for k, p in named.items()}
-
-    def inner(w_logits):  # gradient of the weighted training loss w.r.t. the classifier
-        def loss(ps):
-            scores = functional_call(classifier, ps, (x_train,))
-            return train_loss(scores, gt_train, proposal_weights(w_logits, gt_train))
-        return grad(loss)(params)
-
-    w = reweigher.logits.detach()
-    g_local, back = vjp(inner, w)
-    g_avg = _all_reduce(g_local, average=True)
-    new_params, coef = sgd_lookahead(optimizer, named, g_avg)
-
-    def outer(ps):
-        return meta_loss(functional_call(classifier, ps, (x_meta,)), gt_meta)
-
-    v = _all_reduce(grad(outer)(new_params), average=True)
-    world = _world()
-    (h,) = back({k: v[k] * (coef[k] / world) for k in v})
-    h = _all_reduce({"w": h}, average=False)["w"]
-
+    h = meta_gradient(classifier, optimizer, train_loss,
+                      lambda w: proposal_weights(w, gt_train), reweigher.logits, meta_loss,
+                      x_train, gt_train, x_meta, gt_meta, shared=True)
     meta_optimizer.zero_grad(set_to_none=True)
     reweigher.logits.grad = h
     meta_optimizer.step()
     return {"meta_grad_norm": float(h.norm())}
+
+
+def two_component_weights(
+    classifier: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    class_weights: torch.Tensor,
+    eps_lr: float,
+    train_loss: LossFn,
+    dev_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_train: torch.Tensor,
+    gt_train: torch.Tensor,
+    x_dev: torch.Tensor,
+    gt_dev: torch.Tensor,
+) -> torch.Tensor:
+    """Per-proposal weights w_y + eps_i of Jamal et al. 2020 (Algorithm 1, lines 8-13).
+
+    eps starts at 0, one look-ahead step of the classifier with weights w_y + eps, the gradient
+    of the (unweighted) loss on a balanced development batch w.r.t. eps, one step
+    ``eps = -eps_lr * grad``; no clipping, no normalisation. Foreground proposals only:
+    background proposals keep weight 1 (the paper has no background class).
+    """
+    num_classes = class_weights.numel()
+    fg = gt_train < num_classes
+    base = torch.where(fg, class_weights[gt_train.clamp(max=num_classes - 1)],
+                       torch.ones_like(gt_train, dtype=class_weights.dtype))
+
+    def weights_of(eps):
+        return base + torch.where(fg, eps, torch.zeros_like(eps))
+
+    eps0 = torch.zeros_like(base)
+    h = meta_gradient(classifier, optimizer, train_loss, weights_of, eps0, dev_loss,
+                      x_train, gt_train, x_dev, gt_dev, shared=False)
+    return weights_of(-eps_lr * h).detach()

@@ -22,7 +22,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import LongTailCheckpointer
 from ..data import class_stats
+from ..data.dev_split import split_dev
 from ..data.samplers import SkipSampler, class_balanced_repeat_factors
+from ..modeling.losses import effective_number_weights
 from ..modeling.meta_reweigher import MetaReweigher
 from .decoupled import DecoupledTrainStep, freeze_except
 from .hooks import MetaWeightsHook
@@ -48,9 +50,40 @@ def check_config(cfg: CfgNode) -> None:
                              f"{stats.num_classes}: they must share one category list")
 
 
-def _train_dicts(cfg: CfgNode):
+def _all_train_dicts(cfg: CfgNode):
     return get_detection_dataset_dicts(cfg.DATASETS.TRAIN,
                                        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+
+
+def _dev_split(cfg: CfgNode, dicts):
+    tc = cfg.LTDET.TWO_COMPONENT
+    return split_dev(dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES, tc.DEV_IMAGES_PER_CLASS,
+                     seed=0, allow_uncovered=tc.ALLOW_UNCOVERED)
+
+
+def _train_dicts(cfg: CfgNode):
+    """Training images; with two-component weights, minus the held-out development split."""
+    dicts = _all_train_dicts(cfg)
+    if cfg.LTDET.TWO_COMPONENT.ENABLED:
+        train, _ = _dev_split(cfg, dicts)
+        dicts = [dicts[i] for i in train]
+    return dicts
+
+
+def _dev_dicts(cfg: CfgNode):
+    dicts = _all_train_dicts(cfg)
+    return [dicts[i] for i in _dev_split(cfg, dicts)[1]]
+
+
+def _primed(iterator):
+    """Start a data iterator now (torch's DataLoader draws its worker base seed from the global
+    RNG when it starts); the first batch is kept and yielded first."""
+    first = next(iterator)
+
+    def gen():
+        yield first
+        yield from iterator
+    return gen()
 
 
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
@@ -95,12 +128,14 @@ class Trainer(DefaultTrainer):
                 extra["meta_reweigher"] = self.reweigher
             self._trainer = self.build_decoupled_step(cfg, model, data_loader, optimizer)
         else:
-            if cfg.LTDET.META.ENABLED:
-                raise ValueError("LTDET.META.ENABLED needs LTDET.DECOUPLED.ENABLED (the Meta "
-                                 "Reweigher trains with the decoupled classifier, BALMS supp. C.3)")
+            for key in ("META", "TWO_COMPONENT"):
+                if cfg.LTDET[key].ENABLED:
+                    raise ValueError(f"LTDET.{key}.ENABLED needs LTDET.DECOUPLED.ENABLED (the meta "
+                                     "weights train with the decoupled classifier)")
             model = create_ddp_model(model, broadcast_buffers=False)
             self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
                 model, data_loader, optimizer)
+        self._prime_data()
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # Decoupled fine-tuning must start from a complete base model of this architecture.
         self.checkpointer = LongTailCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
@@ -111,6 +146,21 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_decoupled_step(self, cfg, model, data_loader, optimizer) -> DecoupledTrainStep:
+        if cfg.LTDET.TWO_COMPONENT.ENABLED:
+            if cfg.LTDET.META.ENABLED:
+                raise ValueError("LTDET.TWO_COMPONENT and LTDET.META are alternatives (Jamal et "
+                                 "al. vs BALMS meta weights): enable one")
+            num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+            counts = np.zeros(num_classes)
+            for d in _train_dicts(cfg):
+                for c in {a["category_id"] for a in d["annotations"]}:
+                    counts[c] += 1
+            beta = cfg.LTDET.LOSS.CB_BETA if cfg.LTDET.LOSS.CB_BETA >= 0 else None
+            class_weights = effective_number_weights(counts, beta).float()
+            return DecoupledTrainStep(
+                model, data_loader, optimizer, meta_loss="plain",
+                meta_loader=self.build_meta_loader(cfg, seed=self.data_seeds[1]),
+                two_component=(class_weights, cfg.LTDET.TWO_COMPONENT.EPS_LR))
         if self.reweigher is None:
             return DecoupledTrainStep(model, data_loader, optimizer)
         meta_optimizer = torch.optim.Adam(self.reweigher.parameters(), lr=cfg.LTDET.META.LR,
@@ -140,10 +190,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_meta_loader(cls, cfg, skip: int = 0, seed: Optional[int] = None):
-        """Class-balanced batches from the training set (detectron2's repeat-factor sampler with
-        factors max_c 1/f(c))."""
-        dicts = _train_dicts(cfg)
-        factors = class_balanced_repeat_factors(dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        """Class-balanced batches (detectron2's repeat-factor sampler with factors max_c 1/f(c))
+        from the training set, or from the development split with two-component weights."""
+        dev = cfg.LTDET.TWO_COMPONENT.ENABLED
+        dicts = _dev_dicts(cfg) if dev else _train_dicts(cfg)
+        factors = class_balanced_repeat_factors(
+            dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            allow_missing=dev and cfg.LTDET.TWO_COMPONENT.ALLOW_UNCOVERED)
         sampler = SkipSampler(RepeatFactorTrainingSampler(factors, seed=seed), skip)
         return build_detection_train_loader(cfg, dataset=dicts, sampler=sampler,
                                             total_batch_size=cls._meta_batch(cfg))
@@ -155,15 +208,29 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume)
         if self.start_iter > 0:  # continue the data streams where the saved run stopped
+            # Creating data-loader iterators draws from the torch RNG just restored from the
+            # checkpoint; put it back afterwards so ROI sampling continues exactly.
+            rng = torch.get_rng_state()
             world, cfg, step = comm.get_world_size(), self.cfg, self._trainer
             step.data_loader = self.build_train_loader(
                 cfg, skip=self.start_iter * cfg.SOLVER.IMS_PER_BATCH // world,
                 seed=self.data_seeds[0])
             step._data_loader_iter = iter(step.data_loader)
-            if getattr(step, "reweigher", None) is not None:
-                meta_steps = -(-self.start_iter // step.meta_interval)
+            if getattr(step, "meta_steps_per_iter", 0):
+                meta_steps = (self.start_iter if step.two_component is not None
+                              else -(-self.start_iter // step.meta_interval))
                 step.set_meta_loader(self.build_meta_loader(
                     cfg, skip=meta_steps * self._meta_batch(cfg) // world, seed=self.data_seeds[1]))
+            self._prime_data()
+            torch.set_rng_state(rng)
+
+    def _prime_data(self) -> None:
+        # Start the data streams at construction, so that their RNG draws happen before the
+        # state a checkpoint saves (or before the restored one is put back): resume is exact.
+        step = self._trainer
+        step._data_loader_iter = _primed(iter(step.data_loader))
+        if getattr(step, "_meta_iter", None) is not None:
+            step._meta_iter = _primed(step._meta_iter)
 
     def state_dict(self):
         # detectron2 0.6's DefaultTrainer saves neither the optimizer nor the RNG state; both
