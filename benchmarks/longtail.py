@@ -105,10 +105,10 @@ KNOWN_METHODS: Dict[str, Method] = {m.name: m for m in [
            description="Equalization Loss (Tan et al. 2020)"),
     Method("federated", _SIG, "sigmoid", ("LTDET.LOSS.NAME", "federated"),
            description="federated loss (Zhou et al. 2021)"),
-    Method("two_component", None, implemented=False,
+    Method("two_component", "decoupled/two_component.yaml", "softmax",
            description="two-component meta weights (Jamal et al. 2020)"),
-    Method("dbm_bs", None, implemented=False,
-           description="difficulty-aware balancing margins + Balanced Softmax"),
+    Method("dbm_bs", "decoupled/dbm_bs.yaml", "softmax",
+           description="difficulty-aware balancing margins + Balanced Softmax (Son et al. 2025)"),
     Method("m2m", None, implemented=False, description="major-to-minor translation (Kim et al. 2020)"),
 ]}
 DEFAULT_METHODS = list(KNOWN_METHODS)

@@ -84,10 +84,10 @@ class FakeRunner:
 def test_real_tiny_run_and_cache(data_root, tmp_path):
     """Base + softmax for real (subprocesses), then a re-run that runs nothing."""
     out = str(tmp_path / "bench")
-    methods = ["softmax", "two_component"]
+    methods = ["softmax", "m2m"]
     res = lt.run_benchmark(methods, [0], out, "tiny", TINY_OPTS, data_root=data_root)
     status = {r.name: r.status for r in res["runs"]}
-    assert status == {"base_softmax_rfs": "ok", "softmax": "ok", "two_component": "not implemented"}, \
+    assert status == {"base_softmax_rfs": "ok", "softmax": "ok", "m2m": "not implemented"}, \
         [(r.name, r.reason, r.log_path) for r in res["runs"]]
     for name in ("results.md", "results.csv", "groups.png", "per_class.png"):
         assert os.path.getsize(os.path.join(out, name)) > 200, name
@@ -101,11 +101,11 @@ def test_real_tiny_run_and_cache(data_root, tmp_path):
     assert "SEED: 0" in text
     rows = _read_csv(os.path.join(out, "results.csv"))
     assert [(r["method"], r["status"]) for r in rows] == [
-        ("base_softmax_rfs", "ok"), ("softmax", "ok"), ("two_component", "not implemented")]
+        ("base_softmax_rfs", "ok"), ("softmax", "ok"), ("m2m", "not implemented")]
     assert rows[1]["segm_APf"] == ""  # the tiny set has no frequent class: LVIS -100 -> n/a
     assert float(rows[1]["segm_AP"]) >= 0.0
     md = open(os.path.join(out, "results.md")).read()
-    assert "| two_component |" in md and "not implemented" in md and "git commit:" in md
+    assert "| m2m |" in md and "not implemented" in md and "git commit:" in md
 
     done = os.path.join(softmax.out_dir, "done.json")
     mtime = os.path.getmtime(done)
@@ -209,10 +209,10 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     assert len({h, lt.config_hash(m, ["A", "2"], "tiny"), lt.config_hash(m, ["A", "1"], "default"),
                 lt.config_hash(m, ["A", "1"], "tiny", base_hash="x")}) == 4
 
-    runs = lt.plan(["eql", "dbm_bs"], [3], str(tmp_path), "tiny", ["K", "V"], 1.0, data_root, num_classes=8)
+    runs = lt.plan(["eql", "m2m"], [3], str(tmp_path), "tiny", ["K", "V"], 1.0, data_root, num_classes=8)
     assert [(r.name, r.status) for r in runs] == [
         ("base_softmax_rfs", "planned"), ("base_sigmoid_rfs", "planned"), ("eql", "planned"),
-        ("dbm_bs", "not implemented")]
+        ("m2m", "not implemented")]
     assert runs[2].cmd[-8:] == ["K", "V", "SEED", "3", "OUTPUT_DIR", runs[2].out_dir, "MODEL.WEIGHTS",
                                 os.path.join(runs[1].out_dir, "model_final.pth")]
     assert os.path.basename(os.path.dirname(runs[2].out_dir)) == "seed3"
@@ -229,4 +229,4 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     assert "seed 0 softmax: to run" in printed and "seed 0 m2m: not implemented" in printed
     assert not os.path.exists(tmp_path / "cli" / "results.md")
     assert lt.main(["--list"]) == 0
-    assert "two_component" in capsys.readouterr().out
+    assert "m2m" in capsys.readouterr().out
