@@ -73,11 +73,13 @@ BASE_CONFIG = ROOT / "configs/synthetic/base_softmax_rfs.yaml"
 DECOUPLED_CONFIG = ROOT / "configs/synthetic/decoupled/balanced_softmax.yaml"
 DATA_DIR = ROOT / "datasets/ltdet_synthetic"
 CLASSIFIER = "roi_heads.box_predictor.cls_score"
-VARIANTS = ("stock", "decoupled", "balms", "original")
+VARIANTS = ("stock", "decoupled", "balms", "original", "dbm_bs", "two_component")
 DESCRIPTION = {
     "stock": "detectron2 SimpleTrainer step, full forward, only cls_score trainable",
     "decoupled": "ltdet DecoupledTrainStep, balanced_softmax",
     "balms": "ltdet DecoupledTrainStep + MetaReweigher",
+    "dbm_bs": "ltdet DecoupledTrainStep, DBM-BS on a cosine classifier",
+    "two_component": "ltdet DecoupledTrainStep, two-component weights (Jamal et al.)",
     "original": "original BALMS scheme: 3 full training forwards per step",
 }
 # (numerator, denominator, time target, memory target); None = reported, no target.
@@ -85,6 +87,8 @@ COMPARISONS = [
     ("decoupled", "stock", 0.6, 0.5),
     ("balms", "decoupled", 2.2, None),
     ("balms", "original", 0.7, None),
+    ("dbm_bs", "decoupled", None, None),
+    ("two_component", "decoupled", None, None),
     ("original", "stock", None, None),
 ]
 WARMUP = 2
@@ -172,13 +176,14 @@ class StockStep(_Variant):
 
 class DecoupledStep(_Variant):
     def __init__(self, name, model, optimizer, batches, reweigher=None, meta_optimizer=None,
-                 meta_batches=None, meta_loss="plain"):
+                 meta_batches=None, meta_loss="plain", two_component=None):
         self.name = name
         self.model = model
         self.reweigher = reweigher
         self.trainer = DecoupledTrainStep(model, batches, optimizer, reweigher=reweigher,
                                           meta_loader=meta_batches, meta_optimizer=meta_optimizer,
-                                          meta_loss=meta_loss, meta_interval=1)
+                                          meta_loss=meta_loss, meta_interval=1,
+                                          two_component=two_component)
 
     def step(self):
         self.trainer.run_step()
@@ -389,9 +394,29 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
         m, build_optimizer(dec_cfg, m), batches, rw, _meta_optimizer(dec_cfg, rw), meta_batches,
         _meta_loss_name(m.roi_heads.box_predictor, dec_cfg.LTDET.META.LOSS))
 
+    # (e) DBM-BS: cosine classifier (weight only) initialised from the same classifier weights.
+    dbm_cfg = dec_cfg.clone()
+    dbm_cfg.defrost()
+    dbm_cfg.LTDET.LOSS.NAME = "dbm_bs"
+    dbm_cfg.freeze()
+    m = build_model(dbm_cfg)
+    m.load_state_dict(init, strict=False)  # the cosine classifier has no bias
+    freeze_except(m, dbm_cfg.LTDET.DECOUPLED.TRAINABLE)
+    variants["dbm_bs"] = DecoupledStep("dbm_bs", m, build_optimizer(dbm_cfg, m), batches)
+
+    # (f) two-component weights: one development batch and one eps step per iteration.
+    m = model_from(dec_cfg)
+    freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
+    cw = torch.ones(dec_cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    variants["two_component"] = DecoupledStep("two_component", m, build_optimizer(dec_cfg, m),
+                                              batches, meta_batches=meta_batches,
+                                              two_component=(cw, 1000.0))
+
     for v in variants.values():
         trainable = sorted(k for k, p in v.model.named_parameters() if p.requires_grad)
-        assert trainable == [f"{CLASSIFIER}.bias", f"{CLASSIFIER}.weight"], (v.name, trainable)
+        expected = [f"{CLASSIFIER}.weight"] if v.name == "dbm_bs" else \
+            [f"{CLASSIFIER}.bias", f"{CLASSIFIER}.weight"]
+        assert trainable == expected, (v.name, trainable)
     return variants
 
 

@@ -33,6 +33,8 @@ BASELINE = {
     "balanced_sigmoid": "sigmoid",
     "eql": "sigmoid",
     "federated": "sigmoid",
+    "dbm": "softmax",
+    "dbm_bs": "softmax",
 }
 TARGETED = ("balanced_softmax", "balanced_sigmoid")
 
@@ -57,15 +59,21 @@ def _make_case(device: str, seed: int = 0) -> Dict[str, Callable[[], torch.Tenso
         "log_prior_odds": L.sigmoid_log_prior_odds(counts, NUM_TRAIN_IMAGES).float().to(device),
         "class_freq": L.image_frequency(counts, NUM_TRAIN_IMAGES).float().to(device),
         "fed_weight": counts.sqrt().float().to(device),
+        "class_margin": L.dbm_class_margins(counts).float().to(device),
     }
     fed_gen = torch.Generator(device=device).manual_seed(seed)
     cases = {}
-    for name in L.LOSS_NAMES:
+    # DBM takes cosine similarities (a leaf of its own, so every round has a fresh graph)
+    cosines = (torch.rand(n, k + 1, generator=g) * 2 - 1).to(device).requires_grad_()
+    for name in BASELINE:
         logits = logits_sigmoid if name in L.SIGMOID_LOSSES else logits_softmax
         kwargs = {"generator": fed_gen} if name == "federated" else {}
+        if name in L.COSINE_LOSSES:
+            logits = cosines
+            kwargs = {"scale": 30.0, "log_prior": stats["log_prior"] if name == "dbm_bs" else None}
         cases[name] = (lambda name=name, logits=logits, kwargs=kwargs:
                        L.cls_loss(name, logits, gt, stats, **kwargs))
-    cases["_leaves"] = (logits_softmax, logits_sigmoid)
+    cases["_leaves"] = (logits_softmax, logits_sigmoid, cosines)
     return cases
 
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""One speed/memory report from the ratio benchmarks of the losses and of the decoupled / meta
+steps, naming the machine it ran on. Runs unchanged on CPU and on a CUDA GPU; reports land in
+benchmarks/results/speed_<device>.{md,csv}, next to each other when both exist.
+
+  python benchmarks/speed.py [--device cpu|cuda] [--repeats 10] [--iters 5] [--lvis-scale]
+"""
+import argparse
+import csv
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import bench_decoupled  # noqa: E402
+import bench_losses  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--device", default="cuda" if bench_losses.torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=10, help="rounds of the loss benchmark")
+    parser.add_argument("--iters", type=int, default=5, help="timed steps of the step benchmark")
+    parser.add_argument("--batch", type=int, default=0, help="images per step (0: 8 on cuda, 4 on cpu)")
+    parser.add_argument("--lvis-scale", action="store_true", help="R50-FPN sizes for the step benchmark")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: 1 on cpu, where a shared machine makes 2+ noisy)")
+    args = parser.parse_args()
+    if args.device == "cpu":
+        bench_losses.torch.set_num_threads(args.threads or 1)
+
+    batch = args.batch or (8 if args.device == "cuda" else 4)
+    losses = bench_losses.run(args.device, args.repeats)
+    steps = bench_decoupled.run(args.device, args.iters, batch, lvis_scale=args.lvis_scale)
+    machine = bench_losses.machine_info(args.device)
+
+    rows = [{"benchmark": "loss fwd+bwd (8192 RoIs, K=1203, 25% fg)",
+             "comparison": f"{r['loss']} / {r['baseline']}", "time_ratio": r["ratio"],
+             "target": r["target"], "meets": r["meets_target"], "mem_ratio": ""}
+            for r in losses if r["baseline"]]
+    rows += [{"benchmark": "training step" + (" (R50-FPN sizes)" if args.lvis_scale else ""),
+              "comparison": r["comparison"], "time_ratio": r["time_ratio"],
+              "target": r["time_target"], "meets": r["time_meets"],
+              "mem_ratio": f"{r['mem_ratio']} ({r['mem_target'] or 'info'}: {r['mem_meets'] or '-'})"}
+             for r in steps]
+
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"speed_{args.device}")
+    with open(base + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"# Speed report ({args.device})", "",
+             "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "",
+             "Every ratio is measured against its baseline in the same run "
+             "(`python benchmarks/speed.py --device " + args.device + "`).", "",
+             "| benchmark | comparison | time ratio | target | meets | memory ratio |",
+             "|---|---|---:|---|---|---|"]
+    lines += [f"| {r['benchmark']} | {r['comparison']} | {r['time_ratio']} | {r['target']} | "
+              f"{r['meets']} | {r['mem_ratio']} |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
