@@ -37,7 +37,6 @@ import argparse
 import copy
 import csv
 import os
-import platform
 import random
 import statistics
 import sys
@@ -515,24 +514,7 @@ def run(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scale: b
 
 
 # --------------------------------------------------------------------------- report
-def machine_info(device: str) -> Dict[str, str]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu or "unknown",
-        "cores": str(os.cpu_count()),
-        "torch_threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
+from bench_losses import machine_info  # noqa: E402  (same machine description in every report)
 
 def to_markdown(rows: List[dict], stats: Dict[str, dict], device: str, iters: int, warmup: int,
                 batch: int, lvis_scale: bool, info: Dict[str, str]) -> str:
