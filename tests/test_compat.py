@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest

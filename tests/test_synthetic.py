@@ -57,7 +57,7 @@ def tiny_ds(tmp_path_factory):
 def test_tiny_is_deterministic(tmp_path):
     a = syn.generate(str(tmp_path / "a"), preset="tiny", seed=0)
     syn.generate(str(tmp_path / "b"), preset="tiny", seed=0)
-    c = syn.generate(str(tmp_path / "c"), preset="tiny", seed=1)
+    syn.generate(str(tmp_path / "c"), preset="tiny", seed=1)
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert len(fa) == a["num_train_images"] + a["num_val_images"] + 3
     assert fa == fb

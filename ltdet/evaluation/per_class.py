@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from typing import Dict, List, Optional
 
 import numpy as np
