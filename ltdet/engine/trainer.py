@@ -24,11 +24,11 @@ from ..checkpoint import LongTailCheckpointer
 from ..data import class_stats
 from ..data.dev_split import split_dev
 from ..data.samplers import SkipSampler, class_balanced_repeat_factors
+from ..evaluation import LongTailLVISEvaluator
 from ..modeling.losses import effective_number_weights
 from ..modeling.meta_reweigher import MetaReweigher
 from .decoupled import DecoupledTrainStep, freeze_except
 from .hooks import MetaWeightsHook
-from ..evaluation import LongTailLVISEvaluator
 
 
 def check_config(cfg: CfgNode) -> None:
@@ -120,9 +120,10 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg, seed=self.data_seeds[0])
         extra = {}
         if decoupled:
-            if cfg.LTDET.META.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
-                raise ValueError("LTDET.META.ENABLED with SOLVER.CLIP_GRADIENTS.ENABLED is not "
-                                 "supported: the look-ahead would not clip like the real step")
+            meta = cfg.LTDET.META.ENABLED or cfg.LTDET.TWO_COMPONENT.ENABLED
+            if meta and cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+                raise ValueError("LTDET.META / LTDET.TWO_COMPONENT with SOLVER.CLIP_GRADIENTS is "
+                                 "not supported: the look-ahead would not clip like the real step")
             if cfg.LTDET.META.ENABLED:
                 self.reweigher = MetaReweigher(cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(model.device)
                 extra["meta_reweigher"] = self.reweigher
