@@ -11,8 +11,8 @@ classifier in the decoupled regime from the matching base. Every run is a subpro
         [--out benchmarks/results/longtail] [--preset default|tiny] [--iters-scale 1.0]
         [--extra-opts KEY VALUE ...] [--data-root DIR] [--list] [--dry-run]
 
-Caching: each run lives in ``OUT/runs/seed<S>/<name>-<hash>/``; the hash covers every yaml under
-configs/synthetic, the run's ``_BASE_`` chain (also outside that folder), the method's own opts,
+Caching: each run lives in ``OUT/runs/seed<S>/<name>-<hash>/``; the hash covers the contents of
+the run's config and its ``_BASE_`` chain (also outside configs/synthetic), the method's own opts,
 the preset, ``--iters-scale``, ``--extra-opts`` and, for a decoupled run, its base's hash. A run
 is complete when its ``inference/ltdet_synthetic_val/lvis_metrics.json`` exists (``done.json``
 records hash and duration); re-running the command only runs what is missing or failed. A
@@ -252,10 +252,9 @@ def _file_digest(paths: Sequence[str]) -> List[List[str]]:
 
 def config_hash(method: Method, opts: Sequence[str], preset: str, base_hash: str = "") -> str:
     """Hash of everything that defines a run except its seed (the seed is in its directory)."""
+    # Only the run's own _BASE_ chain: adding a recipe must not invalidate the other runs.
     config = os.path.join(CONFIG_DIR, method.config)
-    synthetic = [os.path.join(d, f) for d, _, fs in os.walk(CONFIG_DIR) for f in fs
-                 if f.endswith((".yaml", ".yml"))]
-    payload = dict(files=_file_digest(synthetic + _config_chain(config)),
+    payload = dict(files=_file_digest(_config_chain(config)),
                    config=method.config, opts=[str(o) for o in opts], preset=preset,
                    data_seed=DATA_SEED, generator_version=_synthetic().VERSION, base=base_hash)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
