@@ -131,9 +131,67 @@ def balanced_softmax_loss(
     # Shift row over the K+1 columns, 0 for the background column.
     shift_row = torch.cat([log_prior, log_prior.new_zeros(1)])
     fg_mask = (gt_classes < num_classes).to(logits.dtype)
-    # One fused kernel: logits + fg_mask[:, None] * shift_row (no loops, no index copies).
-    adjusted = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :])
-    return softmax_loss(adjusted, gt_classes, weights)
+    if weights is not None and weights.shape != gt_classes.shape:
+        raise ValueError(
+            f"weights must have shape [N] = {list(gt_classes.shape)}, got {list(weights.shape)}"
+        )
+    return _BalancedSoftmaxCE.apply(logits, shift_row, fg_mask, gt_classes, weights)[0]
+
+
+class _BalancedSoftmaxCE(torch.autograd.Function):
+    """sum_i w_i * CE(z_i, y_i) / N with z = logits + fg[:, None] * shift_row, two sweeps fewer.
+
+    The composite ``F.cross_entropy(addcmul(...))`` allocates three logits-sized tensors (z, its
+    log-softmax, kept for backward, and the gradient) plus nll's zero-filled gradient.  Here the
+    forward writes the log-softmax over z and keeps only the row log-sum-exp ``[N]``; the backward
+    rebuilds z and turns it into the gradient in place (d CE / d z = exp(z - lse) - onehot(y)).
+    Nothing logits-sized is saved, so ``retain_graph`` and repeated backwards stay exact.  Under
+    ``create_graph`` or ``torch.func`` the backward uses differentiable ops, so higher-order
+    gradients (the meta look-ahead) are exact too.
+    """
+
+    @staticmethod
+    def forward(logits, shift_row, fg_mask, gt_classes, weights):
+        z = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :])
+        torch.log_softmax(z, dim=1, out=z)  # in place: row-wise kernel, same shape
+        nll = -z.gather(1, gt_classes[:, None]).squeeze(1)
+        z_target = logits.gather(1, gt_classes[:, None]).squeeze(1) + fg_mask * shift_row[gt_classes]
+        lse = z_target + nll
+        n = logits.shape[0]
+        loss = nll.mean() if weights is None else (nll * weights).sum() / n
+        return loss, lse, nll
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, shift_row, fg_mask, gt_classes, weights = inputs
+        _, lse, nll = output
+        ctx.mark_non_differentiable(lse, nll)
+        ctx.save_for_backward(logits, shift_row, fg_mask, gt_classes, weights, lse, nll)
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_lse, _grad_nll):
+        logits, shift_row, fg_mask, gt_classes, weights, lse, nll = ctx.saved_tensors
+        n = logits.shape[0]
+        scale = grad_loss / n
+        row = scale if weights is None else (weights * scale)[:, None]
+        grad_logits = grad_weights = None
+        if torch.is_grad_enabled():
+            # Differentiable path (create_graph=True, torch.func): recompute from the inputs.
+            logp = torch.log_softmax(torch.addcmul(logits, fg_mask[:, None], shift_row[None, :]), 1)
+            if ctx.needs_input_grad[0]:
+                onehot = F.one_hot(gt_classes, logits.shape[1]).to(logp.dtype)
+                grad_logits = (logp.exp() - onehot) * row
+            if weights is not None and ctx.needs_input_grad[4]:
+                grad_weights = -logp.gather(1, gt_classes[:, None]).squeeze(1) * scale
+            return grad_logits, None, None, None, grad_weights
+        if ctx.needs_input_grad[0]:
+            grad_logits = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :])
+            grad_logits.sub_(lse[:, None]).exp_()
+            grad_logits[torch.arange(n, device=logits.device), gt_classes] -= 1
+            grad_logits.mul_(row)
+        if weights is not None and ctx.needs_input_grad[4]:
+            grad_weights = nll * scale
+        return grad_logits, None, None, None, grad_weights
 
 
 def balanced_sigmoid_loss(
