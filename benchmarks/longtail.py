@@ -108,7 +108,8 @@ KNOWN_METHODS: Dict[str, Method] = {m.name: m for m in [
            description="two-component meta weights (Jamal et al. 2020)"),
     Method("dbm_bs", "decoupled/dbm_bs.yaml", "softmax",
            description="difficulty-aware balancing margins + Balanced Softmax (Son et al. 2025)"),
-    Method("m2m", None, implemented=False, description="major-to-minor translation (Kim et al. 2020)"),
+    Method("m2m", "decoupled/m2m.yaml", "softmax",
+           description="softmax + major-to-minor feature translation (Kim et al. 2020)"),
 ]}
 DEFAULT_METHODS = list(KNOWN_METHODS)
 
@@ -425,8 +426,12 @@ def execute(runs: List[Run], runner: Runner = subprocess_runner, log=_print,
             cached_runs.append(run)
             log(f"{tag}: cached ({run.out_dir})")
             continue
-        left = [r for r in todo[i:] if r.status == PLANNED]
-        eta = _estimate([run] + left, fresh, cached_runs)
+        # Runs still to train; complete ones further on are skipped and lend their durations
+        # (checked in order, so a cached base is resolved before its methods).
+        ahead = [r for r in todo[i:] if r.status == PLANNED]
+        done_ahead = [r for r in ahead if cached(r, repair=False)]
+        left = [r for r in ahead if r not in done_ahead]
+        eta = _estimate([run] + left, fresh, cached_runs + done_ahead)
         n_left = 1 + len(left)
         eta_text = f"; about {_fmt_duration(eta)} left for {n_left} run{'s' * (n_left > 1)}" if eta else ""
         log(f"{tag} ... ({run.method.config}{eta_text})")

@@ -79,6 +79,27 @@ def add_ltdet_config(cfg: CN) -> None:
     # development set instead of failing.
     cfg.LTDET.TWO_COMPONENT.ALLOW_UNCOVERED = False
 
+    # M2m (Kim et al. 2020) in feature space: translate frequent-class foreground RoI features
+    # into rarer classes against the frozen base classifier g and add the accepted ones to the
+    # classifier's batch (ltdet.modeling.m2m). Needs LTDET.DECOUPLED.ENABLED and a softmax-family
+    # loss (Eq. 2 uses g's softmax cross entropy).
+    cfg.LTDET.M2M = CN()
+    cfg.LTDET.M2M.ENABLED = False
+    # Translation attempts per training image (ours: the per-iteration budget).
+    cfg.LTDET.M2M.ATTEMPTS_PER_IMAGE = 64
+    # Seed rejection: class k0 for target k is kept with probability 1 - BETA^((N_k0 - N_k)^+)
+    # (M2m code default 0.999; counts from LTDET.CLASS_STATS.SOURCE).
+    cfg.LTDET.M2M.BETA = 0.999
+    # Accept x* only if g's softmax probability of the target is >= GAMMA (M2m code: 0.99).
+    cfg.LTDET.M2M.GAMMA = 0.99
+    # lambda of Eq. 2, weight of the classifier-in-training's seed-class logit (M2m code: 0.5).
+    cfg.LTDET.M2M.LAMBDA = 0.5
+    # Gradient steps (M2m code: 10) of length STEP_SIZE * ||x0|| (relative: ours; the original
+    # stepped 0.1 in [0, 1] pixel space) from a random start at relative radius INIT_NOISE.
+    cfg.LTDET.M2M.NUM_STEPS = 10
+    cfg.LTDET.M2M.STEP_SIZE = 0.1
+    cfg.LTDET.M2M.INIT_NOISE = 0.05
+
     # Evaluation extras written next to detectron2's metrics.
     cfg.LTDET.EVAL = CN()
     # Per-class AP table (csv) and a PNG of per-class AP against training frequency.

@@ -24,6 +24,8 @@ def _load():
 
 
 lt = _load()
+# A paper method without an implementation yet: reported, never run.
+PLANNED = lt.Method("planned", None, implemented=False, description="a method not built yet")
 
 # tests/test_end_to_end.py tiny_cfg, with 3 iterations and a cheaper test-time head.
 TINY_OPTS = [
@@ -84,10 +86,10 @@ class FakeRunner:
 def test_real_tiny_run_and_cache(data_root, tmp_path):
     """Base + softmax for real (subprocesses), then a re-run that runs nothing."""
     out = str(tmp_path / "bench")
-    methods = ["softmax", "m2m"]
+    methods = ["softmax", PLANNED]
     res = lt.run_benchmark(methods, [0], out, "tiny", TINY_OPTS, data_root=data_root)
     status = {r.name: r.status for r in res["runs"]}
-    assert status == {"base_softmax_rfs": "ok", "softmax": "ok", "m2m": "not implemented"}, \
+    assert status == {"base_softmax_rfs": "ok", "softmax": "ok", "planned": "not implemented"}, \
         [(r.name, r.reason, r.log_path) for r in res["runs"]]
     for name in ("results.md", "results.csv", "groups.png", "per_class.png"):
         assert os.path.getsize(os.path.join(out, name)) > 200, name
@@ -101,11 +103,11 @@ def test_real_tiny_run_and_cache(data_root, tmp_path):
     assert "SEED: 0" in text
     rows = _read_csv(os.path.join(out, "results.csv"))
     assert [(r["method"], r["status"]) for r in rows] == [
-        ("base_softmax_rfs", "ok"), ("softmax", "ok"), ("m2m", "not implemented")]
+        ("base_softmax_rfs", "ok"), ("softmax", "ok"), ("planned", "not implemented")]
     assert rows[1]["segm_APf"] == ""  # the tiny set has no frequent class: LVIS -100 -> n/a
     assert float(rows[1]["segm_AP"]) >= 0.0
     md = open(os.path.join(out, "results.md")).read()
-    assert "| m2m |" in md and "not implemented" in md and "git commit:" in md
+    assert "| planned |" in md and "not implemented" in md and "git commit:" in md
 
     done = os.path.join(softmax.out_dir, "done.json")
     mtime = os.path.getmtime(done)
@@ -122,13 +124,13 @@ def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
     out = str(tmp_path / "bench")
     broken = lt.Method("broken", "decoupled/softmax.yaml", "softmax", ("LTDET.NOPE", "1"),
                        description="config with an unknown key")
-    methods = ["softmax", "balanced_softmax", broken, "m2m"]
+    methods = ["softmax", "balanced_softmax", broken, PLANNED]
     runner = FakeRunner(fail={"broken"})
     res = lt.run_benchmark(methods, [0, 1], out, "tiny", TINY_OPTS, runner=runner, data_root=data_root)
-    assert len(runner.calls) == 8  # (base + 3 methods) x 2 seeds; m2m never runs
+    assert len(runner.calls) == 8  # (base + 3 methods) x 2 seeds; "planned" never runs
     status = {(r.name, r.seed): r.status for r in res["runs"]}
     assert status[("broken", 0)] == status[("broken", 1)] == "failed"
-    assert status[("m2m", 0)] == "not implemented"
+    assert status[("planned", 0)] == "not implemented"
     assert status[("balanced_softmax", 1)] == "ok"
     printed = capsys.readouterr().out
     assert "[1/8] seed 0 base_softmax_rfs ..." in printed
@@ -148,7 +150,7 @@ def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
     summary = md.split("## Per seed")[0]
     assert "| softmax | 18.0 ± 1.4 | 13.0 ± 1.4 | 19.0 ± 1.4 | n/a | 21.0 ± 1.4 | 2/2 | ok |" in summary
     assert "| broken | — | — | — | — | — | 0/2 | failed (exit code 1) |" in summary
-    assert "| m2m | — | — | — | — | — | 0/2 | not implemented |" in summary
+    assert "| planned | — | — | — | — | — | 0/2 | not implemented |" in summary
     assert "| base_softmax_rfs |" in summary
     for name in ("groups.png", "per_class.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000
@@ -209,10 +211,10 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     assert len({h, lt.config_hash(m, ["A", "2"], "tiny"), lt.config_hash(m, ["A", "1"], "default"),
                 lt.config_hash(m, ["A", "1"], "tiny", base_hash="x")}) == 4
 
-    runs = lt.plan(["eql", "m2m"], [3], str(tmp_path), "tiny", ["K", "V"], 1.0, data_root, num_classes=8)
+    runs = lt.plan(["eql", "m2m", PLANNED], [3], str(tmp_path), "tiny", ["K", "V"], 1.0, data_root, num_classes=8)
     assert [(r.name, r.status) for r in runs] == [
         ("base_softmax_rfs", "planned"), ("base_sigmoid_rfs", "planned"), ("eql", "planned"),
-        ("m2m", "not implemented")]
+        ("m2m", "planned"), ("planned", "not implemented")]
     assert runs[2].cmd[-8:] == ["K", "V", "SEED", "3", "OUTPUT_DIR", runs[2].out_dir, "MODEL.WEIGHTS",
                                 os.path.join(runs[1].out_dir, "model_final.pth")]
     assert os.path.basename(os.path.dirname(runs[2].out_dir)) == "seed3"
@@ -226,7 +228,21 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     assert lt.main(["--dry-run", "--preset", "tiny", "--seeds", "0", "--methods", "softmax", "m2m",
                     "--out", str(tmp_path / "cli"), "--data-root", data_root]) == 0
     printed = capsys.readouterr().out
-    assert "seed 0 softmax: to run" in printed and "seed 0 m2m: not implemented" in printed
+    assert "seed 0 softmax: to run" in printed and "seed 0 m2m: to run" in printed
     assert not os.path.exists(tmp_path / "cli" / "results.md")
     assert lt.main(["--list"]) == 0
     assert "m2m" in capsys.readouterr().out
+
+
+def test_estimate_counts_only_runs_left_to_train(data_root, tmp_path, capsys):
+    out = str(tmp_path / "bench")
+    lt.run_benchmark(["softmax", "balanced_softmax"], [1], out, "tiny", TINY_OPTS,
+                     runner=FakeRunner(), data_root=data_root)
+    capsys.readouterr()
+    lt.run_benchmark(["softmax", "balanced_softmax"], [0, 1], out, "tiny", TINY_OPTS,
+                     runner=FakeRunner(), data_root=data_root)
+    printed = capsys.readouterr().out
+    # seed 1 is cached: from the first run on, the estimate covers the 3 runs of seed 0 only
+    first = next(ln for ln in printed.splitlines() if ln.startswith("[1/6]"))
+    assert "seed 0 base_softmax_rfs ..." in first and "left for 3 runs)" in first, printed
+    assert "[4/6] seed 1 base_softmax_rfs: cached" in printed

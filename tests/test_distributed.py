@@ -97,9 +97,16 @@ def tiny(tmp_path_factory):
     return str(root)
 
 
-def test_base_and_balms_train_on_two_cpu_processes(tiny, tmp_path):
-    base = tmp_path / "base"
+@pytest.fixture(scope="module")
+def gloo_base(tiny, tmp_path_factory):
+    """A base model trained by two CPU processes (DDP on gloo)."""
+    base = tmp_path_factory.mktemp("gloo_base")
     launch(_train_worker, 2, args=(tiny, str(base), "configs/synthetic/base_softmax_rfs.yaml", ()))
+    return base
+
+
+def test_base_and_balms_train_on_two_cpu_processes(tiny, gloo_base, tmp_path):
+    base = gloo_base
     b0, b1 = (torch.load(base / f"rank{r}.pt") for r in (0, 1))
     for k in b0["cls"]:  # DDP keeps the replicas identical
         torch.testing.assert_close(b0["cls"][k], b1["cls"][k])
@@ -111,3 +118,20 @@ def test_base_and_balms_train_on_two_cpu_processes(tiny, tmp_path):
     assert torch.equal(m0["w"], m1["w"]) and not torch.equal(m0["w"], torch.zeros_like(m0["w"]))
     key = "roi_heads.box_predictor.cls_score.weight"
     assert torch.equal(m0["cls"][key], m1["cls"][key])
+
+
+@pytest.mark.parametrize("config,extra", [
+    ("dbm_bs.yaml", ()),
+    ("two_component.yaml", ("LTDET.TWO_COMPONENT.EPS_LR", 100.0)),
+    ("m2m.yaml", ("LTDET.M2M.GAMMA", 0.0)),
+])
+def test_decoupled_methods_on_two_cpu_processes(tiny, gloo_base, tmp_path, config, extra):
+    # Each rank draws its own batch (and M2m translations); the averaged gradient keeps the
+    # classifier identical on both ranks, and it moves away from the base.
+    launch(_train_worker, 2, args=(tiny, str(tmp_path), f"configs/synthetic/decoupled/{config}",
+                                   ("MODEL.WEIGHTS", str(gloo_base / "model_final.pth"), *extra)))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    base = torch.load(gloo_base / "rank0.pt")["cls"]
+    key = "roi_heads.box_predictor.cls_score.weight"
+    assert torch.equal(r0["cls"][key], r1["cls"][key])
+    assert not torch.equal(r0["cls"][key], base[key])

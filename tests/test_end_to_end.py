@@ -156,3 +156,43 @@ def test_decoupled_two_component(base_model, tmp_path):
         Trainer(tiny_cfg(tmp_path / "x", "configs/synthetic/decoupled/two_component.yaml",
                          "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "LTDET.META.ENABLED", True,
                          "DATASETS.TEST", ()))
+
+
+def _m2m_cfg(base_dir, out, *opts):
+    # GAMMA 0: every translation whose seed passes the Bernoulli test joins the batch, so a
+    # few iterations on the tiny model exercise the whole path.
+    return tiny_cfg(out, "configs/synthetic/decoupled/m2m.yaml",
+                    "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "SOLVER.MAX_ITER", 4,
+                    "SOLVER.STEPS", (3,), "SOLVER.WARMUP_ITERS", 0, "DATASETS.TEST", (),
+                    "LTDET.M2M.GAMMA", 0.0, *opts)
+
+
+def test_decoupled_m2m_trains_resumes_and_keeps_g(base_model, tmp_path):
+    base_dir, _ = base_model
+    base = torch.load(base_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    key = "roi_heads.box_predictor.cls_score."
+    full, _ = train(_m2m_cfg(base_dir, tmp_path / "full"))
+    accepted = [v for v, _ in full.storage.history("m2m_accepted").values()]
+    assert len(accepted) == 4 and sum(accepted) > 0
+    # g is the frozen base classifier; the trained classifier moved away from it
+    assert torch.equal(full.m2m.g.weight, base[key + "weight"])
+    assert not torch.equal(full.model.roi_heads.box_predictor.cls_score.weight, base[key + "weight"])
+    ckpt = torch.load(tmp_path / "full" / "model_final.pth", map_location="cpu")
+    assert torch.equal(ckpt["m2m"]["g.bias"], base[key + "bias"])
+    # kill after 2 iterations, resume: same classifier (translations draw from the saved RNG)
+    train(_m2m_cfg(base_dir, tmp_path / "cut", "SOLVER.MAX_ITER", 2))
+    resumed, _ = train(_m2m_cfg(base_dir, tmp_path / "cut"), resume=True)
+    assert resumed.start_iter == 2
+    assert torch.equal(resumed.m2m.g.weight, base[key + "weight"])
+    torch.testing.assert_close(resumed.model.roi_heads.box_predictor.cls_score.weight,
+                               full.model.roi_heads.box_predictor.cls_score.weight)
+
+
+def test_m2m_bad_config(base_model, tmp_path):
+    base_dir, _ = base_model
+    with pytest.raises(ValueError, match="LTDET.M2M needs a softmax-family"):
+        Trainer(_m2m_cfg(base_dir, tmp_path, "LTDET.LOSS.NAME", "sigmoid"))
+    with pytest.raises(ValueError, match="LTDET.M2M.BETA must be in"):
+        Trainer(_m2m_cfg(base_dir, tmp_path, "LTDET.M2M.BETA", 1.0))
+    with pytest.raises(ValueError, match="LTDET.M2M.ENABLED needs LTDET.DECOUPLED"):
+        Trainer(_m2m_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.ENABLED", False))

@@ -20,6 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..modeling.m2m import M2mTranslator
 from ..modeling.meta_reweigher import MetaReweigher
 from .meta_step import meta_reweigher_step, two_component_weights
 
@@ -88,13 +89,16 @@ class DecoupledTrainStep(SimpleTrainer):
     def __init__(self, model, data_loader, optimizer, *, reweigher: Optional[MetaReweigher] = None,
                  meta_loader=None, meta_optimizer: Optional[torch.optim.Optimizer] = None,
                  meta_loss: str = "plain", meta_interval: int = 1,
-                 two_component: Optional[Tuple[torch.Tensor, float]] = None):
+                 two_component: Optional[Tuple[torch.Tensor, float]] = None,
+                 m2m: Optional[M2mTranslator] = None):
         """``two_component``: (class weights w_y [K], eps step size) for Jamal et al.'s weights,
-        with ``meta_loader`` drawing from the development split."""
+        with ``meta_loader`` drawing from the development split. ``m2m``: adds translated
+        features to every batch (before any meta step, so all steps see the same batch)."""
         super().__init__(model, data_loader, optimizer)
         self.predictor = model.roi_heads.box_predictor
         self.reweigher = reweigher
         self.two_component = two_component
+        self.m2m = m2m
         self.meta_optimizer = meta_optimizer
         self.meta_interval = meta_interval
         self.set_meta_loader(meta_loader)
@@ -131,6 +135,12 @@ class DecoupledTrainStep(SimpleTrainer):
         x, gt = classifier_inputs(self.model, data)
         metrics = {}
         weights = None
+        if self.m2m is not None:
+            scale = self.predictor.dbm_scale if self.predictor.use_cosine else 1.0
+            x_gen, gt_gen, m2m_stats = self.m2m(
+                x, gt, len(data), lambda z: scale * self.predictor.cls_score(z), scale)
+            metrics.update(m2m_stats)
+            x, gt = torch.cat([x, x_gen]), torch.cat([gt, gt_gen])
         if self.two_component is not None:  # a development batch every iteration (Algorithm 1)
             x_dev, gt_dev = classifier_inputs(self.model, next(self._meta_iter))
             class_weights, eps_lr = self.two_component

@@ -25,7 +25,8 @@ from ..data import class_stats
 from ..data.dev_split import split_dev
 from ..data.samplers import SkipSampler, class_balanced_repeat_factors
 from ..evaluation import LongTailLVISEvaluator
-from ..modeling.losses import effective_number_weights
+from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights
+from ..modeling.m2m import M2mTranslator
 from ..modeling.meta_reweigher import MetaReweigher
 from .decoupled import DecoupledTrainStep, freeze_except
 from .hooks import MetaWeightsHook
@@ -109,7 +110,7 @@ class Trainer(DefaultTrainer):
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         decoupled = cfg.LTDET.DECOUPLED.ENABLED
-        self.reweigher = None
+        self.reweigher = self.m2m = None
         model = self.build_model(cfg)
         if decoupled:
             trainable = freeze_except(model, cfg.LTDET.DECOUPLED.TRAINABLE)
@@ -127,12 +128,15 @@ class Trainer(DefaultTrainer):
             if cfg.LTDET.META.ENABLED:
                 self.reweigher = MetaReweigher(cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(model.device)
                 extra["meta_reweigher"] = self.reweigher
+            if cfg.LTDET.M2M.ENABLED:
+                self.m2m = self.build_m2m(cfg, model)
+                extra["m2m"] = self.m2m
             self._trainer = self.build_decoupled_step(cfg, model, data_loader, optimizer)
         else:
-            for key in ("META", "TWO_COMPONENT"):
+            for key in ("META", "TWO_COMPONENT", "M2M"):
                 if cfg.LTDET[key].ENABLED:
-                    raise ValueError(f"LTDET.{key}.ENABLED needs LTDET.DECOUPLED.ENABLED (the meta "
-                                     "weights train with the decoupled classifier)")
+                    raise ValueError(f"LTDET.{key}.ENABLED needs LTDET.DECOUPLED.ENABLED (it "
+                                     "works on the frozen features of the decoupled classifier)")
             model = create_ddp_model(model, broadcast_buffers=False)
             self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
                 model, data_loader, optimizer)
@@ -146,7 +150,23 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    @staticmethod
+    def build_m2m(cfg, model) -> M2mTranslator:
+        """The M2m translator, with g shaped like the classifier (its weights are the base
+        model's, set in ``resume_or_load``, or a checkpoint's)."""
+        if cfg.LTDET.LOSS.NAME in SIGMOID_LOSSES:
+            raise ValueError(f"LTDET.M2M needs a softmax-family LTDET.LOSS.NAME (M2m Eq. 2 uses "
+                             f"g's softmax cross entropy), got {cfg.LTDET.LOSS.NAME!r}")
+        m2m = M2mTranslator(cfg)
+        m2m.build_generator(model.roi_heads.box_predictor.cls_score)
+        return m2m.to(model.device)
+
     def build_decoupled_step(self, cfg, model, data_loader, optimizer) -> DecoupledTrainStep:
+        step = self._build_decoupled_step(cfg, model, data_loader, optimizer)
+        step.m2m = self.m2m
+        return step
+
+    def _build_decoupled_step(self, cfg, model, data_loader, optimizer) -> DecoupledTrainStep:
         if cfg.LTDET.TWO_COMPONENT.ENABLED:
             if cfg.LTDET.META.ENABLED:
                 raise ValueError("LTDET.TWO_COMPONENT and LTDET.META are alternatives (Jamal et "
@@ -208,6 +228,9 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume)
+        if self.m2m is not None and not bool(self.m2m.initialized):
+            # Fresh fine-tuning: g is the base model's classifier, frozen from now on.
+            self.m2m.init_generator(self._trainer.predictor.cls_score)
         if self.start_iter > 0:  # continue the data streams where the saved run stopped
             # Creating data-loader iterators draws from the torch RNG just restored from the
             # checkpoint; put it back afterwards so ROI sampling continues exactly.
