@@ -66,19 +66,22 @@ from ltdet.config import add_ltdet_config  # noqa: E402
 from ltdet.engine.decoupled import DecoupledTrainStep, freeze_except  # noqa: E402
 from ltdet.engine.trainer import Trainer  # noqa: E402
 from ltdet.modeling import losses as L  # noqa: E402
+from ltdet.modeling.m2m import M2mTranslator  # noqa: E402
 from ltdet.modeling.meta_reweigher import MetaReweigher, proposal_weights  # noqa: E402
 
 BASE_CONFIG = ROOT / "configs/synthetic/base_softmax_rfs.yaml"
 DECOUPLED_CONFIG = ROOT / "configs/synthetic/decoupled/balanced_softmax.yaml"
+M2M_CONFIG = ROOT / "configs/synthetic/decoupled/m2m.yaml"
 DATA_DIR = ROOT / "datasets/ltdet_synthetic"
 CLASSIFIER = "roi_heads.box_predictor.cls_score"
-VARIANTS = ("stock", "decoupled", "balms", "original", "dbm_bs", "two_component")
+VARIANTS = ("stock", "decoupled", "balms", "original", "dbm_bs", "two_component", "m2m")
 DESCRIPTION = {
     "stock": "detectron2 SimpleTrainer step, full forward, only cls_score trainable",
     "decoupled": "ltdet DecoupledTrainStep, balanced_softmax",
     "balms": "ltdet DecoupledTrainStep + MetaReweigher",
     "dbm_bs": "ltdet DecoupledTrainStep, DBM-BS on a cosine classifier",
     "two_component": "ltdet DecoupledTrainStep, two-component weights (Jamal et al.)",
+    "m2m": "ltdet DecoupledTrainStep, balanced_softmax + M2m feature translation",
     "original": "original BALMS scheme: 3 full training forwards per step",
 }
 # (numerator, denominator, time target, memory target); None = reported, no target.
@@ -88,6 +91,7 @@ COMPARISONS = [
     ("balms", "original", 0.7, None),
     ("dbm_bs", "decoupled", None, None),
     ("two_component", "decoupled", None, None),
+    ("m2m", "decoupled", None, None),
     ("original", "stock", None, None),
 ]
 WARMUP = 2
@@ -175,14 +179,14 @@ class StockStep(_Variant):
 
 class DecoupledStep(_Variant):
     def __init__(self, name, model, optimizer, batches, reweigher=None, meta_optimizer=None,
-                 meta_batches=None, meta_loss="plain", two_component=None):
+                 meta_batches=None, meta_loss="plain", two_component=None, m2m=None):
         self.name = name
         self.model = model
         self.reweigher = reweigher
         self.trainer = DecoupledTrainStep(model, batches, optimizer, reweigher=reweigher,
                                           meta_loader=meta_batches, meta_optimizer=meta_optimizer,
                                           meta_loss=meta_loss, meta_interval=1,
-                                          two_component=two_component)
+                                          two_component=two_component, m2m=m2m)
 
     def step(self):
         self.trainer.run_step()
@@ -410,6 +414,17 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     variants["two_component"] = DecoupledStep("two_component", m, build_optimizer(dec_cfg, m),
                                               batches, meta_batches=meta_batches,
                                               two_component=(cw, 1000.0))
+
+    # (g) M2m: the synthetic recipe's translation settings on the Balanced Softmax step.
+    m2m_cfg = _load_cfg(M2M_CONFIG, device, batch, lvis_scale)
+    m2m_cfg.defrost()
+    m2m_cfg.LTDET.LOSS.NAME = dec_cfg.LTDET.LOSS.NAME
+    m2m_cfg.freeze()
+    m = model_from(dec_cfg)
+    freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
+    translator = M2mTranslator(m2m_cfg).to(m.device)
+    translator.init_generator(m.roi_heads.box_predictor.cls_score)
+    variants["m2m"] = DecoupledStep("m2m", m, build_optimizer(dec_cfg, m), batches, m2m=translator)
 
     for v in variants.values():
         trainable = sorted(k for k, p in v.model.named_parameters() if p.requires_grad)
