@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Where do a method's rare-class false positives come from? A diagnostic for the long-tail
+benchmark's runs (benchmarks/longtail.py), on their saved val detections:
+
+1. confident detections (score >= --score) per frequency group, on images that contain the
+   class versus images that do not;
+2. mask AP / APr as evaluated (LVIS-style: false positives count on images whose
+   ``neg_category_ids`` list the class) and with every ``neg_category_ids`` emptied, so that
+   false positives count only on images that contain the class.
+
+    python benchmarks/false_positives.py [--runs benchmarks/results/longtail/runs]
+        [--methods sigmoid balanced_sigmoid ...] [--seeds 0 1 2] [--score 0.3]
+
+The synthetic val set lists the confusable siblings of every present class as verified
+negatives (ltdet/data/synthetic.py), so a method that fires on siblings loses AP there; on LVIS
+the negative lists are sparse. Comparing (2)'s two columns shows how much of a gap between
+methods comes from such false positives.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import glob
+import io
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from typing import Dict, List, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VAL_JSON = os.path.join("ltdet_synthetic", "lvis_synthetic_val.json")
+
+
+def _detections(runs: str, method: str, seed: int) -> str:
+    pattern = os.path.join(runs, f"seed{seed}", f"{method}-*", "inference", "ltdet_synthetic_val",
+                           "lvis_instances_results.json")
+    found = sorted(glob.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"no detections for {method} seed {seed} ({pattern}); run "
+                                "benchmarks/longtail.py first")
+    return max(found, key=os.path.getmtime)
+
+
+def confident_counts(val: dict, dets: List[dict], score: float) -> Counter:
+    """(frequency group, "with class" | "without class") -> detections with score >= ``score``."""
+    freq = {c["id"]: c["frequency"] for c in val["categories"]}
+    present: Dict[int, set] = {}
+    for a in val["annotations"]:
+        present.setdefault(a["image_id"], set()).add(a["category_id"])
+    out: Counter = Counter()
+    for d in dets:
+        if d["score"] >= score:
+            where = "with class" if d["category_id"] in present.get(d["image_id"], ()) else "without class"
+            out[(freq[d["category_id"]], where)] += 1
+    return out
+
+
+def mask_ap(gt_path: str, det_path: str) -> tuple:
+    from lvis import LVIS, LVISEval, LVISResults
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = LVIS(gt_path)
+        ev = LVISEval(gt, LVISResults(gt, det_path, max_dets=300), "segm")
+        ev.run()
+    r = ev.get_results()
+    return 100 * r["AP"], 100 * r["APr"]
+
+
+def main(argv: Sequence[str] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default=os.path.join(ROOT, "benchmarks/results/longtail/runs"))
+    p.add_argument("--methods", nargs="+", default=["softmax", "balanced_softmax", "sigmoid",
+                                                    "balanced_sigmoid"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--score", type=float, default=0.3)
+    p.add_argument("--data-root", default=os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    args = p.parse_args(argv)
+    sys.path.insert(0, ROOT)
+    import ltdet.compat
+
+    ltdet.compat.apply_runtime_fixes()  # lvis-api 0.5.3 on numpy >= 1.24
+
+    val_path = os.path.join(args.data_root, VAL_JSON)
+    with open(val_path) as f:
+        val = json.load(f)
+    no_neg = copy.deepcopy(val)
+    for im in no_neg["images"]:
+        im["neg_category_ids"] = []
+    tmp = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    json.dump(no_neg, tmp)
+    tmp.close()
+
+    print(f"confident detections (score >= {args.score}), summed over seeds {args.seeds}; "
+          "mask AP / APr mean over seeds\n")
+    print("| method | r with / without class | c with / without | f with / without | "
+          "AP | APr | AP, no negatives | APr, no negatives |")
+    print("|---|---|---|---|---:|---:|---:|---:|")
+    try:
+        for m in args.methods:
+            counts: Counter = Counter()
+            scores = {"as is": [], "no neg": []}
+            for s in args.seeds:
+                path = _detections(args.runs, m, s)
+                with open(path) as f:
+                    counts += confident_counts(val, json.load(f), args.score)
+                scores["as is"].append(mask_ap(val_path, path))
+                scores["no neg"].append(mask_ap(tmp.name, path))
+            mean = {k: [sum(x[i] for x in v) / len(v) for i in (0, 1)] for k, v in scores.items()}
+            groups = " | ".join(f"{counts[(g, 'with class')]} / {counts[(g, 'without class')]}"
+                                for g in ("r", "c", "f"))
+            print(f"| {m} | {groups} | {mean['as is'][0]:.1f} | {mean['as is'][1]:.1f} | "
+                  f"{mean['no neg'][0]:.1f} | {mean['no neg'][1]:.1f} |")
+    finally:
+        os.unlink(tmp.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
