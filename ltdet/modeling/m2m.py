@@ -142,11 +142,14 @@ class M2mTranslator(nn.Module):
     def from_config(cls, cfg):
         from ..data import class_stats
 
+        from .losses import validate_counts
+
         c = cfg.LTDET.M2M
-        stats = class_stats(cfg.DATASETS.TRAIN[0])
-        counts = torch.as_tensor(stats.counts(cfg.LTDET.CLASS_STATS.SOURCE), dtype=torch.float32)
-        if cfg.LTDET.CLASS_STATS.FLOOR > 0:
-            counts = counts.clamp_min(cfg.LTDET.CLASS_STATS.FLOOR)
+        floor = cfg.LTDET.CLASS_STATS.FLOOR
+        # the losses' check: zero-count classes are an error naming LTDET.CLASS_STATS.FLOOR
+        counts = validate_counts(class_stats(cfg.DATASETS.TRAIN[0]).counts(cfg.LTDET.CLASS_STATS.SOURCE),
+                                 cfg.MODEL.ROI_HEADS.NUM_CLASSES, "M2m class counts",
+                                 floor=floor if floor > 0 else None)
         return dict(class_counts=counts, attempts_per_image=c.ATTEMPTS_PER_IMAGE, beta=c.BETA,
                     gamma=c.GAMMA, lam=c.LAMBDA, step_size=c.STEP_SIZE, num_steps=c.NUM_STEPS,
                     init_noise=c.INIT_NOISE)
