@@ -1,15 +1,19 @@
 """Cost of one decoupled training step (BALMS supp. C.3) against the alternatives, same run.
 
-Four training steps of the same Mask R-CNN (same initial weights, same batches, only the box
+Training steps of the same Mask R-CNN (same initial weights, same batches, only the box
 classifier ``roi_heads.box_predictor.cls_score`` trainable) are timed in interleaved rounds:
 
   stock      detectron2's SimpleTrainer step: the full training forward ``model(batch)`` (RPN,
              box and mask losses), sum, backward, SGD step. What a plain detectron2 user does to
              fine-tune only the classifier.
   decoupled  ltdet's DecoupledTrainStep (Balanced Softmax, no reweigher): frozen trunk in eval
-             mode without autograd, classifier loss only.
+             mode without autograd, classifier loss only; the trunk on the whole batch at once
+             (LTDET.DECOUPLED.TRUNK_CHUNK's default 0, as in every ltdet variant but the next).
+  decoupled_chunked  the same with the trunk one image at a time (TRUNK_CHUNK 1): its
+             activations no longer grow with the batch, at some cost in time.
   balms      DecoupledTrainStep with a MetaReweigher (meta batch from a second, class-balanced
              loader; torch.func look-ahead on the cached classifier features).
+  dbm_bs, two_component, m2m  the other decoupled methods' steps, for their cost.
   original   a re-creation (in this file) of the official BALMS code's scheme: three full
              training-mode forward passes per iteration - (1) training batch with the classifier
              as differentiable fast weights (torch.func.functional_call on the whole model),
@@ -22,14 +26,17 @@ Targets, as ratios measured in the same run: decoupled/stock time <= 0.6x and pe
 
     python benchmarks/bench_decoupled.py [--device cpu|cuda] [--iters N] [--warmup W]
                                          [--batch B] [--lvis-scale] [--threads T] [--out DIR]
+                                         [--variants stock decoupled ...]
 
 Time: median over the timed rounds (after the warm-up rounds), torch.cuda.synchronize around
 each step on GPU; ratios are the median of per-round ratios, so a load change on a shared
-machine hits both sides alike. Memory (GPU only): the variant's own resident state (weights,
-buffers, optimiser state) plus the peak of torch.cuda.max_memory_allocated above what was
-allocated when its step started (all four variants live on the GPU at once, so the raw peak
-would count the other variants' weights). On CPU torch exposes no allocator statistics: memory
-is reported as n/a and only time ratios are checked.
+machine hits both sides alike. Memory: the variant's own resident state (weights, buffers,
+optimiser state) plus the peak allocated above what was allocated when its step started (all
+variants live on the device at once, so a raw peak would count the other variants' weights).
+On GPU the peak is torch.cuda.max_memory_allocated over the timed rounds; on CPU, where torch
+keeps no allocator statistics, it is the running sum of the allocation and free records of
+torch.profiler (profile_memory=True) over one extra, untimed step of each variant: tensors
+allocated through torch's CPU allocator (oneDNN's internal scratch buffers are not seen).
 """
 from __future__ import annotations
 
@@ -43,7 +50,7 @@ import sys
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without install
@@ -74,10 +81,11 @@ DECOUPLED_CONFIG = ROOT / "configs/synthetic/decoupled/balanced_softmax.yaml"
 M2M_CONFIG = ROOT / "configs/synthetic/decoupled/m2m.yaml"
 DATA_DIR = ROOT / "datasets/ltdet_synthetic"
 CLASSIFIER = "roi_heads.box_predictor.cls_score"
-VARIANTS = ("stock", "decoupled", "balms", "original", "dbm_bs", "two_component", "m2m")
+VARIANTS = ("stock", "decoupled", "decoupled_chunked", "balms", "original", "dbm_bs", "two_component", "m2m")
 DESCRIPTION = {
     "stock": "detectron2 SimpleTrainer step, full forward, only cls_score trainable",
     "decoupled": "ltdet DecoupledTrainStep, balanced_softmax",
+    "decoupled_chunked": "as decoupled, the frozen trunk one image at a time (TRUNK_CHUNK 1)",
     "balms": "ltdet DecoupledTrainStep + MetaReweigher",
     "dbm_bs": "ltdet DecoupledTrainStep, DBM-BS on a cosine classifier",
     "two_component": "ltdet DecoupledTrainStep, two-component weights (Jamal et al.)",
@@ -87,6 +95,7 @@ DESCRIPTION = {
 # (numerator, denominator, time target, memory target); None = reported, no target.
 COMPARISONS = [
     ("decoupled", "stock", 0.6, 0.5),
+    ("decoupled_chunked", "stock", None, 0.5),
     ("balms", "decoupled", 2.2, None),
     ("balms", "original", 0.7, None),
     ("dbm_bs", "decoupled", None, None),
@@ -179,14 +188,16 @@ class StockStep(_Variant):
 
 class DecoupledStep(_Variant):
     def __init__(self, name, model, optimizer, batches, reweigher=None, meta_optimizer=None,
-                 meta_batches=None, meta_loss="plain", two_component=None, m2m=None):
+                 meta_batches=None, meta_loss="plain", two_component=None, m2m=None,
+                 trunk_chunk=0):
         self.name = name
         self.model = model
         self.reweigher = reweigher
         self.trainer = DecoupledTrainStep(model, batches, optimizer, reweigher=reweigher,
                                           meta_loader=meta_batches, meta_optimizer=meta_optimizer,
                                           meta_loss=meta_loss, meta_interval=1,
-                                          two_component=two_component, m2m=m2m)
+                                          two_component=two_component, m2m=m2m,
+                                          trunk_chunk=trunk_chunk)
 
     def step(self):
         self.trainer.run_step()
@@ -379,7 +390,14 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     # (b) decoupled.
     m = model_from(dec_cfg)
     freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
-    variants["decoupled"] = DecoupledStep("decoupled", m, build_optimizer(dec_cfg, m), batches)
+    chunk = dec_cfg.LTDET.DECOUPLED.TRUNK_CHUNK  # every ltdet variant runs the config default
+    variants["decoupled"] = DecoupledStep("decoupled", m, build_optimizer(dec_cfg, m), batches,
+                                          trunk_chunk=chunk)
+    m = model_from(dec_cfg)
+    freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
+    variants["decoupled_chunked"] = DecoupledStep("decoupled_chunked", m,
+                                                  build_optimizer(dec_cfg, m), batches,
+                                                  trunk_chunk=1)
 
     # (c) BALMS, ltdet's implementation.
     m = model_from(dec_cfg)
@@ -387,7 +405,8 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     rw = MetaReweigher(dec_cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(m.device)
     variants["balms"] = DecoupledStep("balms", m, build_optimizer(dec_cfg, m), batches,
                                       reweigher=rw, meta_optimizer=_meta_optimizer(dec_cfg, rw),
-                                      meta_batches=meta_batches, meta_loss=dec_cfg.LTDET.META.LOSS)
+                                      meta_batches=meta_batches, meta_loss=dec_cfg.LTDET.META.LOSS,
+                                      trunk_chunk=chunk)
 
     # (d) the original scheme, same losses and weighting as (c).
     m = model_from(dec_cfg)
@@ -405,7 +424,8 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     m = build_model(dbm_cfg)
     m.load_state_dict(init, strict=False)  # the cosine classifier has no bias
     freeze_except(m, dbm_cfg.LTDET.DECOUPLED.TRAINABLE)
-    variants["dbm_bs"] = DecoupledStep("dbm_bs", m, build_optimizer(dbm_cfg, m), batches)
+    variants["dbm_bs"] = DecoupledStep("dbm_bs", m, build_optimizer(dbm_cfg, m), batches,
+                                       trunk_chunk=chunk)
 
     # (f) two-component weights: one development batch and one eps step per iteration.
     m = model_from(dec_cfg)
@@ -413,7 +433,7 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     cw = torch.ones(dec_cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     variants["two_component"] = DecoupledStep("two_component", m, build_optimizer(dec_cfg, m),
                                               batches, meta_batches=meta_batches,
-                                              two_component=(cw, 1000.0))
+                                              two_component=(cw, 1000.0), trunk_chunk=chunk)
 
     # (g) M2m: the synthetic recipe's translation settings on the Balanced Softmax step.
     m2m_cfg = _load_cfg(M2M_CONFIG, device, batch, lvis_scale)
@@ -424,7 +444,8 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
     translator = M2mTranslator(m2m_cfg).to(m.device)
     translator.init_generator(m.roi_heads.box_predictor.cls_score)
-    variants["m2m"] = DecoupledStep("m2m", m, build_optimizer(dec_cfg, m), batches, m2m=translator)
+    variants["m2m"] = DecoupledStep("m2m", m, build_optimizer(dec_cfg, m), batches, m2m=translator,
+                                    trunk_chunk=chunk)
 
     for v in variants.values():
         trainable = sorted(k for k, p in v.model.named_parameters() if p.requires_grad)
@@ -440,10 +461,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _bytes(tensors: List[torch.Tensor]) -> int:
+def _bytes(tensors: List[torch.Tensor], device_type: str) -> int:
     seen, total = set(), 0
     for t in tensors:
-        if t.device.type != "cuda":
+        if t.device.type != device_type:
             continue
         key = t.untyped_storage().data_ptr()
         if key not in seen:
@@ -452,20 +473,47 @@ def _bytes(tensors: List[torch.Tensor]) -> int:
     return total
 
 
+def cpu_step_peak(fn: Callable[[], object]) -> int:
+    """Peak bytes held through torch's CPU allocator while ``fn()`` runs, above what was held
+    when it started: the running sum of the profiler's allocation (+) and free (-) records in
+    time order. Frees of blocks allocated before the call are not recorded by the profiler, so
+    memory released that was allocated earlier never lowers the curve (a slight overestimate)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        fn()
+    results = getattr(prof.profiler, "kineto_results", None)
+    if results is None:
+        raise RuntimeError("this torch's profiler exposes no kineto_results; CPU memory cannot "
+                           "be measured (run with --device cuda, or upgrade torch)")
+    records = sorted(((e.start_ns(), e.nbytes()) for e in results.events()
+                      if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                     key=lambda r: r[0])
+    held = peak = 0
+    for _, nbytes in records:
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
 def _ratio(num: List[float], den: List[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den))
 
 
 def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scale: bool = False,
-            seed: int = 0):
-    """Time (and on GPU, peak memory of) one training step of each variant.
+            seed: int = 0, variants: Sequence[str] = VARIANTS):
+    """Time and peak memory of one training step of each variant in ``variants``.
 
     Every round runs one step of each variant on the same batch, in an order rotated per round.
-    Returns (one dict per comparison of ``COMPARISONS``, per-variant numbers).
+    Returns (one dict per comparison of ``COMPARISONS`` whose two sides were measured,
+    per-variant numbers).
     """
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     cuda = device.startswith("cuda")
-    variants = build_variants(device, batch, iters, warmup, lvis_scale, seed)
-    names = list(VARIANTS)
+    names = [v for v in VARIANTS if v in variants]
+    # Building every variant is cheap; only the selected ones run.
+    built = build_variants(device, batch, iters + (0 if cuda else 1), warmup, lvis_scale, seed)
     times: Dict[str, List[float]] = {k: [] for k in names}
     step_peak: Dict[str, int] = {k: 0 for k in names}
     with EventStorage(0) as storage:
@@ -478,7 +526,7 @@ def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scal
                     before = torch.cuda.memory_allocated()
                     torch.cuda.reset_peak_memory_stats()
                 start = time.perf_counter()
-                variants[name].step()
+                built[name].step()
                 _sync(device)
                 elapsed = time.perf_counter() - start
                 if r >= warmup:
@@ -486,46 +534,45 @@ def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scal
                     if cuda:
                         step_peak[name] = max(step_peak[name],
                                               torch.cuda.max_memory_allocated() - before)
+        if not cuda:  # one more (untimed, profiled) step each, on the next batch
+            storage.iter = warmup + iters
+            for name in names:
+                step_peak[name] = cpu_step_peak(built[name].step)
     stats = {}
     for name in names:
-        s = {"median_ms": 1e3 * statistics.median(times[name]),
-             "min_ms": 1e3 * min(times[name]),
-             "times_ms": [round(1e3 * t, 1) for t in times[name]]}
-        if cuda:
-            resident = _bytes(variants[name].state_tensors())
-            s["peak_mb"] = (resident + step_peak[name]) / 2**20
-            s["step_mb"] = step_peak[name] / 2**20
-        stats[name] = s
+        resident = _bytes(built[name].state_tensors(), "cuda" if cuda else "cpu")
+        stats[name] = {"median_ms": 1e3 * statistics.median(times[name]),
+                       "min_ms": 1e3 * min(times[name]),
+                       "times_ms": [round(1e3 * t, 1) for t in times[name]],
+                       "peak_mb": (resident + step_peak[name]) / 2**20,
+                       "step_mb": step_peak[name] / 2**20}
 
     rows = []
     for num, den, t_target, m_target in COMPARISONS:
+        if num not in stats or den not in stats:
+            continue
         t_ratio = _ratio(times[num], times[den])
-        row = {
+        m_ratio = stats[num]["peak_mb"] / stats[den]["peak_mb"]
+        rows.append({
             "comparison": f"{num} / {den}",
             "num_ms": round(stats[num]["median_ms"], 2),
             "den_ms": round(stats[den]["median_ms"], 2),
             "time_ratio": round(t_ratio, 3),
             "time_target": f"<= {t_target}" if t_target else "",
             "time_meets": ("yes" if t_ratio <= t_target else "no") if t_target else "",
-        }
-        if cuda:
-            m_ratio = stats[num]["peak_mb"] / stats[den]["peak_mb"]
-            row.update(num_peak_mb=round(stats[num]["peak_mb"], 1),
-                       den_peak_mb=round(stats[den]["peak_mb"], 1),
-                       mem_ratio=round(m_ratio, 3))
-        else:
-            row.update(num_peak_mb="n/a", den_peak_mb="n/a", mem_ratio="n/a")
-        row["mem_target"] = f"<= {m_target}" if m_target else ""
-        row["mem_meets"] = (("yes" if m_ratio <= m_target else "no") if cuda else "n/a on CPU") \
-            if m_target else ""
-        rows.append(row)
+            "num_peak_mb": round(stats[num]["peak_mb"], 1),
+            "den_peak_mb": round(stats[den]["peak_mb"], 1),
+            "mem_ratio": round(m_ratio, 3),
+            "mem_target": f"<= {m_target}" if m_target else "",
+            "mem_meets": ("yes" if m_ratio <= m_target else "no") if m_target else "",
+        })
     return rows, stats
 
 
 def run(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scale: bool = False,
-        seed: int = 0) -> List[dict]:
-    """One dict per comparison (time ratio, and memory ratio on GPU, with targets)."""
-    return measure(device, iters, batch, warmup, lvis_scale, seed)[0]
+        seed: int = 0, variants: Sequence[str] = VARIANTS) -> List[dict]:
+    """One dict per comparison (time and memory ratios, with targets)."""
+    return measure(device, iters, batch, warmup, lvis_scale, seed, variants)[0]
 
 
 # --------------------------------------------------------------------------- report
@@ -545,19 +592,18 @@ def to_markdown(rows: List[dict], stats: Dict[str, dict], device: str, iters: in
         f"`{CLASSIFIER}` trainable in every variant; same initial weights and batches. "
         f"Median of {iters} interleaved rounds after {warmup} warm-up rounds; time ratio = median "
         "of per-round ratios. "
-        + ("Peak memory = the variant's resident state + peak allocated above it during its step."
-           if cuda else "Memory: n/a on CPU (torch has no CPU allocator statistics)."),
+        + "Peak memory = the variant's resident state + peak allocated above it during its step"
+        + (" (torch.cuda.max_memory_allocated)." if cuda else
+           " (torch.profiler's CPU allocation records, one extra untimed step)."),
         "",
-        "| variant | what | median ms | min ms | peak MB |",
-        "|---|---|---:|---:|---:|",
+        "| variant | what | median ms | min ms | peak MB | of which step MB |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for name in VARIANTS:
-        s = stats[name]
-        peak = f"{s['peak_mb']:.1f}" if "peak_mb" in s else "n/a"
+    for name, s in stats.items():
         lines.append(f"| {name} | {DESCRIPTION[name]} | {s['median_ms']:.1f} | "
-                     f"{s['min_ms']:.1f} | {peak} |")
+                     f"{s['min_ms']:.1f} | {s['peak_mb']:.1f} | {s['step_mb']:.1f} |")
     lines += ["", "Per-round times (ms): " + "; ".join(
-        f"{name} {', '.join(f'{t:.0f}' for t in stats[name]['times_ms'])}" for name in VARIANTS)]
+        f"{name} {', '.join(f'{t:.0f}' for t in s['times_ms'])}" for name, s in stats.items())]
     lines += [
         "",
         "| comparison | time ratio | target | meets | memory ratio | target | meets |",
@@ -581,6 +627,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads; default 1 on cpu (on a shared machine more "
                              "threads made steps swing 10x), torch's default on cuda; 0 = torch's")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="variants to run (default all); comparisons need both sides")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     cuda = args.device == "cuda"
@@ -594,7 +642,8 @@ def main() -> None:
     if args.lvis_scale and not cuda:
         print("warning: --lvis-scale on CPU is very slow", file=sys.stderr)
 
-    rows, stats = measure(args.device, iters, batch, warmup=args.warmup, lvis_scale=args.lvis_scale)
+    rows, stats = measure(args.device, iters, batch, warmup=args.warmup, lvis_scale=args.lvis_scale,
+                          variants=args.variants)
     info = machine_info(args.device)
     table = to_markdown(rows, stats, args.device, iters, args.warmup, batch, args.lvis_scale, info)
     print(table)

@@ -196,3 +196,41 @@ def test_m2m_bad_config(base_model, tmp_path):
         Trainer(_m2m_cfg(base_dir, tmp_path, "LTDET.M2M.BETA", 1.0))
     with pytest.raises(ValueError, match="LTDET.M2M.ENABLED needs LTDET.DECOUPLED"):
         Trainer(_m2m_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.ENABLED", False))
+
+
+def test_trunk_chunks_give_the_whole_batch_features(base_model, tmp_path):
+    """LTDET.DECOUPLED.TRUNK_CHUNK: the same sampled proposals and features as one whole-batch
+    forward (uneven chunks too), with a smaller peak; a training run gives the same classifier."""
+    from detectron2.utils.events import EventStorage
+
+    from ltdet.engine.decoupled import classifier_inputs
+    from tests.test_bench_decoupled import load_bench
+
+    peak_bytes = load_bench().cpu_step_peak
+    base_dir, _ = base_model
+    trainer = Trainer(_decoupled_cfg(base_dir, tmp_path / "probe", "LTDET.META.ENABLED", False))
+    trainer.resume_or_load(resume=False)
+    model = trainer.model.eval()
+    batch = next(iter(trainer.build_train_loader(trainer.cfg, seed=3)))
+    assert len(batch) == 4
+    with EventStorage(0):
+        torch.manual_seed(0)
+        x0, gt0 = classifier_inputs(model, batch, chunk=0)
+        for chunk in (1, 3):
+            torch.manual_seed(0)
+            x, gt = classifier_inputs(model, batch, chunk=chunk)
+            assert torch.equal(gt, gt0)
+            torch.testing.assert_close(x, x0, rtol=1e-4, atol=1e-4)
+        whole = peak_bytes(lambda: classifier_inputs(model, batch, chunk=0))
+        single = peak_bytes(lambda: classifier_inputs(model, batch, chunk=1))
+    assert single < 0.6 * whole, (single, whole)
+
+    runs = {c: train(_decoupled_cfg(base_dir, tmp_path / f"c{c}", "LTDET.DECOUPLED.TRUNK_CHUNK", c))[0]
+            for c in (0, 1)}
+    torch.testing.assert_close(runs[1].reweigher.logits, runs[0].reweigher.logits,
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(runs[1].model.roi_heads.box_predictor.cls_score.weight,
+                               runs[0].model.roi_heads.box_predictor.cls_score.weight,
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="TRUNK_CHUNK must be >= 0"):
+        Trainer(_decoupled_cfg(base_dir, tmp_path / "bad", "LTDET.DECOUPLED.TRUNK_CHUNK", -1))

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from detectron2.engine import SimpleTrainer
 from detectron2.layers import cat
+from detectron2.structures import ImageList
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
@@ -56,21 +57,34 @@ def _training_proposals(rpn: nn.Module):
 
 
 @torch.no_grad()
-def classifier_inputs(model: nn.Module, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor]:
+def classifier_inputs(model: nn.Module, batched_inputs: List[Dict],
+                      chunk: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Box-head features [N, D] of the sampled proposals of a batch and their gt classes [N], by
     the frozen trunk in eval mode (RPN proposals with the training top-k; sampling and gt
-    matching are the ROI heads' own, PROPOSAL_APPEND_GT included)."""
+    matching are the ROI heads' own, PROPOSAL_APPEND_GT included).
+
+    ``chunk`` > 0 runs the trunk on that many images at a time, so its activations (the bulk of
+    the step's memory) no longer grow with the batch. The images are padded as one batch first
+    and sampled in the same order, so the result is the whole-batch one: eval-mode layers treat
+    images independently, and the proposal sampling draws the same random numbers."""
     images = model.preprocess_image(batched_inputs)
-    features = model.backbone(images.tensor)
-    with _training_proposals(model.proposal_generator):
-        proposals, _ = model.proposal_generator(images, features, None)
     gt = [x["instances"].to(model.device) for x in batched_inputs]
     heads = model.roi_heads
-    proposals = heads.label_and_sample_proposals(proposals, gt)
-    x = heads.box_pooler([features[f] for f in heads.box_in_features],
-                         [p.proposal_boxes for p in proposals])
-    x = heads.box_head(x).flatten(1)
-    return x, cat([p.gt_classes for p in proposals], dim=0)
+    n = len(batched_inputs)
+    step = chunk if chunk > 0 else n
+    xs, classes = [], []
+    for i in range(0, n, step):
+        part = ImageList(images.tensor[i:i + step], images.image_sizes[i:i + step])
+        features = model.backbone(part.tensor)
+        with _training_proposals(model.proposal_generator):
+            proposals, _ = model.proposal_generator(part, features, None)
+        proposals = heads.label_and_sample_proposals(proposals, gt[i:i + step])
+        x = heads.box_pooler([features[f] for f in heads.box_in_features],
+                             [p.proposal_boxes for p in proposals])
+        del features  # the next chunk's trunk reuses this memory
+        xs.append(heads.box_head(x).flatten(1))
+        classes += [p.gt_classes for p in proposals]
+    return cat(xs, dim=0), cat(classes, dim=0)
 
 
 def _plain_loss_name(loss_name: str) -> str:
@@ -90,15 +104,20 @@ class DecoupledTrainStep(SimpleTrainer):
                  meta_loader=None, meta_optimizer: Optional[torch.optim.Optimizer] = None,
                  meta_loss: str = "plain", meta_interval: int = 1,
                  two_component: Optional[Tuple[torch.Tensor, float]] = None,
-                 m2m: Optional[M2mTranslator] = None):
+                 m2m: Optional[M2mTranslator] = None, trunk_chunk: int = 0):
         """``two_component``: (class weights w_y [K], eps step size) for Jamal et al.'s weights,
         with ``meta_loader`` drawing from the development split. ``m2m``: adds translated
-        features to every batch (before any meta step, so all steps see the same batch)."""
+        features to every batch (before any meta step, so all steps see the same batch).
+        ``trunk_chunk``: images per frozen-trunk forward (0: the whole batch at once)."""
+        if trunk_chunk < 0:
+            raise ValueError(f"LTDET.DECOUPLED.TRUNK_CHUNK must be >= 0 (0 = whole batch), "
+                             f"got {trunk_chunk}")
         super().__init__(model, data_loader, optimizer)
         self.predictor = model.roi_heads.box_predictor
         self.reweigher = reweigher
         self.two_component = two_component
         self.m2m = m2m
+        self.trunk_chunk = trunk_chunk
         self.meta_optimizer = meta_optimizer
         self.meta_interval = meta_interval
         self.set_meta_loader(meta_loader)
@@ -132,7 +151,7 @@ class DecoupledTrainStep(SimpleTrainer):
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
-        x, gt = classifier_inputs(self.model, data)
+        x, gt = classifier_inputs(self.model, data, self.trunk_chunk)
         metrics = {}
         weights = None
         if self.m2m is not None:
@@ -142,7 +161,7 @@ class DecoupledTrainStep(SimpleTrainer):
             metrics.update(m2m_stats)
             x, gt = torch.cat([x, x_gen]), torch.cat([gt, gt_gen])
         if self.two_component is not None:  # a development batch every iteration (Algorithm 1)
-            x_dev, gt_dev = classifier_inputs(self.model, next(self._meta_iter))
+            x_dev, gt_dev = classifier_inputs(self.model, next(self._meta_iter), self.trunk_chunk)
             class_weights, eps_lr = self.two_component
             weights = two_component_weights(
                 self.predictor.cls_score, self.optimizer, class_weights.to(x.device), eps_lr,
@@ -151,7 +170,7 @@ class DecoupledTrainStep(SimpleTrainer):
             if fg.any():
                 metrics["eps_abs_mean"] = float((weights[fg] - class_weights.to(x.device)[gt[fg]]).abs().mean())
         if self.reweigher is not None and self.iter % self.meta_interval == 0:
-            x_meta, gt_meta = classifier_inputs(self.model, next(self._meta_iter))
+            x_meta, gt_meta = classifier_inputs(self.model, next(self._meta_iter), self.trunk_chunk)
             metrics.update(meta_reweigher_step(
                 self.predictor.cls_score, self.optimizer, self.reweigher, self.meta_optimizer,
                 self._train_loss, self._meta_loss, x, gt, x_meta, gt_meta))

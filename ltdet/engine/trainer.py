@@ -162,6 +162,7 @@ class Trainer(DefaultTrainer):
         return m2m.to(model.device)
 
     def build_decoupled_step(self, cfg, model, data_loader, optimizer) -> DecoupledTrainStep:
+        chunk = cfg.LTDET.DECOUPLED.TRUNK_CHUNK
         if cfg.LTDET.TWO_COMPONENT.ENABLED:
             if cfg.LTDET.META.ENABLED:
                 raise ValueError("LTDET.TWO_COMPONENT and LTDET.META are alternatives (Jamal et "
@@ -176,16 +177,19 @@ class Trainer(DefaultTrainer):
             return DecoupledTrainStep(
                 model, data_loader, optimizer, meta_loss="plain",
                 meta_loader=self.build_meta_loader(cfg, seed=self.data_seeds[1]),
-                two_component=(class_weights, cfg.LTDET.TWO_COMPONENT.EPS_LR), m2m=self.m2m)
+                two_component=(class_weights, cfg.LTDET.TWO_COMPONENT.EPS_LR), m2m=self.m2m,
+                trunk_chunk=chunk)
         if self.reweigher is None:
-            return DecoupledTrainStep(model, data_loader, optimizer, m2m=self.m2m)
+            return DecoupledTrainStep(model, data_loader, optimizer, m2m=self.m2m,
+                                      trunk_chunk=chunk)
         meta_optimizer = torch.optim.Adam(self.reweigher.parameters(), lr=cfg.LTDET.META.LR,
                                           betas=tuple(cfg.LTDET.META.BETAS), weight_decay=0.0)
         return DecoupledTrainStep(
             model, data_loader, optimizer, reweigher=self.reweigher,
             meta_loader=self.build_meta_loader(cfg, seed=self.data_seeds[1]),
             meta_optimizer=meta_optimizer,
-            meta_loss=cfg.LTDET.META.LOSS, meta_interval=cfg.LTDET.META.INTERVAL, m2m=self.m2m)
+            meta_loss=cfg.LTDET.META.LOSS, meta_interval=cfg.LTDET.META.INTERVAL, m2m=self.m2m,
+            trunk_chunk=chunk)
 
     @classmethod
     def build_train_loader(cls, cfg, skip: int = 0, seed: Optional[int] = None):

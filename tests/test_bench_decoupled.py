@@ -1,0 +1,35 @@
+"""Helpers of the decoupled-step benchmark (benchmarks/bench_decoupled.py)."""
+import importlib.util
+import os
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_bench():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # it imports bench_losses
+    spec = importlib.util.spec_from_file_location(
+        "ltdet_bench_decoupled", os.path.join(REPO, "benchmarks", "bench_decoupled.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cpu_step_peak_counts_live_tensors():
+    bench = load_bench()
+    keep = []
+
+    def step():
+        a = torch.empty(1_000_000)          # 4 MB held
+        b = torch.empty(2_000_000)          # 12 MB held: the peak
+        del a, b                            # 0
+        c = torch.empty(500_000)            # 2 MB
+        keep.append(torch.empty(250_000))   # 3 MB, outlives the step
+        del c
+
+    peak = bench.cpu_step_peak(step)
+    assert 12_000_000 <= peak < 12_000_000 + 4096, peak
+    # a step that allocates nothing new on top of what exists peaks at ~0
+    assert bench.cpu_step_peak(lambda: keep[0].add_(1)) < 4096
