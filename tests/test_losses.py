@@ -277,38 +277,65 @@ def _composite_balanced_softmax(x, y, w):
                             reduction="none") * w).sum() / x.shape[0]
 
 
-def test_balanced_softmax_fused_matches_composite_gradients():
-    x, y, w = make_batch(n=9, softmax=True, scale=3.0)
+def _composite_balanced_sigmoid(x, y, w):
+    """Balanced sigmoid written with stock ops (reference for the fused autograd Function)."""
+    fg = (y < x.shape[1]).to(x)
+    z = torch.addcmul(x, fg[:, None], LOG_ODDS.to(x)[None, :])
+    t = F.one_hot(y, x.shape[1] + 1)[:, :-1].to(x)
+    per = F.binary_cross_entropy_with_logits(z, t, reduction="none").sum(1)
+    return (per * w).sum() / x.shape[0]
+
+
+# The fused autograd Functions against their composite definitions.
+FUSED = {
+    "balanced_softmax": (True, lambda a, yy, b: L.balanced_softmax_loss(a, yy, LOG_PRIOR, b),
+                         _composite_balanced_softmax),
+    "balanced_sigmoid": (False, lambda a, yy, b: L.balanced_sigmoid_loss(a, yy, LOG_ODDS, b),
+                         _composite_balanced_sigmoid),
+}
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_matches_composite_gradients(name):
+    softmax, fused, composite = FUSED[name]
+    x, y, w = make_batch(n=9, softmax=softmax, scale=3.0)
     x.requires_grad_()
     w.requires_grad_()
-    got = torch.autograd.grad(L.balanced_softmax_loss(x, y, LOG_PRIOR, w), (x, w))
-    want = torch.autograd.grad(_composite_balanced_softmax(x, y, w), (x, w))
+    assert torch.allclose(fused(x, y, w), composite(x, y, w), rtol=1e-12, atol=0)
+    got = torch.autograd.grad(fused(x, y, w), (x, w))
+    want = torch.autograd.grad(composite(x, y, w), (x, w))
     for g, r in zip(got, want):
         assert torch.allclose(g, r, rtol=1e-10, atol=1e-12)
+    # unweighted path too
+    got = torch.autograd.grad(fused(x, y, None), x)[0]
+    want = torch.autograd.grad(composite(x, y, torch.ones_like(w)), x)[0]
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_balanced_softmax_second_order():
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_second_order(name):
     # The meta look-ahead differentiates the classifier gradient: second order must be exact,
     # both with create_graph (gradgradcheck) and under torch.func (meta_step's grad + vjp).
-    x, y, w = make_batch(n=6, softmax=True, scale=1.0)
+    softmax, fused, composite = FUSED[name]
+    x, y, w = make_batch(n=6, softmax=softmax, scale=1.0)
     x.requires_grad_()
     w.requires_grad_()
-    assert torch.autograd.gradgradcheck(
-        lambda a, b: L.balanced_softmax_loss(a, y, LOG_PRIOR, b), (x, w))
+    assert torch.autograd.gradgradcheck(lambda a, b: fused(a, y, b), (x, w))
 
     def jac_w(loss_fn):
         g = lambda xx, ww: torch.func.grad(lambda a: loss_fn(a, y, ww))(xx)  # noqa: E731
         _, pull = torch.func.vjp(lambda ww: g(x.detach(), ww), w.detach())
         return pull(torch.ones_like(x))[0]
 
-    fused = jac_w(lambda a, yy, b: L.balanced_softmax_loss(a, yy, LOG_PRIOR, b))
-    assert torch.allclose(fused, jac_w(_composite_balanced_softmax), rtol=1e-10, atol=1e-12)
+    assert torch.allclose(jac_w(fused), jac_w(composite), rtol=1e-10, atol=1e-12)
 
 
-def test_balanced_softmax_retain_graph_repeats_exactly():
-    x, y, w = make_batch(n=5, softmax=True)
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_retain_graph_repeats_exactly(name):
+    softmax, fused, _ = FUSED[name]
+    x, y, w = make_batch(n=5, softmax=softmax)
     x.requires_grad_()
-    loss = L.balanced_softmax_loss(x, y, LOG_PRIOR, w)
+    loss = fused(x, y, w)
     first = torch.autograd.grad(loss, x, retain_graph=True)[0]
     assert torch.equal(first, torch.autograd.grad(loss, x)[0])
 

@@ -208,8 +208,64 @@ def balanced_sigmoid_loss(
         return _empty(logits)
     num_classes = logits.shape[1]
     fg_mask = (gt_classes < num_classes).to(logits.dtype)
-    adjusted = torch.addcmul(logits, fg_mask[:, None], log_prior_odds.to(logits)[None, :])
-    return sigmoid_loss(adjusted, gt_classes, weights)
+    if weights is not None and weights.shape != gt_classes.shape:
+        raise ValueError(
+            f"weights must have shape [N] = {list(gt_classes.shape)}, got {list(weights.shape)}"
+        )
+    return _BalancedSigmoidBCE.apply(logits, log_prior_odds.to(logits), fg_mask, gt_classes,
+                                     weights)[0]
+
+
+class _BalancedSigmoidBCE(torch.autograd.Function):
+    """sum_i w_i sum_j BCE(z_ij, t_ij) / N with z = logits + fg[:, None] * shift, fused.
+
+    Per row, sum_j BCE = sum_j softplus(z_ij) - fg_i z_{i,y_i} (one-hot targets), so no target
+    matrix is built and only the row sums ``[N]`` are saved; the backward rebuilds z and turns
+    it into sigmoid(z) - onehot in place.  As in ``_BalancedSoftmaxCE``, under ``create_graph``
+    or ``torch.func`` the backward is recomputed with differentiable ops (exact second order).
+    """
+
+    @staticmethod
+    def forward(logits, shift_row, fg_mask, gt_classes, weights):
+        z = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :])
+        target = gt_classes.clamp(max=logits.shape[1] - 1)[:, None]  # bg rows: masked below
+        z_target = z.gather(1, target).squeeze(1) * fg_mask
+        # softplus's linear branch above 20 is off by < exp(-20): below float32 resolution there.
+        per_row = F.softplus(z).sum(1).sub_(z_target)
+        n = logits.shape[0]
+        loss = per_row.mean() if weights is None else (per_row * weights).sum() / n
+        return loss, per_row
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, shift_row, fg_mask, gt_classes, weights = inputs
+        _, per_row = output
+        ctx.mark_non_differentiable(per_row)
+        ctx.save_for_backward(logits, shift_row, fg_mask, gt_classes, weights, per_row)
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_per_row):
+        logits, shift_row, fg_mask, gt_classes, weights, per_row = ctx.saved_tensors
+        n, num_classes = logits.shape
+        scale = grad_loss / n
+        row = scale if weights is None else (weights * scale)[:, None]
+        grad_logits = grad_weights = None
+        if torch.is_grad_enabled():  # differentiable path (create_graph=True, torch.func)
+            z = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :])
+            onehot = _one_hot_fg(gt_classes, num_classes, z.dtype)
+            if ctx.needs_input_grad[0]:
+                grad_logits = (torch.sigmoid(z) - onehot) * row
+            if weights is not None and ctx.needs_input_grad[4]:
+                grad_weights = (F.softplus(z) - z * onehot).sum(1) * scale
+            return grad_logits, None, None, None, grad_weights
+        if ctx.needs_input_grad[0]:
+            grad_logits = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :]).sigmoid_()
+            fg = (gt_classes < num_classes).nonzero().squeeze(1)
+            grad_logits[fg, gt_classes[fg]] -= 1
+            grad_logits.mul_(row)
+        if weights is not None and ctx.needs_input_grad[4]:
+            grad_weights = per_row * scale
+        return grad_logits, None, None, None, grad_weights
 
 
 def eql_loss(
