@@ -56,7 +56,11 @@ def main() -> None:
     lines = [f"# Speed report ({args.device})", "",
              "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "",
              "Every ratio is measured against its baseline in the same run "
-             "(`python benchmarks/speed.py --device " + args.device + "`).", "",
+             "(`python benchmarks/speed.py --device " + args.device + "`). Memory ratio: peak "
+             "of the variant's resident state plus what its step allocates ("
+             + ("torch.cuda.max_memory_allocated" if args.device == "cuda" else
+                "torch.profiler's CPU allocation records") + "); details in "
+             "bench_decoupled.py.", "",
              "| benchmark | comparison | time ratio | target | meets | memory ratio |",
              "|---|---|---:|---|---|---|"]
     lines += [f"| {r['benchmark']} | {r['comparison']} | {r['time_ratio']} | {r['target']} | "
