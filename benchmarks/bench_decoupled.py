@@ -21,6 +21,12 @@ classifier ``roi_heads.box_predictor.cls_score`` trainable) are timed in interle
              through the looked-ahead classifier, meta loss back-propagated to the class weights,
              Adam step; (3) the real forward+backward with the updated weights, SGD step.
 
+Weights: the decoupled regime starts from a trained base model, and that matters for the cost:
+the stock step runs the mask head on every foreground proposal, and a randomly initialised RPN
+finds few (on the synthetic set ~3 foreground RoIs per image against ~28 of the 32 allowed for
+the trained base). ``--weights`` (default: ``make demo``'s base model when it exists) loads a
+base checkpoint into every variant; without one the report says the weights are random.
+
 Targets, as ratios measured in the same run: decoupled/stock time <= 0.6x and peak memory
 <= 0.5x; balms/decoupled time <= 2.2x; balms/original time <= 0.7x.
 
@@ -35,8 +41,8 @@ optimiser state) plus the peak allocated above what was allocated when its step 
 variants live on the device at once, so a raw peak would count the other variants' weights).
 On GPU the peak is torch.cuda.max_memory_allocated over the timed rounds; on CPU, where torch
 keeps no allocator statistics, it is the running sum of the allocation and free records of
-torch.profiler (profile_memory=True) over one extra, untimed step of each variant: tensors
-allocated through torch's CPU allocator (oneDNN's internal scratch buffers are not seen).
+torch.profiler (profile_memory=True) over three extra, untimed steps of each variant (the
+max): tensors allocated through torch's CPU allocator (oneDNN's scratch buffers are not seen).
 """
 from __future__ import annotations
 
@@ -104,6 +110,7 @@ COMPARISONS = [
     ("original", "stock", None, None),
 ]
 WARMUP = 2
+CPU_MEMORY_STEPS = 3  # profiled steps per variant for the CPU peak memory (max over them)
 
 
 # --------------------------------------------------------------------------- configs and data
@@ -350,8 +357,24 @@ def _meta_loss_name(predictor, setting: str) -> str:  # as DecoupledTrainStep
     return "sigmoid" if predictor.loss_name in L.SIGMOID_LOSSES else "softmax"
 
 
+DEMO_BASE = ROOT / "output/demo/base_softmax_rfs/model_final.pth"
+
+
+def resolve_weights(weights: str, lvis_scale: bool) -> str:
+    """"auto": make demo's synthetic base model if it exists (not at --lvis-scale, a different
+    architecture), else random init; "none": random init; otherwise a checkpoint path."""
+    if weights == "none":
+        return ""
+    if weights == "auto":
+        return str(DEMO_BASE) if DEMO_BASE.is_file() and not lvis_scale else ""
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: no such checkpoint (a base model of the "
+                                "synthetic config, e.g. make demo's " f"{DEMO_BASE})")
+    return weights
+
+
 def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale: bool = False,
-                   seed: int = 0) -> Dict[str, _Variant]:
+                   seed: int = 0, weights: str = "") -> Dict[str, _Variant]:
     if not (DATA_DIR / "GENERATOR.json").is_file():
         from ltdet.data.synthetic import generate
 
@@ -372,6 +395,9 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
 
     _seed(seed)
     reference = build_model(dec_cfg)
+    if weights:
+        state = torch.load(weights, map_location="cpu", weights_only=False)
+        reference.load_state_dict(state.get("model", state))  # strict: a base model of this config
     init = copy.deepcopy(reference.state_dict())
     del reference
 
@@ -500,7 +526,7 @@ def _ratio(num: List[float], den: List[float]) -> float:
 
 
 def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scale: bool = False,
-            seed: int = 0, variants: Sequence[str] = VARIANTS):
+            seed: int = 0, variants: Sequence[str] = VARIANTS, weights: str = ""):
     """Time and peak memory of one training step of each variant in ``variants``.
 
     Every round runs one step of each variant on the same batch, in an order rotated per round.
@@ -513,7 +539,8 @@ def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scal
     cuda = device.startswith("cuda")
     names = [v for v in VARIANTS if v in variants]
     # Building every variant is cheap; only the selected ones run.
-    built = build_variants(device, batch, iters + (0 if cuda else 1), warmup, lvis_scale, seed)
+    built = build_variants(device, batch, iters + (0 if cuda else CPU_MEMORY_STEPS), warmup,
+                           lvis_scale, seed, weights)
     times: Dict[str, List[float]] = {k: [] for k in names}
     step_peak: Dict[str, int] = {k: 0 for k in names}
     with EventStorage(0) as storage:
@@ -534,10 +561,12 @@ def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scal
                     if cuda:
                         step_peak[name] = max(step_peak[name],
                                               torch.cuda.max_memory_allocated() - before)
-        if not cuda:  # one more (untimed, profiled) step each, on the next batch
-            storage.iter = warmup + iters
+        # CPU: a few more (untimed, profiled) steps each, on the next batches; the peak depends
+        # on the batch (foreground proposals feed the stock step's mask head), so take the max.
+        for k in range(0 if cuda else CPU_MEMORY_STEPS):
+            storage.iter = warmup + iters + k
             for name in names:
-                step_peak[name] = cpu_step_peak(built[name].step)
+                step_peak[name] = max(step_peak[name], cpu_step_peak(built[name].step))
     stats = {}
     for name in names:
         resident = _bytes(built[name].state_tensors(), "cuda" if cuda else "cpu")
@@ -570,16 +599,23 @@ def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scal
 
 
 def run(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scale: bool = False,
-        seed: int = 0, variants: Sequence[str] = VARIANTS) -> List[dict]:
+        seed: int = 0, variants: Sequence[str] = VARIANTS, weights: str = "") -> List[dict]:
     """One dict per comparison (time and memory ratios, with targets)."""
-    return measure(device, iters, batch, warmup, lvis_scale, seed, variants)[0]
+    return measure(device, iters, batch, warmup, lvis_scale, seed, variants, weights)[0]
 
 
 # --------------------------------------------------------------------------- report
 from bench_losses import machine_info  # noqa: E402  (same machine description in every report)
 
+def weights_note(weights: str) -> str:
+    if weights:
+        return f"Weights: the base model `{os.path.relpath(weights, ROOT)}` in every variant."
+    return ("Weights: random init (no base model given): the RPN finds few foreground proposals, so "
+            "the stock step's mask head runs on few RoIs and its cost is understated.")
+
+
 def to_markdown(rows: List[dict], stats: Dict[str, dict], device: str, iters: int, warmup: int,
-                batch: int, lvis_scale: bool, info: Dict[str, str]) -> str:
+                batch: int, lvis_scale: bool, info: Dict[str, str], weights: str = "") -> str:
     scale = ("ResNet-50 FPN (256 ch), 800 px short side, box head 1024, 512 RoIs/image"
              if lvis_scale else "synthetic config: ResNet-18 FPN (64 ch), 128 px, 128 RoIs/image")
     cuda = device.startswith("cuda")
@@ -594,7 +630,9 @@ def to_markdown(rows: List[dict], stats: Dict[str, dict], device: str, iters: in
         "of per-round ratios. "
         + "Peak memory = the variant's resident state + peak allocated above it during its step"
         + (" (torch.cuda.max_memory_allocated)." if cuda else
-           " (torch.profiler's CPU allocation records, one extra untimed step)."),
+           " (torch.profiler's CPU allocation records, max over 3 extra untimed steps)."),
+        "",
+        weights_note(weights),
         "",
         "| variant | what | median ms | min ms | peak MB | of which step MB |",
         "|---|---|---:|---:|---:|---:|",
@@ -629,6 +667,9 @@ def main() -> None:
                              "threads made steps swing 10x), torch's default on cuda; 0 = torch's")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="variants to run (default all); comparisons need both sides")
+    parser.add_argument("--weights", default="auto",
+                        help="base model checkpoint; auto = make demo's output/demo/base_softmax_rfs"
+                             " if present, none = random init")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     cuda = args.device == "cuda"
@@ -642,17 +683,20 @@ def main() -> None:
     if args.lvis_scale and not cuda:
         print("warning: --lvis-scale on CPU is very slow", file=sys.stderr)
 
+    weights = resolve_weights(args.weights, args.lvis_scale)
     rows, stats = measure(args.device, iters, batch, warmup=args.warmup, lvis_scale=args.lvis_scale,
-                          variants=args.variants)
+                          variants=args.variants, weights=weights)
     info = machine_info(args.device)
-    table = to_markdown(rows, stats, args.device, iters, args.warmup, batch, args.lvis_scale, info)
+    table = to_markdown(rows, stats, args.device, iters, args.warmup, batch, args.lvis_scale, info,
+                        weights)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"decoupled_{args.device}" + ("_lvis_scale" if args.lvis_scale else "")
     (out / f"{stem}.md").write_text(table)
     extra = {"batch": str(batch), "iters": str(iters), "warmup": str(args.warmup),
-             "lvis_scale": str(args.lvis_scale)}
+             "lvis_scale": str(args.lvis_scale),
+             "weights": os.path.relpath(weights, ROOT) if weights else "random"}
     with open(out / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*rows[0], *extra, *info])
         writer.writeheader()

@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5, help="timed steps of the step benchmark")
     parser.add_argument("--batch", type=int, default=0, help="images per step (0: 8 on cuda, 4 on cpu)")
     parser.add_argument("--lvis-scale", action="store_true", help="R50-FPN sizes for the step benchmark")
+    parser.add_argument("--weights", default="auto",
+                        help="base model for the step benchmark (see bench_decoupled.py --weights)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: 1 on cpu, where a shared machine makes 2+ noisy)")
@@ -34,7 +36,9 @@ def main() -> None:
 
     batch = args.batch or (8 if args.device == "cuda" else 4)
     losses = bench_losses.run(args.device, args.repeats)
-    steps = bench_decoupled.run(args.device, args.iters, batch, lvis_scale=args.lvis_scale)
+    weights = bench_decoupled.resolve_weights(args.weights, args.lvis_scale)
+    steps = bench_decoupled.run(args.device, args.iters, batch, lvis_scale=args.lvis_scale,
+                                weights=weights)
     machine = bench_losses.machine_info(args.device)
 
     rows = [{"benchmark": "loss fwd+bwd (8192 RoIs, K=1203, 25% fg)",
@@ -56,11 +60,13 @@ def main() -> None:
     lines = [f"# Speed report ({args.device})", "",
              "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "",
              "Every ratio is measured against its baseline in the same run "
-             "(`python benchmarks/speed.py --device " + args.device + "`). Memory ratio: peak "
+             "(`python benchmarks/speed.py --device " + args.device
+             + (f" --weights {os.path.relpath(weights, os.path.dirname(HERE))}" if weights else "")
+             + "`). Memory ratio: peak "
              "of the variant's resident state plus what its step allocates ("
              + ("torch.cuda.max_memory_allocated" if args.device == "cuda" else
                 "torch.profiler's CPU allocation records") + "); details in "
-             "bench_decoupled.py.", "",
+             "bench_decoupled.py.", "", bench_decoupled.weights_note(weights), "",
              "| benchmark | comparison | time ratio | target | meets | memory ratio |",
              "|---|---|---:|---|---|---|"]
     lines += [f"| {r['benchmark']} | {r['comparison']} | {r['time_ratio']} | {r['target']} | "

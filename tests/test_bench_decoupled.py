@@ -3,6 +3,7 @@ import importlib.util
 import os
 import sys
 
+import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,3 +34,17 @@ def test_cpu_step_peak_counts_live_tensors():
     assert 12_000_000 <= peak < 12_000_000 + 4096, peak
     # a step that allocates nothing new on top of what exists peaks at ~0
     assert bench.cpu_step_peak(lambda: keep[0].add_(1)) < 4096
+
+
+def test_resolve_weights(tmp_path):
+    bench = load_bench()
+    assert bench.resolve_weights("none", lvis_scale=False) == ""
+    # auto never hands the synthetic base to the ResNet-50 sizes
+    assert bench.resolve_weights("auto", lvis_scale=True) == ""
+    auto = bench.resolve_weights("auto", lvis_scale=False)
+    assert auto == (str(bench.DEMO_BASE) if bench.DEMO_BASE.is_file() else "")
+    ckpt = tmp_path / "base.pth"
+    ckpt.write_bytes(b"x")
+    assert bench.resolve_weights(str(ckpt), lvis_scale=False) == str(ckpt)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        bench.resolve_weights(str(tmp_path / "missing.pth"), lvis_scale=False)
