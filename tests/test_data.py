@@ -120,3 +120,26 @@ def test_official_lvis_names_use_the_json_when_present(handmade, tmp_path):
         register_lvis_instances("lvis_v1_val", get_lvis_instances_meta("lvis_v1_val"),
                                 "datasets/lvis/lvis_v1_val.json", "datasets/coco/")
         register_all()
+
+
+def test_shared_loads_parse_once(registered, monkeypatch):
+    from detectron2.data import DatasetCatalog
+
+    import ltdet.data.lvis_format as lf
+
+    parsed = []
+    real = lf._read_json
+    monkeypatch.setattr(lf, "_read_json", lambda f: parsed.append(f) or real(f))
+    a = DatasetCatalog.get(registered)
+    b = DatasetCatalog.get(registered)
+    assert len(parsed) == 2 and a[0] is not b[0]  # outside the block: a fresh parse each time
+    with lf.shared_loads():
+        c = DatasetCatalog.get(registered)
+        with lf.shared_loads():  # nested: the outer cache
+            d = DatasetCatalog.get(registered)
+        e = DatasetCatalog.get(registered)
+        assert len(parsed) == 3
+        assert c is not d and c is not e and c[0] is d[0] is e[0]  # new lists, same dicts
+        assert c == a
+    DatasetCatalog.get(registered)  # the cache was dropped on exit
+    assert len(parsed) == 4 and lf._SHARED is None

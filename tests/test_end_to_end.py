@@ -234,3 +234,23 @@ def test_trunk_chunks_give_the_whole_batch_features(base_model, tmp_path):
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="TRUNK_CHUNK must be >= 0"):
         Trainer(_decoupled_cfg(base_dir, tmp_path / "bad", "LTDET.DECOUPLED.TRUNK_CHUNK", -1))
+
+
+def test_trainer_parses_each_json_once(base_model, tmp_path, monkeypatch):
+    import ltdet.data.lvis_format as lf
+
+    base_dir, _ = base_model
+    parsed = []
+    real = lf._read_json
+    monkeypatch.setattr(lf, "_read_json", lambda f: parsed.append(os.path.basename(f)) or real(f))
+    _STATS_CACHE.clear()
+    # statistics, train loader and class-balanced meta loader: one parse of the train json
+    Trainer(_decoupled_cfg(base_dir, tmp_path / "balms"))
+    assert parsed.count("lvis_synthetic_train.json") == 1, parsed
+    assert lf._SHARED is None  # dropped before the data streams start
+    parsed.clear()
+    _STATS_CACHE.clear()
+    cfg = tiny_cfg(tmp_path / "tc", "configs/synthetic/decoupled/two_component.yaml",
+                   "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "DATASETS.TEST", ())
+    Trainer(cfg)  # + the development split
+    assert parsed.count("lvis_synthetic_train.json") == 1, parsed

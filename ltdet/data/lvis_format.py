@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -158,6 +159,37 @@ def load_lvis_format_json(
     return dicts
 
 
+# Active only inside ``shared_loads()``: (json, image root, name) -> the dicts loaded first.
+_SHARED: Optional[Dict[Tuple[str, str, str], List[dict]]] = None
+
+
+@contextmanager
+def shared_loads() -> Iterator[None]:
+    """Within this block a registered LVIS-format json is parsed once: later loads of the same
+    dataset get a new list of the same (read-only) dicts. The Trainer builds its class
+    statistics, train, meta and development loaders in one (an LVIS train json was parsed up to
+    four times at start-up). Dropped on exit, so no Python-object copy of a large dataset
+    outlives the loaders' own serialised ones (nested blocks share the outer cache)."""
+    global _SHARED
+    outer = _SHARED is not None
+    if not outer:
+        _SHARED = {}
+    try:
+        yield
+    finally:
+        if not outer:
+            _SHARED = None
+
+
+def _load_registered(json_file: str, image_root: str, name: str) -> List[dict]:
+    if _SHARED is None:
+        return load_lvis_format_json(json_file, image_root, dataset_name=name)
+    key = (json_file, image_root, name)
+    if key not in _SHARED:
+        _SHARED[key] = load_lvis_format_json(json_file, image_root, dataset_name=name)
+    return list(_SHARED[key])
+
+
 def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
     """Register ``name`` in detectron2's DatasetCatalog/MetadataCatalog (lazily: nothing is read
     until the dataset or its metadata is first needed, as with detectron2's built-in sets)."""
@@ -165,9 +197,7 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
 
-    DatasetCatalog.register(
-        name, lambda: load_lvis_format_json(json_file, image_root, dataset_name=name)
-    )
+    DatasetCatalog.register(name, lambda: _load_registered(json_file, image_root, name))
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="lvis")
 
 

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import LongTailCheckpointer
 from ..data import class_stats
 from ..data.dev_split import split_dev
+from ..data.lvis_format import shared_loads
 from ..data.samplers import SkipSampler, class_balanced_repeat_factors
 from ..evaluation import LongTailLVISEvaluator
 from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights
@@ -101,6 +102,12 @@ class Trainer(DefaultTrainer):
     optional Meta Reweigher (LTDET.DECOUPLED / LTDET.META)."""
 
     def __init__(self, cfg: CfgNode):
+        with shared_loads():  # each dataset json parsed once while the loaders are built
+            self._build(cfg)
+        # Start the data streams only now: worker processes fork without the shared dicts.
+        self._prime_data()
+
+    def _build(self, cfg: CfgNode) -> None:
         # DefaultTrainer.__init__'s construction, with the ltdet additions.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
@@ -140,7 +147,6 @@ class Trainer(DefaultTrainer):
             model = create_ddp_model(model, broadcast_buffers=False)
             self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
                 model, data_loader, optimizer)
-        self._prime_data()
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # Decoupled fine-tuning must start from a complete base model of this architecture.
         self.checkpointer = LongTailCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
@@ -235,15 +241,17 @@ class Trainer(DefaultTrainer):
             # checkpoint; put it back afterwards so ROI sampling continues exactly.
             rng = torch.get_rng_state()
             world, cfg, step = comm.get_world_size(), self.cfg, self._trainer
-            step.data_loader = self.build_train_loader(
-                cfg, skip=self.start_iter * cfg.SOLVER.IMS_PER_BATCH // world,
-                seed=self.data_seeds[0])
-            step._data_loader_iter = iter(step.data_loader)
-            if getattr(step, "meta_steps_per_iter", 0):
-                meta_steps = (self.start_iter if step.two_component is not None
-                              else -(-self.start_iter // step.meta_interval))
-                step.set_meta_loader(self.build_meta_loader(
-                    cfg, skip=meta_steps * self._meta_batch(cfg) // world, seed=self.data_seeds[1]))
+            with shared_loads():
+                step.data_loader = self.build_train_loader(
+                    cfg, skip=self.start_iter * cfg.SOLVER.IMS_PER_BATCH // world,
+                    seed=self.data_seeds[0])
+                step._data_loader_iter = iter(step.data_loader)
+                if getattr(step, "meta_steps_per_iter", 0):
+                    meta_steps = (self.start_iter if step.two_component is not None
+                                  else -(-self.start_iter // step.meta_interval))
+                    step.set_meta_loader(self.build_meta_loader(
+                        cfg, skip=meta_steps * self._meta_batch(cfg) // world,
+                        seed=self.data_seeds[1]))
             self._prime_data()
             torch.set_rng_state(rng)
 
