@@ -113,12 +113,18 @@ def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
     assert [float(r["weight"]) for r in rows] == pytest.approx(w.tolist(), abs=1e-4)
 
 
-def test_decoupled_resume_is_exact(base_model, tmp_path):
+# Random flips and scales on, served by data-loader worker processes.
+AUGMENT_WITH_WORKERS = ("DATALOADER.NUM_WORKERS", 2, "INPUT.RANDOM_FLIP", "horizontal",
+                        "INPUT.MIN_SIZE_TRAIN", (48, 64))
+
+
+@pytest.mark.parametrize("opts", [(), AUGMENT_WITH_WORKERS], ids=["no_workers", "workers_augment"])
+def test_decoupled_resume_is_exact(base_model, tmp_path, opts):
     base_dir, _ = base_model
-    full, _ = train(_decoupled_cfg(base_dir, tmp_path / "full"))
+    full, _ = train(_decoupled_cfg(base_dir, tmp_path / "full", *opts))
     # "kill" after 2 iterations (a checkpoint at iteration 2), then resume to 4
-    _, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", "SOLVER.MAX_ITER", 2))
-    resumed, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut"), resume=True)
+    _, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", "SOLVER.MAX_ITER", 2, *opts))
+    resumed, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", *opts), resume=True)
     assert resumed.start_iter == 2
     torch.testing.assert_close(resumed.reweigher.logits, full.reweigher.logits)
     torch.testing.assert_close(resumed.model.roi_heads.box_predictor.cls_score.weight,
@@ -254,3 +260,22 @@ def test_trainer_parses_each_json_once(base_model, tmp_path, monkeypatch):
                    "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "DATASETS.TEST", ())
     Trainer(cfg)  # + the development split
     assert parsed.count("lvis_synthetic_train.json") == 1, parsed
+
+
+def _first_batches(cfg, n):
+    it = iter(Trainer.build_train_loader(cfg, seed=5))
+    return [[(d["image_id"], d["image"]) for d in next(it)] for _ in range(n)]
+
+
+def test_augmentation_does_not_depend_on_the_workers(tiny_root, tmp_path):
+    """Each sample's flip and scale come from its position in the stream, not from the worker
+    process that maps it (what makes --resume exact with workers)."""
+    opts = AUGMENT_WITH_WORKERS[2:]
+    ref = _first_batches(tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml", *opts), 4)
+    assert len({tuple(img.shape) for batch in ref for _, img in batch}) == 2  # both scales drawn
+    for workers in (1, 2):
+        got = _first_batches(tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml",
+                                      "DATALOADER.NUM_WORKERS", workers, *opts), 4)
+        for batch_ref, batch in zip(ref, got):
+            assert [i for i, _ in batch] == [i for i, _ in batch_ref]
+            assert all(torch.equal(a, b) for (_, a), (_, b) in zip(batch_ref, batch))

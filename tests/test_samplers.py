@@ -4,7 +4,8 @@ import pytest
 import torch
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-from ltdet.data.samplers import SkipSampler, class_balanced_repeat_factors
+from ltdet.data.positioned import PositionedSampler
+from ltdet.data.samplers import class_balanced_repeat_factors
 
 
 def dicts(class_sets):
@@ -37,9 +38,11 @@ def test_meta_sampler_refuses_classes_without_images():
         class_balanced_repeat_factors(dicts(IMAGES), num_classes=4)
 
 
-def test_skip_sampler_drops_the_consumed_prefix():
+def test_positioned_sampler_tags_positions_and_drops_the_consumed_prefix():
     base = RepeatFactorTrainingSampler(torch.tensor([1.0, 2.5, 0.5, 3.0]), seed=7)
     it = iter(base)
     first = [next(it) for _ in range(30)]
-    skipped = iter(SkipSampler(RepeatFactorTrainingSampler(torch.tensor([1.0, 2.5, 0.5, 3.0]), seed=7), 12))
-    assert [next(skipped) for _ in range(18)] == first[12:]
+    skipped = iter(PositionedSampler(
+        RepeatFactorTrainingSampler(torch.tensor([1.0, 2.5, 0.5, 3.0]), seed=7), 4, skip=12))
+    keys = [next(skipped) for _ in range(18)]
+    assert [divmod(k, 4) for k in keys] == [(12 + i, idx) for i, idx in enumerate(first[12:])]

@@ -36,17 +36,3 @@ def class_balanced_repeat_factors(dataset_dicts: List[Dict], num_classes: int,
         )
     return torch.tensor([max((1.0 / (num_classes * freq[c]) for c in cs), default=0.0)
                          for cs in classes], dtype=torch.float32)
-
-
-class SkipSampler(torch.utils.data.Sampler):
-    """Drop the first ``skip`` indices of a (per-rank, infinite) detectron2 sampler, so that a
-    resumed run draws the batches the uninterrupted run would have drawn next (exact when all
-    images fall in one aspect-ratio group, or ASPECT_RATIO_GROUPING is off)."""
-
-    def __init__(self, sampler, skip: int):
-        self.sampler, self.skip = sampler, int(skip)
-
-    def __iter__(self):
-        import itertools
-
-        yield from itertools.islice(iter(self.sampler), self.skip, None)

@@ -11,7 +11,7 @@ import numpy as np
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import AMPTrainer
@@ -24,7 +24,8 @@ from ..checkpoint import LongTailCheckpointer
 from ..data import class_stats
 from ..data.dev_split import split_dev
 from ..data.lvis_format import shared_loads
-from ..data.samplers import SkipSampler, class_balanced_repeat_factors
+from ..data.positioned import build_positioned_train_loader
+from ..data.samplers import class_balanced_repeat_factors
 from ..evaluation import LongTailLVISEvaluator
 from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights
 from ..modeling.m2m import M2mTranslator
@@ -199,10 +200,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, skip: int = 0, seed: Optional[int] = None):
-        """detectron2's train loader and sampler, with the sampler's ``seed`` explicit and this
-        rank's first ``skip`` indices dropped (both for an exact --resume)."""
+        """detectron2's train loader and sampler, with the sampler's ``seed`` explicit, this
+        rank's first ``skip`` indices dropped and each sample's augmentation seeded by its
+        position (ltdet.data.positioned): an exact --resume with any number of workers."""
         dicts = _train_dicts(cfg)
         name = cfg.DATALOADER.SAMPLER_TRAIN
+        seed = comm.shared_random_seed() if seed is None else seed
         if name == "TrainingSampler":
             sampler = TrainingSampler(len(dicts), seed=seed)
         elif name == "RepeatFactorTrainingSampler":
@@ -212,7 +215,7 @@ class Trainer(DefaultTrainer):
         else:
             raise ValueError(f"DATALOADER.SAMPLER_TRAIN {name!r} is not supported by ltdet's "
                              "trainer; use TrainingSampler or RepeatFactorTrainingSampler")
-        return build_detection_train_loader(cfg, dataset=dicts, sampler=SkipSampler(sampler, skip))
+        return build_positioned_train_loader(cfg, dicts, sampler, seed, skip)
 
     @classmethod
     def build_meta_loader(cls, cfg, skip: int = 0, seed: Optional[int] = None):
@@ -223,9 +226,10 @@ class Trainer(DefaultTrainer):
         factors = class_balanced_repeat_factors(
             dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             allow_missing=dev and cfg.LTDET.TWO_COMPONENT.ALLOW_UNCOVERED)
-        sampler = SkipSampler(RepeatFactorTrainingSampler(factors, seed=seed), skip)
-        return build_detection_train_loader(cfg, dataset=dicts, sampler=sampler,
-                                            total_batch_size=cls._meta_batch(cfg))
+        seed = comm.shared_random_seed() if seed is None else seed
+        sampler = RepeatFactorTrainingSampler(factors, seed=seed)
+        return build_positioned_train_loader(cfg, dicts, sampler, seed, skip,
+                                             total_batch_size=cls._meta_batch(cfg))
 
     @staticmethod
     def _meta_batch(cfg) -> int:
