@@ -71,6 +71,8 @@ def main() -> None:
              "|---|---|---:|---|---|---|"]
     lines += [f"| {r['benchmark']} | {r['comparison']} | {r['time_ratio']} | {r['target']} | "
               f"{r['meets']} | {r['mem_ratio']} |" for r in rows]
+    lines += ["", "Loss fwd+bwd medians (ms): "
+              + ", ".join(f"{r['loss']} {r['median_ms']:.3f}" for r in losses) + "."]
     text = "\n".join(lines) + "\n"
     with open(base + ".md", "w") as f:
         f.write(text)

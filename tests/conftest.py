@@ -3,7 +3,13 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Without a GPU, ltdet's Triton kernels (fused_kernels.py) run in Triton's interpreter, on CPU
+# tensors, for tests/test_fused_kernels.py. Must be set before the module is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def write_lvis_json(path, images, annotations, categories):

@@ -10,7 +10,7 @@ weights keep their absolute scale); ``weights=None`` is the plain mean.
 Equation numbers refer to the BALMS supplementary material (Ren et al., NeurIPS 2020).
 """
 import math
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -126,72 +126,100 @@ def balanced_softmax_loss(
     """
     if logits.shape[0] == 0:
         return _empty(logits)
-    num_classes = logits.shape[1] - 1
-    log_prior = log_prior.to(logits)
-    # Shift row over the K+1 columns, 0 for the background column.
-    shift_row = torch.cat([log_prior, log_prior.new_zeros(1)])
-    fg_mask = (gt_classes < num_classes).to(logits.dtype)
+    _check_weights(weights, gt_classes)
+    return _BalancedSoftmaxCE.apply(logits, log_prior.to(logits), gt_classes, weights)[0]
+
+
+def _check_weights(weights: Optional[Tensor], gt_classes: Tensor) -> None:
     if weights is not None and weights.shape != gt_classes.shape:
         raise ValueError(
             f"weights must have shape [N] = {list(gt_classes.shape)}, got {list(weights.shape)}"
         )
-    return _BalancedSoftmaxCE.apply(logits, shift_row, fg_mask, gt_classes, weights)[0]
+
+
+def _kernels_for(logits: Tensor):
+    """The Triton module when it can serve ``logits`` (CUDA), else None.  Imported on first use,
+    so CPU-only processes never load Triton."""
+    if not logits.is_cuda:
+        return None
+    from . import fused_kernels
+
+    return fused_kernels if fused_kernels.usable(logits) else None
+
+
+def _shifted(logits: Tensor, shift: Tensor, gt_classes: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """z = logits + [y < K] * shift on the first K columns (a softmax background column stays),
+    with the [N] foreground mask and the shift padded to the logits' width."""
+    k = shift.numel()
+    fg = (gt_classes < k).to(logits.dtype)
+    row = shift if logits.shape[1] == k else torch.cat([shift, shift.new_zeros(logits.shape[1] - k)])
+    return torch.addcmul(logits, fg[:, None], row[None, :]), fg, row
 
 
 class _BalancedSoftmaxCE(torch.autograd.Function):
-    """sum_i w_i * CE(z_i, y_i) / N with z = logits + fg[:, None] * shift_row, two sweeps fewer.
+    """sum_i w_i * CE(z_i, y_i) / N with z = logits + fg[:, None] * shift, fused.
 
     The composite ``F.cross_entropy(addcmul(...))`` allocates three logits-sized tensors (z, its
     log-softmax, kept for backward, and the gradient) plus nll's zero-filled gradient.  Here the
-    forward writes the log-softmax over z and keeps only the row log-sum-exp ``[N]``; the backward
-    rebuilds z and turns it into the gradient in place (d CE / d z = exp(z - lse) - onehot(y)).
-    Nothing logits-sized is saved, so ``retain_graph`` and repeated backwards stay exact.  Under
-    ``create_graph`` or ``torch.func`` the backward uses differentiable ops, so higher-order
-    gradients (the meta look-ahead) are exact too.
+    forward keeps only the row log-sum-exp ``[N]``; the backward rebuilds z and turns it into the
+    gradient (d CE / d z = exp(z - lse) - onehot(y)).  On CUDA each direction is one Triton kernel
+    (``fused_kernels``); elsewhere a few eager ops, in place.  Nothing logits-sized is saved, so
+    ``retain_graph`` and repeated backwards stay exact.  Under ``create_graph`` or ``torch.func``
+    the backward uses differentiable ops, so higher-order gradients (the meta look-ahead) are exact.
     """
 
     @staticmethod
-    def forward(logits, shift_row, fg_mask, gt_classes, weights):
-        z = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :])
-        torch.log_softmax(z, dim=1, out=z)  # in place: row-wise kernel, same shape
-        nll = -z.gather(1, gt_classes[:, None]).squeeze(1)
-        z_target = logits.gather(1, gt_classes[:, None]).squeeze(1) + fg_mask * shift_row[gt_classes]
-        lse = z_target + nll
+    def forward(logits, shift, gt_classes, weights):
+        kernels = _kernels_for(logits)
+        if kernels is not None:
+            nll, lse = kernels.rows_forward(logits, shift, gt_classes, sigmoid=False)
+        else:
+            z, fg, row = _shifted(logits, shift, gt_classes)
+            torch.log_softmax(z, dim=1, out=z)  # in place: row-wise kernel, same shape
+            nll = -z.gather(1, gt_classes[:, None]).squeeze(1)
+            z_target = logits.gather(1, gt_classes[:, None]).squeeze(1) + fg * row[gt_classes]
+            lse = z_target + nll
         n = logits.shape[0]
         loss = nll.mean() if weights is None else (nll * weights).sum() / n
         return loss, lse, nll
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        logits, shift_row, fg_mask, gt_classes, weights = inputs
+        logits, shift, gt_classes, weights = inputs
         _, lse, nll = output
         ctx.mark_non_differentiable(lse, nll)
-        ctx.save_for_backward(logits, shift_row, fg_mask, gt_classes, weights, lse, nll)
+        ctx.save_for_backward(logits, shift, gt_classes, weights, lse, nll)
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_lse, _grad_nll):
-        logits, shift_row, fg_mask, gt_classes, weights, lse, nll = ctx.saved_tensors
+        logits, shift, gt_classes, weights, lse, nll = ctx.saved_tensors
         n = logits.shape[0]
         scale = grad_loss / n
-        row = scale if weights is None else (weights * scale)[:, None]
         grad_logits = grad_weights = None
         if torch.is_grad_enabled():
             # Differentiable path (create_graph=True, torch.func): recompute from the inputs.
-            logp = torch.log_softmax(torch.addcmul(logits, fg_mask[:, None], shift_row[None, :]), 1)
+            logp = torch.log_softmax(_shifted(logits, shift, gt_classes)[0], 1)
             if ctx.needs_input_grad[0]:
                 onehot = F.one_hot(gt_classes, logits.shape[1]).to(logp.dtype)
+                row = scale if weights is None else (weights * scale)[:, None]
                 grad_logits = (logp.exp() - onehot) * row
-            if weights is not None and ctx.needs_input_grad[4]:
+            if weights is not None and ctx.needs_input_grad[3]:
                 grad_weights = -logp.gather(1, gt_classes[:, None]).squeeze(1) * scale
-            return grad_logits, None, None, None, grad_weights
+            return grad_logits, None, None, grad_weights
         if ctx.needs_input_grad[0]:
-            grad_logits = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :])
-            grad_logits.sub_(lse[:, None]).exp_()
-            grad_logits[torch.arange(n, device=logits.device), gt_classes] -= 1
-            grad_logits.mul_(row)
-        if weights is not None and ctx.needs_input_grad[4]:
+            row = scale if weights is None else weights * scale
+            kernels = _kernels_for(logits)
+            if kernels is not None:
+                grad_logits = kernels.rows_backward(logits, shift, gt_classes, lse, row,
+                                                    sigmoid=False)
+            else:
+                grad_logits = _shifted(logits, shift, gt_classes)[0]
+                grad_logits.sub_(lse[:, None]).exp_()
+                grad_logits[torch.arange(n, device=logits.device), gt_classes] -= 1
+                grad_logits.mul_(row if weights is None else row[:, None])
+        if weights is not None and ctx.needs_input_grad[3]:
             grad_weights = nll * scale
-        return grad_logits, None, None, None, grad_weights
+        return grad_logits, None, None, grad_weights
 
 
 def balanced_sigmoid_loss(
@@ -206,14 +234,8 @@ def balanced_sigmoid_loss(
     """
     if logits.shape[0] == 0:
         return _empty(logits)
-    num_classes = logits.shape[1]
-    fg_mask = (gt_classes < num_classes).to(logits.dtype)
-    if weights is not None and weights.shape != gt_classes.shape:
-        raise ValueError(
-            f"weights must have shape [N] = {list(gt_classes.shape)}, got {list(weights.shape)}"
-        )
-    return _BalancedSigmoidBCE.apply(logits, log_prior_odds.to(logits), fg_mask, gt_classes,
-                                     weights)[0]
+    _check_weights(weights, gt_classes)
+    return _BalancedSigmoidBCE.apply(logits, log_prior_odds.to(logits), gt_classes, weights)[0]
 
 
 class _BalancedSigmoidBCE(torch.autograd.Function):
@@ -221,51 +243,62 @@ class _BalancedSigmoidBCE(torch.autograd.Function):
 
     Per row, sum_j BCE = sum_j softplus(z_ij) - fg_i z_{i,y_i} (one-hot targets), so no target
     matrix is built and only the row sums ``[N]`` are saved; the backward rebuilds z and turns
-    it into sigmoid(z) - onehot in place.  As in ``_BalancedSoftmaxCE``, under ``create_graph``
-    or ``torch.func`` the backward is recomputed with differentiable ops (exact second order).
+    it into sigmoid(z) - onehot.  As in ``_BalancedSoftmaxCE``: one Triton kernel per direction
+    on CUDA, and under ``create_graph`` or ``torch.func`` a differentiable backward (exact
+    second order).
     """
 
     @staticmethod
-    def forward(logits, shift_row, fg_mask, gt_classes, weights):
-        z = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :])
-        target = gt_classes.clamp(max=logits.shape[1] - 1)[:, None]  # bg rows: masked below
-        z_target = z.gather(1, target).squeeze(1) * fg_mask
-        # softplus's linear branch above 20 is off by < exp(-20): below float32 resolution there.
-        per_row = F.softplus(z).sum(1).sub_(z_target)
+    def forward(logits, shift, gt_classes, weights):
+        kernels = _kernels_for(logits)
+        if kernels is not None:
+            per_row = kernels.rows_forward(logits, shift, gt_classes, sigmoid=True)[0]
+        else:
+            z, fg, _ = _shifted(logits, shift, gt_classes)
+            target = gt_classes.clamp(max=logits.shape[1] - 1)[:, None]  # bg rows: masked below
+            z_target = z.gather(1, target).squeeze(1) * fg
+            # softplus's linear branch above 20 is off by < exp(-20): below float32 resolution.
+            per_row = F.softplus(z).sum(1).sub_(z_target)
         n = logits.shape[0]
         loss = per_row.mean() if weights is None else (per_row * weights).sum() / n
         return loss, per_row
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        logits, shift_row, fg_mask, gt_classes, weights = inputs
+        logits, shift, gt_classes, weights = inputs
         _, per_row = output
         ctx.mark_non_differentiable(per_row)
-        ctx.save_for_backward(logits, shift_row, fg_mask, gt_classes, weights, per_row)
+        ctx.save_for_backward(logits, shift, gt_classes, weights, per_row)
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_per_row):
-        logits, shift_row, fg_mask, gt_classes, weights, per_row = ctx.saved_tensors
+        logits, shift, gt_classes, weights, per_row = ctx.saved_tensors
         n, num_classes = logits.shape
         scale = grad_loss / n
-        row = scale if weights is None else (weights * scale)[:, None]
         grad_logits = grad_weights = None
         if torch.is_grad_enabled():  # differentiable path (create_graph=True, torch.func)
-            z = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :])
+            z = _shifted(logits, shift, gt_classes)[0]
             onehot = _one_hot_fg(gt_classes, num_classes, z.dtype)
             if ctx.needs_input_grad[0]:
+                row = scale if weights is None else (weights * scale)[:, None]
                 grad_logits = (torch.sigmoid(z) - onehot) * row
-            if weights is not None and ctx.needs_input_grad[4]:
+            if weights is not None and ctx.needs_input_grad[3]:
                 grad_weights = (F.softplus(z) - z * onehot).sum(1) * scale
-            return grad_logits, None, None, None, grad_weights
+            return grad_logits, None, None, grad_weights
         if ctx.needs_input_grad[0]:
-            grad_logits = torch.addcmul(logits, fg_mask[:, None], shift_row[None, :]).sigmoid_()
-            fg = (gt_classes < num_classes).nonzero().squeeze(1)
-            grad_logits[fg, gt_classes[fg]] -= 1
-            grad_logits.mul_(row)
-        if weights is not None and ctx.needs_input_grad[4]:
+            row = scale if weights is None else weights * scale
+            kernels = _kernels_for(logits)
+            if kernels is not None:
+                grad_logits = kernels.rows_backward(logits, shift, gt_classes, None, row,
+                                                    sigmoid=True)
+            else:
+                grad_logits = _shifted(logits, shift, gt_classes)[0].sigmoid_()
+                fg = (gt_classes < num_classes).nonzero().squeeze(1)
+                grad_logits[fg, gt_classes[fg]] -= 1
+                grad_logits.mul_(row if weights is None else row[:, None])
+        if weights is not None and ctx.needs_input_grad[3]:
             grad_weights = per_row * scale
-        return grad_logits, None, None, None, grad_weights
+        return grad_logits, None, None, grad_weights
 
 
 def eql_loss(
