@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Does the balanced sigmoid act at inference or only through training? A diagnostic for the
+sigmoid-family runs of the long-tail benchmark (benchmarks/longtail.py).
+
+The balanced sigmoid trains on sigma(eta_j + s_j) for foreground proposals, s_j = log(p_j /
+(1 - p_j)) of the image prior, and scores sigma(eta_j) at test time: relative to training, every
+rare class is boosted by -s_j. Within one class a constant logit shift does not reorder
+detections, so it can only change AP through the score threshold and the per-image detection cap.
+This script re-evaluates trained models with the shift moved to test time:
+
+* a plain sigmoid-family model (sigmoid, eql, federated) scored with sigma(eta_j - s_j): the
+  balanced sigmoid's test-time boost without its training;
+* a balanced model (balanced_sigmoid, balms_sigmoid) scored with sigma(eta_j + s_j): its training
+  without the test-time boost.
+
+    python benchmarks/inference_shift.py [--runs benchmarks/results/longtail/runs]
+        [--methods sigmoid balanced_sigmoid] [--seeds 0]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import sys
+import tempfile
+from typing import Iterator, Sequence
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+BALANCED = ("balanced_sigmoid", "balms_sigmoid")
+PLAIN = ("sigmoid", "eql", "federated")
+
+
+@contextlib.contextmanager
+def shifted_scores(predictor, shift: torch.Tensor) -> Iterator[None]:
+    """Within the block, ``predictor`` (a sigmoid-family LongTailFastRCNNOutputLayers) scores
+    sigmoid(eta + shift) instead of sigmoid(eta); boxes are untouched."""
+    if not predictor.use_sigmoid:
+        raise ValueError("shifted_scores is for sigmoid-family predictors (K logits)")
+    original = predictor.predict_probs
+
+    def predict_probs(predictions, proposals):
+        scores, deltas = predictions
+        return original((scores + shift.to(scores), deltas), proposals)
+
+    predictor.predict_probs = predict_probs
+    try:
+        yield
+    finally:
+        del predictor.predict_probs  # back to the class's method
+
+
+def prior_shift(cfg) -> torch.Tensor:
+    """s_j = log(p_j / (1 - p_j)), p_j = image count / images of DATASETS.TRAIN[0] (as trained)."""
+    from ltdet.data import class_stats
+    from ltdet.modeling import losses as L
+
+    stats = class_stats(cfg.DATASETS.TRAIN[0])
+    counts = L.validate_counts(stats.counts("image_count"), cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                               floor=cfg.LTDET.CLASS_STATS.FLOOR or None)
+    return L.sigmoid_log_prior_odds(counts, stats.num_images).float()
+
+
+def evaluate(run_dir: str, sign: float) -> dict:
+    """LVIS metrics of ``run_dir``'s model_final.pth scored with sigmoid(eta + sign * s)."""
+    from detectron2.config import get_cfg
+
+    from ltdet.checkpoint import LongTailCheckpointer
+    from ltdet.config import add_ltdet_config, merge_config
+    from ltdet.engine import Trainer
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = get_cfg()
+        add_ltdet_config(cfg)
+        merge_config(cfg, os.path.join(run_dir, "config.yaml"),
+                     ["OUTPUT_DIR", out, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth")])
+        cfg.freeze()
+        model = Trainer.build_model(cfg)
+        LongTailCheckpointer(model, save_dir=out).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+        with shifted_scores(model.roi_heads.box_predictor, sign * prior_shift(cfg)):
+            return Trainer.test(cfg, model)
+
+
+def main(argv: Sequence[str] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default=os.path.join(ROOT, "benchmarks/results/longtail/runs"))
+    p.add_argument("--methods", nargs="+", default=["sigmoid", "balanced_sigmoid"],
+                   choices=PLAIN + BALANCED)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    args = p.parse_args(argv)
+    import ltdet  # noqa: F401  (datasets, heads)
+
+    lines = ["| method | seed | scored with | mask AP | APr | APc | APf | as trained: AP | APr |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for method in args.methods:
+        for seed in args.seeds:
+            found = sorted(glob.glob(os.path.join(args.runs, f"seed{seed}", f"{method}-*",
+                                                  "model_final.pth")))
+            if not found:
+                print(f"no trained {method} seed {seed} under {args.runs}; run "
+                      "benchmarks/longtail.py first", file=sys.stderr)
+                return 1
+            run_dir = os.path.dirname(max(found, key=os.path.getmtime))
+            sign = 1.0 if method in BALANCED else -1.0
+            segm = evaluate(run_dir, sign)["segm"]
+            with open(os.path.join(run_dir, "inference", "ltdet_synthetic_val",
+                                   "lvis_metrics.json")) as f:
+                trained = json.load(f)["segm"]
+            how = "sigma(eta + s): no boost" if sign > 0 else "sigma(eta - s): boost"
+            lines.append(f"| {method} | {seed} | {how} | {segm['AP']:.1f} | {segm['APr']:.1f} | "
+                         f"{segm['APc']:.1f} | {segm['APf']:.1f} | {trained['AP']:.1f} | "
+                         f"{trained['APr']:.1f} |")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
