@@ -437,6 +437,13 @@ def test_validate_counts_floor():
     (lambda: L.image_frequency([5.0, 20.0], 10), "num_images"),
     (lambda: L.image_frequency([-1.0], 10), "non-negative"),
     (lambda: L.sigmoid_bias_init(1.5), "prior_prob"),
+    # a prior of the wrong length would shift the wrong columns
+    (lambda: L.balanced_softmax_loss(torch.zeros(2, K), torch.tensor([0, K]), LOG_PRIOR),
+     r"'balanced_softmax' expects K\+1 logits.*K columns"),
+    (lambda: L.balanced_sigmoid_loss(torch.zeros(2, K + 1), torch.tensor([0, K]), LOG_ODDS),
+     r"'balanced_sigmoid' expects K logits.*K\+1 columns"),
+    (lambda: L.balanced_sigmoid_loss(torch.zeros(2, K), torch.tensor([0, K]), LOG_ODDS[:3]),
+     "5 columns"),
 ])
 def test_validation_errors(call, match):
     with pytest.raises(ValueError, match=match):

@@ -126,6 +126,7 @@ def balanced_softmax_loss(
     """
     if logits.shape[0] == 0:
         return _empty(logits)
+    _check_logit_width("balanced_softmax", logits.shape[1], log_prior.numel())
     _check_weights(weights, gt_classes)
     return _BalancedSoftmaxCE.apply(logits, log_prior.to(logits), gt_classes, weights)[0]
 
@@ -234,6 +235,7 @@ def balanced_sigmoid_loss(
     """
     if logits.shape[0] == 0:
         return _empty(logits)
+    _check_logit_width("balanced_sigmoid", logits.shape[1], log_prior_odds.numel())
     _check_weights(weights, gt_classes)
     return _BalancedSigmoidBCE.apply(logits, log_prior_odds.to(logits), gt_classes, weights)[0]
 
