@@ -1,5 +1,7 @@
+import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,21 @@ from PIL import Image
 # tensors, for tests/test_fused_kernels.py. Must be set before the module is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(relpath, name):
+    """Import a script of the repository (benchmarks/, tools/) by path, as module ``name``. Its
+    folder goes on sys.path first, for scripts that import their siblings."""
+    path = os.path.join(REPO, relpath)
+    if os.path.dirname(path) not in sys.path:
+        sys.path.insert(0, os.path.dirname(path))
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def write_lvis_json(path, images, annotations, categories):

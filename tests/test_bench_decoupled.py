@@ -1,21 +1,12 @@
 """Helpers of the decoupled-step benchmark (benchmarks/bench_decoupled.py)."""
-import importlib.util
-import os
-import sys
-
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .conftest import load_script
 
 
 def load_bench():
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # it imports bench_losses
-    spec = importlib.util.spec_from_file_location(
-        "ltdet_bench_decoupled", os.path.join(REPO, "benchmarks", "bench_decoupled.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_decoupled.py", "ltdet_bench_decoupled")
 
 
 def test_cpu_step_peak_counts_live_tensors():

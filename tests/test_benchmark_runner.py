@@ -4,26 +4,17 @@ One real run (base model + softmax, tools/train_net.py subprocesses, 3 iteration
 synthetic set) checks the whole chain; caching, failures, skipped dependents and the
 "not implemented" rows use an injected runner that writes what a run writes."""
 import csv
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
+
+from .conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("ltdet_bench_longtail",
-                                                  os.path.join(REPO, "benchmarks", "longtail.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-lt = _load()
+lt = load_script("benchmarks/longtail.py", "ltdet_bench_longtail")
 # A paper method without an implementation yet: reported, never run.
 PLANNED = lt.Method("planned", None, implemented=False, description="a method not built yet")
 

@@ -1,25 +1,20 @@
 """benchmarks/inference_shift.py: test-time prior shift of sigmoid-family predictors."""
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
-from .test_end_to_end import REPO, tiny_cfg, tiny_root, train  # noqa: F401 (fixture)
+from .conftest import load_script
+from .test_end_to_end import tiny_cfg, tiny_root, train  # noqa: F401 (fixture)
 from .test_roi_heads import K, make, proposals
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "ltdet_inference_shift", os.path.join(REPO, "benchmarks", "inference_shift.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _script():
+    return load_script("benchmarks/inference_shift.py", "ltdet_inference_shift")
 
 
 def test_shifted_scores_adds_the_shift_inside_the_block_only():
-    script = load_script()
+    script = _script()
     pred = make("sigmoid")
     props = proposals()
     scores = torch.randn(16, K)
@@ -36,7 +31,7 @@ def test_shifted_scores_adds_the_shift_inside_the_block_only():
 
 
 def test_evaluate_without_shift_reproduces_the_run(tiny_root, tmp_path):
-    script = load_script()
+    script = _script()
     cfg = tiny_cfg(tmp_path, "configs/synthetic/base_sigmoid_rfs.yaml", "SOLVER.MAX_ITER", 3)
     (tmp_path / "config.yaml").write_text(cfg.dump())
     _, results = train(cfg)

@@ -1,7 +1,6 @@
 """Tests of the synthetic long-tailed dataset generator (ltdet.data.synthetic)."""
 
 import collections
-import importlib.util
 import json
 import os
 import sys
@@ -18,6 +17,8 @@ try:
 except ModuleNotFoundError:
     sys.path.insert(0, str(ROOT))
 from ltdet.data import synthetic as syn  # noqa: E402
+
+from .conftest import load_script  # noqa: E402
 
 
 def _load(path):
@@ -207,9 +208,7 @@ def test_tiny_has_a_long_tail(tiny_ds):
 
 
 def test_cli(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("make_synthetic", ROOT / "tools" / "make_synthetic.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("tools/make_synthetic.py", "make_synthetic")
     info = cli.main(["--out", str(tmp_path / "ds"), "--preset", "tiny", "--seed", "0"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"train: {info['num_train_images']} images")
