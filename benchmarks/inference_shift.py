@@ -14,7 +14,10 @@ This script re-evaluates trained models with the shift moved to test time:
   without the test-time boost.
 
     python benchmarks/inference_shift.py [--runs benchmarks/results/longtail/runs]
-        [--methods sigmoid balanced_sigmoid] [--seeds 0]
+        [--methods sigmoid balanced_sigmoid] [--seeds 0] [--no-shift] [--opts KEY VALUE ...]
+
+``--no-shift`` scores as trained; ``--opts`` overrides test-time config keys (e.g.
+``TEST.DETECTIONS_PER_IMAGE 7``) to see when the shift would matter.
 """
 from __future__ import annotations
 
@@ -66,8 +69,9 @@ def prior_shift(cfg) -> torch.Tensor:
     return L.sigmoid_log_prior_odds(counts, stats.num_images).float()
 
 
-def evaluate(run_dir: str, sign: float) -> dict:
-    """LVIS metrics of ``run_dir``'s model_final.pth scored with sigmoid(eta + sign * s)."""
+def evaluate(run_dir: str, sign: float, opts: Sequence[str] = ()) -> dict:
+    """LVIS metrics of ``run_dir``'s model_final.pth scored with sigmoid(eta + sign * s), with
+    config overrides ``opts`` (KEY VALUE ...)."""
     from detectron2.config import get_cfg
 
     from ltdet.checkpoint import LongTailCheckpointer
@@ -78,7 +82,8 @@ def evaluate(run_dir: str, sign: float) -> dict:
         cfg = get_cfg()
         add_ltdet_config(cfg)
         merge_config(cfg, os.path.join(run_dir, "config.yaml"),
-                     ["OUTPUT_DIR", out, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth")])
+                     ["OUTPUT_DIR", out, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"),
+                      *opts])
         cfg.freeze()
         model = Trainer.build_model(cfg)
         LongTailCheckpointer(model, save_dir=out).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
@@ -92,6 +97,8 @@ def main(argv: Sequence[str] = None) -> int:
     p.add_argument("--methods", nargs="+", default=["sigmoid", "balanced_sigmoid"],
                    choices=PLAIN + BALANCED)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--no-shift", action="store_true", help="score as trained")
+    p.add_argument("--opts", nargs="*", default=[], help="test-time config overrides KEY VALUE")
     args = p.parse_args(argv)
     import ltdet  # noqa: F401  (datasets, heads)
 
@@ -106,12 +113,13 @@ def main(argv: Sequence[str] = None) -> int:
                       "benchmarks/longtail.py first", file=sys.stderr)
                 return 1
             run_dir = os.path.dirname(max(found, key=os.path.getmtime))
-            sign = 1.0 if method in BALANCED else -1.0
-            segm = evaluate(run_dir, sign)["segm"]
+            sign = 0.0 if args.no_shift else 1.0 if method in BALANCED else -1.0
+            segm = evaluate(run_dir, sign, args.opts)["segm"]
             with open(os.path.join(run_dir, "inference", "ltdet_synthetic_val",
                                    "lvis_metrics.json")) as f:
                 trained = json.load(f)["segm"]
-            how = "sigma(eta + s): no boost" if sign > 0 else "sigma(eta - s): boost"
+            how = ("sigma(eta + s): no boost" if sign > 0 else "sigma(eta - s): boost" if sign < 0
+                   else "sigma(eta): as trained") + (" " + " ".join(args.opts) if args.opts else "")
             lines.append(f"| {method} | {seed} | {how} | {segm['AP']:.1f} | {segm['APr']:.1f} | "
                          f"{segm['APc']:.1f} | {segm['APf']:.1f} | {trained['AP']:.1f} | "
                          f"{trained['APr']:.1f} |")
