@@ -18,9 +18,12 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.LOSS = CN()
     # softmax | sigmoid | balanced_softmax | balanced_sigmoid | eql | federated.
     cfg.LTDET.LOSS.NAME = "softmax"
-    # EQL frequency threshold lambda (Tan et al. 2020, LVIS v0.5: 1.76e-3).
+    # EQL frequency threshold lambda on image frequency (Tan et al. 2020, LVIS v0.5: 1.76e-3,
+    # i.e. fewer than ~101 of its 57,263 training images: the rare and common groups). It is
+    # dataset-dependent: the head logs how many classes it suppresses and warns at none.
     cfg.LTDET.LOSS.EQL_LAMBDA = 1.76e-3
-    # Federated loss: number of classes per batch (Zhou et al. 2021: 50) ...
+    # Federated loss: number of classes per batch (Zhou et al. 2021: 50 of LVIS's 1203). At or
+    # above the class count every class is used and the loss is plain sigmoid (the head warns) ...
     cfg.LTDET.LOSS.FED_NUM_CLASSES = 50
     # ... sampled with probability image_count ** FED_POWER (Zhou et al.: 0.5).
     cfg.LTDET.LOSS.FED_POWER = 0.5

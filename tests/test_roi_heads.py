@@ -1,3 +1,4 @@
+import logging
 import math
 
 import numpy as np
@@ -177,3 +178,36 @@ def test_dbm_cb_weights_foreground_by_class():
 def test_dbm_bad_scale():
     with pytest.raises(ValueError, match="LTDET.DBM.SCALE"):
         make("dbm", dbm_scale=0.0)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.mark.parametrize("name, kw, warns, says", [
+    # image frequencies 0.8 .. 0.002: the LVIS v0.5 lambda is below every one of them
+    ("eql", dict(eql_lambda=1.76e-3), True, "suppresses the foreground negatives of 0 of 5"),
+    ("eql", dict(eql_lambda=0.05), False, "of 3 of 5"),
+    ("federated", dict(fed_num_classes=50), True, "plain sigmoid"),
+    ("federated", dict(fed_num_classes=5), True, "plain sigmoid"),
+    ("federated", dict(fed_num_classes=3), False, None),
+])
+def test_eql_and_federated_say_when_they_reduce_to_plain_sigmoid(name, kw, warns, says):
+    log = logging.getLogger("ltdet.modeling.box_predictor")
+    handler, level = _Records(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        make(name, **kw)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    warnings = [r.getMessage() for r in handler.records if r.levelno >= logging.WARNING]
+    assert bool(warnings) == warns
+    if says:
+        assert any(says in r.getMessage() for r in handler.records)

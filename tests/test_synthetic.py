@@ -214,3 +214,31 @@ def test_cli(tmp_path, capsys):
     assert lines[0].startswith(f"train: {info['num_train_images']} images")
     assert lines[1].startswith(f"val: {info['num_val_images']} images")
     assert (tmp_path / "ds" / "GENERATOR.json").is_file()
+
+
+def test_peer_loss_configs_are_scaled_to_the_synthetic_set(default_ds):
+    """EQL's lambda and the federated class count are LVIS-sized in the papers; the synthetic
+    recipes translate them (configs/synthetic/decoupled/{eql,federated}.yaml). EQL must suppress
+    exactly the rare and common classes, as 1.76e-3 does on LVIS v0.5 (< ~101 training images),
+    and the federated loss must not take every class (it would be plain sigmoid)."""
+    from detectron2.config import get_cfg
+
+    from ltdet.config import add_ltdet_config
+
+    def load(name):
+        cfg = get_cfg()
+        add_ltdet_config(cfg)
+        cfg.merge_from_file(str(ROOT / "configs" / "synthetic" / "decoupled" / name))
+        return cfg
+
+    _, info = default_ds
+    train = _load(info["train_json"])
+    num_images = len(train["images"])
+    lam = load("eql.yaml").LTDET.LOSS.EQL_LAMBDA
+    suppressed = {c["frequency"] for c in train["categories"] if c["image_count"] / num_images < lam}
+    kept = {c["frequency"] for c in train["categories"] if c["image_count"] / num_images >= lam}
+    assert suppressed == {"r", "c"} and kept == {"f"}
+    # the same boundary in training images as the paper's value on LVIS v0.5 (57,263 images)
+    assert abs(lam * num_images - 1.76e-3 * 57263) < 1.0
+    fed = load("federated.yaml").LTDET.LOSS.FED_NUM_CLASSES
+    assert 0 < fed < len(train["categories"])

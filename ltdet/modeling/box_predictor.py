@@ -5,6 +5,7 @@ detectron2's; only the class logits, their loss and the test-time scores change.
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -16,8 +17,24 @@ from torch.nn import functional as F
 
 from . import losses as L
 
+logger = logging.getLogger(__name__)
+
 # Class statistics each loss needs (computed once here, not per step).
 _NEEDS_COUNTS = {"balanced_softmax", "balanced_sigmoid", "eql", "federated", "dbm", "dbm_bs", "dbm_cb"}
+
+
+def _report_eql_threshold(class_freq: torch.Tensor, lambda_: float) -> None:
+    """Log how many classes EQL's threshold suppresses; warn when none (EQL = plain sigmoid)."""
+    n = int((class_freq < lambda_).sum())
+    msg = (f"EQL: lambda={lambda_:g} suppresses the foreground negatives of {n} of "
+           f"{class_freq.numel()} classes (image frequency < lambda)")
+    if n == 0:
+        logger.warning(
+            msg + ", so the loss is plain sigmoid. lambda is a fraction of the training images "
+            "(1.76e-3 is ~101 of LVIS v0.5's 57,263); set LTDET.LOSS.EQL_LAMBDA for this dataset."
+        )
+    else:
+        logger.info(msg)
 
 
 class CosineClassifier(nn.Module):
@@ -101,9 +118,17 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             elif loss_name == "eql":
                 stats["class_freq"] = L.image_frequency(counts, num_images)
                 self.loss_kwargs["lambda_"] = eql_lambda
+                _report_eql_threshold(stats["class_freq"], eql_lambda)
             elif loss_name == "federated":
                 stats["fed_weight"] = counts.pow(fed_power)
                 self.loss_kwargs["num_classes"] = fed_num_classes
+                if fed_num_classes >= self.num_classes:
+                    logger.warning(
+                        f"LTDET.LOSS.FED_NUM_CLASSES={fed_num_classes} >= {self.num_classes} "
+                        "classes: every class enters every step, so the federated loss is plain "
+                        "sigmoid. The paper's 50 is 4.2% of LVIS's 1203 classes; scale it to "
+                        "this dataset's class count."
+                    )
             else:  # DBM family
                 stats["class_margin"] = L.dbm_class_margins(counts, dbm_k, dbm_tau)
                 self.loss_kwargs["scale"] = dbm_scale
