@@ -454,7 +454,8 @@ def execute(runs: List[Run], runner: Runner = subprocess_runner, log=_print,
             _write_json(os.path.join(run.out_dir, "done.json"), dict(
                 hash=run.hash, run_id=run.run_id, duration_s=run.duration_s, seed=run.seed,
                 method=run.name, cmd=run.cmd,
-                base_run_id=base.run_id if base else None, git_commit=_git_commit(),
+                base_run_id=base.run_id if base else None,
+                git_commit=_git_commit(ignore=os.path.join(run.out_dir, "..", "..", "..")),
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds")))
             fresh.append(run)
             log(f"{tag}: done in {_fmt_duration(run.duration_s)}")
@@ -526,14 +527,20 @@ def _cell(mean: float, std: float) -> str:
     return f"{mean:.1f} ± {std:.1f}" if math.isfinite(std) else f"{mean:.1f}"
 
 
-def _git_commit() -> str:
+def _git_commit(ignore: Optional[str] = None) -> str:
+    """HEAD, marked when tracked files differ from it. ``ignore``: the benchmark's output folder,
+    whose tracked results files this tool rewrites after every run (they say nothing of the code)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, timeout=20)
         if head.returncode != 0:
             return "unknown (git rev-parse failed)"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=20)
+        status = ["git", "status", "--porcelain", "--untracked-files=no"]
+        if ignore:
+            rel = os.path.relpath(os.path.abspath(ignore), ROOT)
+            if rel != "." and not rel.startswith(".."):
+                status += ["--", ".", f":(exclude){rel}"]
+        dirty = subprocess.run(status, cwd=ROOT, capture_output=True, text=True, timeout=20)
         return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown (git not available)"
@@ -603,7 +610,7 @@ def write_results(runs: List[Run], out: str, command: str, settings: dict,
         lines.append(f"| {m.name} | {'`' + m.config + '`' if m.config else 'not implemented'} | "
                      f"{base} | {' '.join(map(str, m.opts))} | {m.description} |")
     lines += ["", "## Reproduce", "", "```", command, "```", "",
-              f"* git commit: {_git_commit()}",
+              f"* git commit: {_git_commit(ignore=out)}",
               "* commits the runs were trained at: " + (", ".join(
                   f"{c} ({n} run{'s' * (n > 1)})" for c, n in _run_commits(runs).items()) or "none"),
               "* settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),

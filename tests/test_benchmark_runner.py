@@ -237,3 +237,27 @@ def test_estimate_counts_only_runs_left_to_train(data_root, tmp_path, capsys):
     first = next(ln for ln in printed.splitlines() if ln.startswith("[1/6]"))
     assert "seed 0 base_softmax_rfs ..." in first and "left for 3 runs)" in first, printed
     assert "[4/6] seed 1 base_softmax_rfs: cached" in printed
+
+
+def test_git_commit_ignores_its_own_results_files(tmp_path, monkeypatch):
+    """The runner rewrites its tracked results files after every run; that alone must not mark
+    the recorded commit as having uncommitted changes, while a changed source file must."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "results.md").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    monkeypatch.setattr(lt, "ROOT", str(tmp_path))
+    assert "uncommitted" not in lt._git_commit(ignore=str(tmp_path / "results"))
+    (tmp_path / "results" / "results.md").write_text("new\n")
+    assert "uncommitted" in lt._git_commit()
+    assert "uncommitted" not in lt._git_commit(ignore=str(tmp_path / "results" / "runs" / ".." ))
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert "uncommitted" in lt._git_commit(ignore=str(tmp_path / "results"))
