@@ -22,7 +22,9 @@ A failed run (non-zero exit) writes ``failed.json`` (return code, log tail) and 
 ltdet does not implement yet are reported as "not implemented" rows when requested.
 
 Outputs in OUT: ``results.md`` (mean ± std over seeds of mask AP, APr, APc, APf and box AP per
-method, then the per-seed table, the command line and the git commit), ``results.csv`` (one row
+method; the per-seed differences against the softmax re-training baseline, and for the methods
+from the sigmoid base against plain sigmoid, paired by seed; the per-seed table, the command line
+and the git commit), ``results.csv`` (one row
 per method x seed), ``groups.png`` (mask APr/APc/APf per method with std error bars) and
 ``per_class.png`` (per-class mask AP against training image count, mean over seeds).
 
@@ -521,6 +523,53 @@ def summarize(runs: List[Run]) -> List[dict]:
     return rows
 
 
+BASELINE = "softmax"  # item 4 of the benchmark issue: the softmax re-training baseline
+AP_LOSS_ALLOWED = 1.0  # ... and a method may give up at most this much mask AP
+
+
+def paired_deltas(runs: List[Run], baseline: str = BASELINE) -> List[dict]:
+    """Per decoupled method: (mean, std) over seeds of (method - baseline) for every metric,
+    paired by seed. Every method of a seed starts from that seed's base model(s), so the seed's
+    luck cancels in the difference and its spread is smaller than the table's."""
+    ref = {r.seed: r for r in runs if r.name == baseline and _ok(r)}
+    rows = []
+    for name in dict.fromkeys(r.name for r in runs):
+        pairs = [(r, ref[r.seed]) for r in runs
+                 if r.name == name and _ok(r) and r.seed in ref and not r.is_base]
+        if name == baseline or not pairs:
+            continue
+        stats = {label: _mean_std([_metric(r.metrics, t, k) - _metric(b.metrics, t, k) for r, b in pairs])
+                 for label, t, k in METRICS}
+        apr_up = sum(_metric(r.metrics, "segm", "APr") > _metric(b.metrics, "segm", "APr") for r, b in pairs)
+        d_ap, d_apr = stats["mask AP"][0], stats["APr"][0]
+        holds = math.isfinite(d_apr) and d_apr > 0 and d_ap >= -AP_LOSS_ALLOWED
+        rows.append(dict(method=name, stats=stats, seeds=len(pairs), apr_up=apr_up, holds=holds))
+    return rows
+
+
+def _delta_table(runs: List[Run], baseline: str, labels: List[str], text: str,
+                 base: Optional[str] = None) -> List[str]:
+    """Markdown section of ``paired_deltas`` against ``baseline`` (only methods from ``base``)."""
+    deltas = [d for d in paired_deltas(runs, baseline)
+              if base is None or KNOWN_METHODS.get(d["method"], Method("", None)).base == base]
+    if not deltas:
+        return []
+    lines = ["", f"## Against the {baseline} re-training baseline, paired by seed", "", text, "",
+             "| method | " + " | ".join(f"Δ {label}" for label in labels)
+             + f" | APr up in | APr up, AP ≥ -{AP_LOSS_ALLOWED:g} |",
+             "|---|" + "---:|" * len(labels) + "---:|---|"]
+    for d in deltas:
+        lines.append(f"| {d['method']} | " + " | ".join(_delta_cell(*d["stats"][label]) for label in labels)
+                     + f" | {d['apr_up']}/{d['seeds']} seeds | {'yes' if d['holds'] else 'no'} |")
+    return lines
+
+
+def _delta_cell(mean: float, std: float) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:+.1f} ± {std:.1f}" if math.isfinite(std) else f"{mean:+.1f}"
+
+
 def _cell(mean: float, std: float) -> str:
     if not math.isfinite(mean):
         return "n/a"
@@ -588,6 +637,14 @@ def write_results(runs: List[Run], out: str, command: str, settings: dict,
             cells = ["—"] * len(labels)
         lines.append(f"| {row['method']} | " + " | ".join(cells)
                      + f" | {len(row['good'])}/{len(row['runs'])} | {row['status']} |")
+    lines += _delta_table(runs, BASELINE, labels,
+                          f"Per seed, method minus `{BASELINE}`; mean ± std over the seeds where both "
+                          f"ran. Expected ordering: APr up, mask AP down by at most {AP_LOSS_ALLOWED:g} "
+                          "(means). Methods from the sigmoid base share less of the seed's luck "
+                          "with the baseline, so their spread stays wider.")
+    lines += _delta_table(runs, "sigmoid", labels,
+                          "The methods trained from the sigmoid base against plain sigmoid re-training "
+                          "from the same base: the effect of the loss alone.", base="sigmoid")
     lines += ["", "## Per seed", "", "| method | seed | " + " | ".join(labels) + " | status |",
               "|---|---:|" + "---:|" * len(labels) + "---|"]
     for r in sorted(runs, key=lambda r: (list(dict.fromkeys(x.name for x in runs)).index(r.name), r.seed)):

@@ -261,3 +261,41 @@ def test_git_commit_ignores_its_own_results_files(tmp_path, monkeypatch):
     assert "uncommitted" not in lt._git_commit(ignore=str(tmp_path / "results" / "runs" / ".." ))
     (tmp_path / "code.py").write_text("a = 2\n")
     assert "uncommitted" in lt._git_commit(ignore=str(tmp_path / "results"))
+
+
+def _run(name, seed, ap, apr, status="ok"):
+    method = lt.BASES["softmax"] if name == "base_softmax_rfs" else lt.KNOWN_METHODS[name]
+    task = {"AP": ap, "APr": apr, "APc": ap, "APf": ap}
+    return lt.Run(method, seed, status=status, metrics={"segm": task, "bbox": task}, log_path=f"{name}.log")
+
+
+def test_paired_deltas_against_the_softmax_baseline(tmp_path):
+    # Seed luck shared by every method of a seed (+-10 AP) cancels in the paired difference.
+    runs = [_run("base_softmax_rfs", s, 50.0, 30.0) for s in (0, 1, 2)]
+    runs += [_run("softmax", s, 50.0 + luck, 30.0 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))]
+    runs += [_run("balanced_softmax", s, 49.5 + luck, 33.0 + luck + d)  # APr +3 +- 1, AP -0.5
+             for s, luck, d in zip((0, 1, 2), (-10, 0, 10), (-1, 0, 1))]
+    runs += [_run("sigmoid", s, 47.0 + luck, 31.0 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))]
+    runs += [_run("balanced_sigmoid", s, 46.0 + luck, 29.0 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))]
+    runs += [_run("dbm_bs", 0, 60.0, 40.0), _run("dbm_bs", 1, 0, 0, status="failed"),
+             _run("dbm_bs", 2, 56.0, 35.0)]
+    rows = {d["method"]: d for d in lt.paired_deltas(runs)}
+    assert set(rows) == {"balanced_softmax", "sigmoid", "balanced_sigmoid", "dbm_bs"}  # no base, no baseline
+    bs = rows["balanced_softmax"]
+    assert bs["stats"]["mask AP"] == pytest.approx((-0.5, 0.0))
+    assert bs["stats"]["APr"] == pytest.approx((3.0, 1.0))  # unpaired std would be ~10
+    assert bs["apr_up"] == 3 and bs["seeds"] == 3 and bs["holds"]
+    assert not rows["sigmoid"]["holds"]  # APr +1 but AP -3
+    dbm = rows["dbm_bs"]  # paired only where both ran: seed 0 (+20, +20), seed 2 (-4, -5)
+    assert dbm["seeds"] == 2 and dbm["stats"]["mask AP"][0] == pytest.approx(8.0)
+    assert dbm["stats"]["APr"][0] == pytest.approx(7.5) and dbm["apr_up"] == 1
+
+    paths = lt.write_results(runs, str(tmp_path), "cmd", {"preset": "default"}, plots=False)
+    md = open(paths["md"]).read()
+    section = md.split("paired by seed")[1].split("## Per seed")[0]
+    assert "| balanced_softmax | -0.5 ± 0.0 | +3.0 ± 1.0 | -0.5 ± 0.0 | -0.5 ± 0.0 | -0.5 ± 0.0 | 3/3 seeds | yes |" in section
+    assert "| sigmoid | -3.0 ± 0.0 | +1.0 ± 0.0 |" in section and section.count("| no |") == 2
+    # The sigmoid-base methods also against plain sigmoid from the same base; no others there.
+    section = md.split("sigmoid re-training baseline, paired by seed")[1].split("## Per seed")[0]
+    assert "| balanced_sigmoid | -1.0 ± 0.0 | -2.0 ± 0.0 |" in section
+    assert "balanced_softmax" not in section and "dbm_bs" not in section
