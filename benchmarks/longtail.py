@@ -543,15 +543,15 @@ def paired_deltas(runs: List[Run], baseline: str = BASELINE) -> List[dict]:
         apr_up = sum(_metric(r.metrics, "segm", "APr") > _metric(b.metrics, "segm", "APr") for r, b in pairs)
         d_ap, d_apr = stats["mask AP"][0], stats["APr"][0]
         holds = math.isfinite(d_apr) and d_apr > 0 and d_ap >= -AP_LOSS_ALLOWED
-        rows.append(dict(method=name, stats=stats, seeds=len(pairs), apr_up=apr_up, holds=holds))
+        rows.append(dict(method=name, base=pairs[0][0].method.base, stats=stats, seeds=len(pairs),
+                         apr_up=apr_up, holds=holds))
     return rows
 
 
 def _delta_table(runs: List[Run], baseline: str, labels: List[str], text: str,
                  base: Optional[str] = None) -> List[str]:
     """Markdown section of ``paired_deltas`` against ``baseline`` (only methods from ``base``)."""
-    deltas = [d for d in paired_deltas(runs, baseline)
-              if base is None or KNOWN_METHODS.get(d["method"], Method("", None)).base == base]
+    deltas = [d for d in paired_deltas(runs, baseline) if base is None or d["base"] == base]
     if not deltas:
         return []
     lines = ["", f"## Against the {baseline} re-training baseline, paired by seed", "", text, "",
