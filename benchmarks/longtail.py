@@ -388,15 +388,18 @@ def _fmt_duration(seconds: float) -> str:
 
 
 def _estimate(remaining: List[Run], fresh: List[Run], cached_runs: List[Run]) -> Optional[float]:
-    """Seconds left: per kind (base / decoupled) mean duration of the runs finished in this
-    invocation, else of the cached runs, else of any kind."""
+    """Seconds left. Each run takes the mean duration of the closest finished runs: the same
+    method, else the same kind (base / decoupled), else any; within each, the runs finished in
+    this invocation (this machine, now) before the cached ones. A base model takes ~6x as long
+    as a fine-tune, so kinds must not mix while both are known."""
     def mean(rs):
         d = [r.duration_s for r in rs if r.duration_s]
         return sum(d) / len(d) if d else None
     total = 0.0
     for r in remaining:
-        for pool in (fresh, cached_runs):
-            est = mean([x for x in pool if x.is_base == r.is_base]) or mean(pool)
+        est = None
+        for same in (lambda x: x.name == r.name, lambda x: x.is_base == r.is_base, lambda x: True):
+            est = mean([x for x in fresh if same(x)]) or mean([x for x in cached_runs if same(x)])
             if est:
                 break
         if not est:

@@ -299,3 +299,17 @@ def test_paired_deltas_against_the_softmax_baseline(tmp_path):
     section = md.split("sigmoid re-training baseline, paired by seed")[1].split("## Per seed")[0]
     assert "| balanced_sigmoid | -1.0 ± 0.0 | -2.0 ± 0.0 |" in section
     assert "balanced_softmax" not in section and "dbm_bs" not in section
+
+
+def test_estimate_uses_the_closest_finished_runs():
+    def run(name, seconds=None):
+        method = lt.BASES["softmax"] if name == "base_softmax_rfs" else lt.KNOWN_METHODS[name]
+        return lt.Run(method, 0, duration_s=seconds)
+    fresh = [run("base_softmax_rfs", 500.0)]  # only a base has finished in this invocation
+    cached = [run("softmax", 80.0), run("balms", 120.0), run("base_softmax_rfs", 400.0)]
+    left = [run("base_softmax_rfs"), run("softmax"), run("balms"), run("sigmoid")]
+    # base: this invocation's 500; softmax / balms: their cached 80 / 120; sigmoid, never run:
+    # the cached fine-tunes' mean 100, not the fresh base's 500.
+    assert lt._estimate(left, fresh, cached) == pytest.approx(500 + 80 + 120 + 100)
+    assert lt._estimate(left, [], []) is None
+    assert lt._estimate([run("sigmoid")], fresh, []) == pytest.approx(500)  # only any-kind known
