@@ -277,15 +277,17 @@ def test_paired_deltas_against_the_softmax_baseline(tmp_path):
              for s, luck, d in zip((0, 1, 2), (-10, 0, 10), (-1, 0, 1))]
     runs += [_run("sigmoid", s, 47.0 + luck, 31.0 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))]
     runs += [_run("balanced_sigmoid", s, 46.0 + luck, 29.0 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))]
+    runs += [_run("m2m", s, 50.0 + luck, 30.04 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))]
     runs += [_run("dbm_bs", 0, 60.0, 40.0), _run("dbm_bs", 1, 0, 0, status="failed"),
              _run("dbm_bs", 2, 56.0, 35.0)]
     rows = {d["method"]: d for d in lt.paired_deltas(runs)}
-    assert set(rows) == {"balanced_softmax", "sigmoid", "balanced_sigmoid", "dbm_bs"}  # no base, no baseline
+    assert set(rows) == {"balanced_softmax", "sigmoid", "balanced_sigmoid", "m2m", "dbm_bs"}  # no base/baseline
     bs = rows["balanced_softmax"]
     assert bs["stats"]["mask AP"] == pytest.approx((-0.5, 0.0))
     assert bs["stats"]["APr"] == pytest.approx((3.0, 1.0))  # unpaired std would be ~10
     assert bs["apr_up"] == 3 and bs["seeds"] == 3 and bs["holds"]
     assert not rows["sigmoid"]["holds"]  # APr +1 but AP -3
+    assert rows["m2m"]["apr_up"] == 3 and not rows["m2m"]["holds"]  # +0.04 shows as +0.0: a tie
     dbm = rows["dbm_bs"]  # paired only where both ran: seed 0 (+20, +20), seed 2 (-4, -5)
     assert dbm["seeds"] == 2 and dbm["stats"]["mask AP"][0] == pytest.approx(8.0)
     assert dbm["stats"]["APr"][0] == pytest.approx(7.5) and dbm["apr_up"] == 1
@@ -294,7 +296,7 @@ def test_paired_deltas_against_the_softmax_baseline(tmp_path):
     md = open(paths["md"]).read()
     section = md.split("paired by seed")[1].split("## Per seed")[0]
     assert "| balanced_softmax | -0.5 ± 0.0 | +3.0 ± 1.0 | -0.5 ± 0.0 | -0.5 ± 0.0 | -0.5 ± 0.0 | 3/3 seeds | yes |" in section
-    assert "| sigmoid | -3.0 ± 0.0 | +1.0 ± 0.0 |" in section and section.count("| no |") == 2
+    assert "| sigmoid | -3.0 ± 0.0 | +1.0 ± 0.0 |" in section and section.count("| no |") == 3
     # The sigmoid-base methods also against plain sigmoid from the same base; no others there.
     section = md.split("sigmoid re-training baseline, paired by seed")[1].split("## Per seed")[0]
     assert "| balanced_sigmoid | -1.0 ± 0.0 | -2.0 ± 0.0 |" in section
