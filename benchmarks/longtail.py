@@ -397,7 +397,6 @@ def _estimate(remaining: List[Run], fresh: List[Run], cached_runs: List[Run]) ->
         return sum(d) / len(d) if d else None
     total = 0.0
     for r in remaining:
-        est = None
         for same in (lambda x: x.name == r.name, lambda x: x.is_base == r.is_base, lambda x: True):
             est = mean([x for x in fresh if same(x)]) or mean([x for x in cached_runs if same(x)])
             if est:
@@ -563,21 +562,16 @@ def _delta_table(runs: List[Run], baseline: str, labels: List[str], text: str,
              + f" | APr up in | APr up, AP ≥ -{AP_LOSS_ALLOWED:g} |",
              "|---|" + "---:|" * len(labels) + "---:|---|"]
     for d in deltas:
-        lines.append(f"| {d['method']} | " + " | ".join(_delta_cell(*d["stats"][label]) for label in labels)
+        lines.append(f"| {d['method']} | " + " | ".join(_cell(*d["stats"][label], signed=True) for label in labels)
                      + f" | {d['apr_up']}/{d['seeds']} seeds | {'yes' if d['holds'] else 'no'} |")
     return lines
 
 
-def _delta_cell(mean: float, std: float) -> str:
+def _cell(mean: float, std: float, signed: bool = False) -> str:
     if not math.isfinite(mean):
         return "n/a"
-    return f"{mean:+.1f} ± {std:.1f}" if math.isfinite(std) else f"{mean:+.1f}"
-
-
-def _cell(mean: float, std: float) -> str:
-    if not math.isfinite(mean):
-        return "n/a"
-    return f"{mean:.1f} ± {std:.1f}" if math.isfinite(std) else f"{mean:.1f}"
+    m = f"{mean:+.1f}" if signed else f"{mean:.1f}"
+    return f"{m} ± {std:.1f}" if math.isfinite(std) else m
 
 
 def _git_commit(ignore: Optional[str] = None) -> str:
