@@ -7,7 +7,10 @@ softmax (re-training baseline), Balanced Softmax and BALMS, evaluates every mode
 prints one comparison table. Each run's metrics, per-class AP (csv, png) and logs land in
 output/demo/<run>/.
 
-  python tools/demo.py [--output output/demo] [--quick]
+  python tools/demo.py [--output output/demo] [--seed 0] [--quick]
+
+Every run gets cfg SEED (default 0), so the table is reproducible: a 300-iteration base model's
+AP varies by several points with the seed (benchmarks/longtail.py measures that spread).
 """
 import argparse
 import json
@@ -57,6 +60,8 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "demo"))
+    parser.add_argument("--seed", type=int, default=0,
+                        help="cfg SEED of every run (-1: detectron2's random seed, not reproducible)")
     parser.add_argument("--quick", action="store_true", help="a few iterations (smoke test)")
     args = parser.parse_args()
 
@@ -64,8 +69,9 @@ def main() -> None:
     info = generate(data_dir)
     print(f"synthetic set: {info['num_classes']} classes, {info['num_train_images']} train / "
           f"{info['num_val_images']} val images in {data_dir}")
-    extra = ["SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "SOLVER.WARMUP_ITERS", "0"] \
-        if args.quick else []
+    extra = ["SEED", str(args.seed)]
+    if args.quick:
+        extra += ["SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "SOLVER.WARMUP_ITERS", "0"]
     base_dir = os.path.join(args.output, BASE[0])
     results = {BASE[0]: run(*BASE, base_dir, extra)}
     weights = ["MODEL.WEIGHTS", os.path.join(base_dir, "model_final.pth")]
