@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from tests.markdown import tables
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = ["base_softmax_rfs", "decoupled_softmax", "decoupled_balanced_softmax", "decoupled_balms"]
 
@@ -15,14 +17,14 @@ def test_quick_demo_seeds_every_run_and_tabulates_their_metrics(tmp_path):
                            "--seed", "7", "--output", str(out)],
                           env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = open(out / "results.md").read().splitlines()[2:]
-    assert [r.split(" | ")[0].lstrip("| ") for r in rows] == RUNS
+    rows = tables(open(out / "results.md").read())[0]
+    assert [r["run"] for r in rows] == RUNS
     for run, row in zip(RUNS, rows):
         # the seed reaches every run (so the full demo's table is reproducible) ...
         assert "\nSEED: 7\n" in open(out / run / "config.yaml").read()
         # ... and the printed table is each run's own LVIS evaluation
         m = json.load(open(out / run / "inference" / "ltdet_synthetic_val" / "lvis_metrics.json"))
         want = [m["segm"]["AP"], m["segm"]["APr"], m["segm"]["APc"], m["segm"]["APf"], m["bbox"]["AP"]]
-        cells = row.strip("| ").split(" | ")[1:]
+        cells = [row[c] for c in ("mask AP", "APr", "APc", "APf", "box AP")]
         assert cells == [f"{v:.1f}" if v >= 0 else "n/a" for v in want]
     assert "LVIS AP on the synthetic val split" in proc.stdout

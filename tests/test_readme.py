@@ -5,6 +5,8 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from tests.markdown import tables
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")
 RESULTS = os.path.join(REPO, "benchmarks", "results", "longtail", "results.md")
@@ -13,27 +15,6 @@ RESULTS = os.path.join(REPO, "benchmarks", "results", "longtail", "results.md")
 def _read(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
-
-
-def _cells(line: str) -> List[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def tables(markdown: str) -> List[List[Dict[str, str]]]:
-    """Every pipe table of a markdown text, as rows of {header: cell}."""
-    found, lines = [], markdown.splitlines()
-    i = 0
-    while i + 1 < len(lines):
-        if lines[i].startswith("|") and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1].strip()):
-            header = _cells(lines[i])
-            rows, i = [], i + 2
-            while i < len(lines) and lines[i].startswith("|"):
-                rows.append(dict(zip(header, _cells(lines[i]))))
-                i += 1
-            found.append(rows)
-        else:
-            i += 1
-    return found
 
 
 def _table_with(markdown: str, columns: List[str], first_method: Optional[str]
