@@ -1,0 +1,74 @@
+"""benchmarks/false_positives.py on a handmade val set whose AP is worked out by hand."""
+import json
+
+import pytest
+from pycocotools import mask as mask_utils
+
+from .conftest import load_script, write_lvis_json
+from .markdown import tables
+
+SIZE = 32
+SQUARE = [4.0, 4.0, 16.0, 4.0, 16.0, 16.0, 4.0, 16.0]  # 12 x 12 polygon
+
+
+def _rle():
+    rle = mask_utils.merge(mask_utils.frPyObjects([SQUARE], SIZE, SIZE))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+@pytest.fixture
+def fp_setup(tmp_path):
+    """Class 1 (rare) is on image 1, class 2 (frequent) on image 2; each image lists the other
+    class as a verified negative. Detections of method "m", seed 0:
+      image 1: class 1 exact (0.9), class 2 false positive (0.2, below the 0.3 threshold);
+      image 2: class 2 exact (0.8), class 1 false positive (0.95, ranked above class 1's hit).
+    Class 1's precision is 1/2 at every recall, so as evaluated AP = (0.5 + 1) / 2, APr = 0.5;
+    with the negative lists emptied image 2 no longer judges class 1: AP = APr = 1."""
+    root = tmp_path / "data"
+    (root / "ltdet_synthetic").mkdir(parents=True)
+    images = [{"id": i, "file_name": f"{i}.png", "height": SIZE, "width": SIZE,
+               "neg_category_ids": [3 - i], "not_exhaustive_category_ids": []} for i in (1, 2)]
+    anns = [{"id": i, "image_id": i, "category_id": i, "bbox": [4.0, 4.0, 12.0, 12.0],
+             "area": 144.0, "segmentation": [SQUARE]} for i in (1, 2)]
+    cats = [{"id": c, "name": n, "frequency": f, "image_count": 1, "instance_count": 1,
+             "synonyms": [n], "synset": n, "def": n}
+            for c, n, f in ((1, "rare_one", "r"), (2, "frequent_one", "f"))]
+    write_lvis_json(root / "ltdet_synthetic" / "lvis_synthetic_val.json", images, anns, cats)
+
+    dets = [{"image_id": img, "category_id": cat, "score": score, "bbox": [4.0, 4.0, 12.0, 12.0],
+             "segmentation": _rle()}
+            for img, cat, score in ((1, 1, 0.9), (1, 2, 0.2), (2, 2, 0.8), (2, 1, 0.95))]
+    out = tmp_path / "runs" / "seed0" / "m-0123abcd" / "inference" / "ltdet_synthetic_val"
+    out.mkdir(parents=True)
+    (out / "lvis_instances_results.json").write_text(json.dumps(dets))
+    return {"root": root, "runs": tmp_path / "runs", "dets": dets,
+            "val": json.loads((root / "ltdet_synthetic" / "lvis_synthetic_val.json").read_text())}
+
+
+def _script():
+    return load_script("benchmarks/false_positives.py", "ltdet_false_positives")
+
+
+def test_confident_counts_split_by_presence(fp_setup):
+    counts = _script().confident_counts(fp_setup["val"], fp_setup["dets"], score=0.3)
+    assert counts == {("r", "with class"): 1, ("r", "without class"): 1, ("f", "with class"): 1}
+    low = _script().confident_counts(fp_setup["val"], fp_setup["dets"], score=0.1)
+    assert low[("f", "without class")] == 1
+
+
+def test_table_as_evaluated_and_without_negatives(fp_setup, capsys):
+    script = _script()
+    assert script.main(["--runs", str(fp_setup["runs"]), "--methods", "m", "--seeds", "0",
+                        "--data-root", str(fp_setup["root"])]) == 0
+    (row,) = tables(capsys.readouterr().out)[0]
+    assert row["method"] == "m"
+    assert row["r with / without class"] == "1 / 1"
+    assert row["f with / without"] == "1 / 0"
+    assert (row["AP"], row["APr"]) == ("75.0", "50.0")
+    assert (row["AP, no negatives"], row["APr, no negatives"]) == ("100.0", "100.0")
+
+
+def test_missing_run_names_the_fix(fp_setup):
+    with pytest.raises(FileNotFoundError, match="run benchmarks/longtail.py first"):
+        _script().main(["--runs", str(fp_setup["runs"]), "--methods", "m", "--seeds", "1",
+                        "--data-root", str(fp_setup["root"])])
