@@ -9,6 +9,7 @@ import argparse
 import csv
 import os
 import sys
+from typing import Dict, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -18,30 +19,14 @@ import bench_decoupled  # noqa: E402
 import bench_losses  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--device", default="cuda" if bench_losses.torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=10, help="rounds of the loss benchmark")
-    parser.add_argument("--iters", type=int, default=5, help="timed steps of the step benchmark")
-    parser.add_argument("--batch", type=int, default=0, help="images per step (0: 8 on cuda, 4 on cpu)")
-    parser.add_argument("--lvis-scale", action="store_true", help="R50-FPN sizes for the step benchmark")
-    parser.add_argument("--weights", default="auto",
-                        help="base model for the step benchmark (see bench_decoupled.py --weights)")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: 1 on cpu, where a shared machine makes 2+ noisy)")
-    args = parser.parse_args()
-    if args.device == "cpu":
-        bench_losses.torch.set_num_threads(args.threads or 1)
-
-    batch = args.batch or (8 if args.device == "cuda" else 4)
-    losses = bench_losses.run(args.device, args.repeats)
-    weights = bench_decoupled.resolve_weights(args.weights, args.lvis_scale)
-    steps = bench_decoupled.run(args.device, args.iters, batch, lvis_scale=args.lvis_scale,
-                                weights=weights)
-    machine = bench_losses.machine_info(args.device)
-
-    rows = [{"benchmark": "loss fwd+bwd (8192 RoIs, K=1203, 25% fg)",
+def report(losses: List[dict], steps: List[dict], machine: Dict[str, str], device: str,
+           weights: str, lvis_scale: bool) -> Tuple[List[dict], str]:
+    """The report's rows (one per ratio) and its markdown, from bench_losses.run and
+    bench_decoupled.run rows. GPU kernel-time rows appear only where the loss benchmark could
+    measure kernel time (CUDA with a working profiler)."""
+    loss_case = (f"{bench_losses.NUM_IMAGES * bench_losses.PER_IMAGE} RoIs, "
+                 f"K={bench_losses.NUM_CLASSES}, {bench_losses.FG_FRACTION:.0%} fg")
+    rows = [{"benchmark": f"loss fwd+bwd ({loss_case})",
              "comparison": f"{r['loss']} / {r['baseline']}", "time_ratio": r["ratio"],
              "target": r["target"], "meets": r["meets_target"], "mem_ratio": ""}
             for r in losses if r["baseline"]]
@@ -50,26 +35,21 @@ def main() -> None:
                   "comparison": f"{r['loss']} / {r['baseline']}", "time_ratio": r["kernel_ratio"],
                   "target": "", "meets": "", "mem_ratio": ""}
                  for r in losses if r["kernel_ratio"]]
-    rows += [{"benchmark": "training step" + (" (R50-FPN sizes)" if args.lvis_scale else ""),
+    rows += [{"benchmark": "training step" + (" (R50-FPN sizes)" if lvis_scale else ""),
               "comparison": r["comparison"], "time_ratio": r["time_ratio"],
               "target": r["time_target"], "meets": r["time_meets"],
               "mem_ratio": f"{r['mem_ratio']} ({r['mem_target'] or 'info'}: {r['mem_meets'] or '-'})"}
              for r in steps]
 
-    os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, f"speed_{args.device}")
-    with open(base + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    lines = [f"# Speed report ({args.device})", "",
+    lines = [f"# Speed report ({device})", "",
              "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "",
              "Every ratio is measured against its baseline in the same run "
-             "(`python benchmarks/speed.py --device " + args.device
+             "(`python benchmarks/speed.py --device " + device
+             + (" --lvis-scale" if lvis_scale else "")
              + (f" --weights {os.path.relpath(weights, os.path.dirname(HERE))}" if weights else "")
              + "`). Memory ratio: peak "
              "of the variant's resident state plus what its step allocates ("
-             + ("torch.cuda.max_memory_allocated" if args.device == "cuda" else
+             + ("torch.cuda.max_memory_allocated" if device == "cuda" else
                 "torch.profiler's CPU allocation records") + "); details in "
              "bench_decoupled.py.", "", bench_decoupled.weights_note(weights), "",
              "| benchmark | comparison | time ratio | target | meets | memory ratio |",
@@ -81,7 +61,38 @@ def main() -> None:
     if any(r["kernel_ms"] for r in losses):
         lines += ["", "Loss fwd+bwd GPU kernel time (ms, torch.profiler): "
                   + ", ".join(f"{r['loss']} {r['kernel_ms']}" for r in losses) + "."]
-    text = "\n".join(lines) + "\n"
+    return rows, "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--device", default="cuda" if bench_losses.torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=10, help="rounds of the loss benchmark")
+    parser.add_argument("--iters", type=int, default=5, help="timed steps of the step benchmark")
+    parser.add_argument("--batch", type=int, default=0, help="images per step (0: 8 on cuda, 4 on cpu)")
+    parser.add_argument("--lvis-scale", action="store_true", help="R50-FPN sizes for the step benchmark")
+    parser.add_argument("--weights", default="auto",
+                        help="base model for the step benchmark (see bench_decoupled.py --weights)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: 1 on cpu, where a shared machine makes 2+ noisy)")
+    args = parser.parse_args(argv)
+    if args.device == "cpu":
+        bench_losses.torch.set_num_threads(args.threads or 1)
+
+    batch = args.batch or (8 if args.device == "cuda" else 4)
+    losses = bench_losses.run(args.device, args.repeats)
+    weights = bench_decoupled.resolve_weights(args.weights, args.lvis_scale)
+    steps = bench_decoupled.run(args.device, args.iters, batch, lvis_scale=args.lvis_scale,
+                                weights=weights)
+    rows, text = report(losses, steps, bench_losses.machine_info(args.device), args.device,
+                        weights, args.lvis_scale)
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"speed_{args.device}")
+    with open(base + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
     with open(base + ".md", "w") as f:
         f.write(text)
     print(text)
