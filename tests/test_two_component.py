@@ -78,6 +78,19 @@ def test_dev_split_is_balanced_deterministic_and_keeps_training_images():
     assert split_dev(_dicts(images), 3, per_class=2, seed=1) != (train, dev)
 
 
+def test_dev_split_never_takes_a_later_class_s_last_image():
+    """Images {0,1,2}, {0,2}, {1,2} with 2 per class: classes 0 and 1 (2 images each) may each
+    give one; class 2 may not then take the image that is the other class's last."""
+    import itertools
+
+    for images in itertools.permutations([[0, 1, 2], [0, 2], [1, 2]]):
+        for seed in range(4):
+            train, dev = split_dev(_dicts(images), 3, per_class=2, seed=seed)
+            for c in range(3):
+                assert any(c in images[i] for i in train), (images, seed, dev)
+                assert any(c in images[i] for i in dev), (images, seed, dev)
+
+
 def test_dev_split_refuses_classes_it_cannot_cover():
     images = [[0]] * 5 + [[1]]  # class 1 has a single image
     with pytest.raises(ValueError, match=r"cannot cover classes \[1\].*ALLOW_UNCOVERED"):

@@ -2,7 +2,8 @@
 
 Detection images hold several classes, so the split is made class by class, rarest first: each
 class gets up to ``per_class`` images containing it (counting images already taken for rarer
-classes), drawn in a fixed pseudo-random order (``seed``), and never its last training image.
+classes), drawn in a fixed pseudo-random order (``seed``); an image is held out only if every
+class in it keeps at least one training image.
 The held-out images leave the training set entirely.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 def split_dev(dataset_dicts: List[Dict], num_classes: int, per_class: int, seed: int = 0,
               allow_uncovered: bool = False) -> Tuple[List[int], List[int]]:
     """Return (train indices, dev indices). Raises if a class cannot have a development image
-    (fewer than two training images) unless ``allow_uncovered``."""
+    (fewer than two training images, or every image of it holds another class's last one) unless
+    ``allow_uncovered``."""
     if per_class < 1:
         raise ValueError(f"LTDET.TWO_COMPONENT.DEV_IMAGES_PER_CLASS must be >= 1, got {per_class}")
     classes = [{a["category_id"] for a in d["annotations"]} for d in dataset_dicts]
@@ -27,21 +29,26 @@ def split_dev(dataset_dicts: List[Dict], num_classes: int, per_class: int, seed:
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     dev: set = set()
+    # training images left per class; an image moves to dev only if every class in it keeps one
+    left_count = np.array([len(ims) for ims in images_of])
     uncovered = []
     for c in sorted(range(num_classes), key=lambda c: len(images_of[c])):
         have = sum(i in dev for i in images_of[c])
-        left = [i for i in images_of[c] if i not in dev]
-        take = min(per_class - have, len(left) - 1)  # keep one training image
-        for i in sorted(left, key=lambda i: rank[i])[:max(take, 0)]:
-            dev.add(i)
-        if have == 0 and take <= 0:
+        for i in sorted((i for i in images_of[c] if i not in dev), key=lambda i: rank[i]):
+            if have >= per_class:
+                break
+            if all(left_count[k] >= 2 for k in classes[i]):
+                dev.add(i)
+                left_count[list(classes[i])] -= 1
+                have += 1
+        if have == 0:
             uncovered.append(c)
     if uncovered and not allow_uncovered:
         raise ValueError(
             f"the development set cannot cover classes {uncovered[:10]} ({len(uncovered)} in "
-            "all): they have fewer than 2 training images. Set "
+            "all): none of their images can be held out without taking the last training image "
+            "of a class (theirs or one sharing the image). Set "
             "LTDET.TWO_COMPONENT.ALLOW_UNCOVERED True to leave them out of the development set"
         )
-    # classes that lost every training image to the dev set cannot happen (one is always kept)
     train = [i for i in range(len(dataset_dicts)) if i not in dev]
     return train, sorted(dev)
