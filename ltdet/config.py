@@ -44,7 +44,8 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.DECOUPLED = CN()
     cfg.LTDET.DECOUPLED.ENABLED = False
     # fnmatch patterns of the parameters that train; everything else is frozen (paper: the
-    # class-score layer, "one fully connected layer").
+    # class-score layer, "one fully connected layer"). Only class-score parameters may be chosen
+    # (e.g. its weight alone): the decoupled step computes no other loss and no trunk gradient.
     cfg.LTDET.DECOUPLED.TRAINABLE = ["roi_heads.box_predictor.cls_score.*"]
     # Images per forward of the frozen trunk during fine-tuning; 0 = the whole per-GPU batch
     # (fastest). The trunk's activations are most of the step's memory: a small chunk keeps them

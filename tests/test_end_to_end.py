@@ -135,6 +135,13 @@ def test_decoupled_bad_input(base_model, tmp_path):
     base_dir, _ = base_model
     with pytest.raises(ValueError, match="matches no parameter"):
         Trainer(_decoupled_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.TRAINABLE", ["nope.*"]))
+    with pytest.raises(ValueError, match=r"selects \['roi_heads.box_predictor.bbox_pred.weight', "
+                                         r"'roi_heads.box_predictor.bbox_pred.bias'\].*never get a gradient"):
+        Trainer(_decoupled_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.TRAINABLE",
+                               ["roi_heads.box_predictor.*"]))
+    only_weight = Trainer(_decoupled_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.TRAINABLE",
+                                         ["roi_heads.box_predictor.cls_score.weight"]))
+    assert len(only_weight._trainer.trainable) == 1
     with pytest.raises(ValueError, match="NUM_CLASSES = 5"):
         Trainer(_decoupled_cfg(base_dir, tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", 5))
     partial = {k: v for k, v in torch.load(base_dir / "model_final.pth", weights_only=False)["model"].items()

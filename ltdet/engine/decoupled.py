@@ -124,6 +124,18 @@ class DecoupledTrainStep(SimpleTrainer):
         name = self.predictor.loss_name if meta_loss == "same" else _plain_loss_name(self.predictor.loss_name)
         self._meta_loss_name = name
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        # The trunk runs without autograd and only the classification loss is computed, so a
+        # parameter outside the class-score layer would be "trained" without ever a gradient.
+        classifier = {id(p) for p in self.predictor.cls_score.parameters()}
+        outside = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in classifier]
+        if outside:
+            raise ValueError(
+                f"LTDET.DECOUPLED.TRAINABLE selects {outside[:5]}{' ...' if len(outside) > 5 else ''}"
+                ", outside the class-score layer: the decoupled step computes only the "
+                "classification loss on features of a frozen trunk, so these would never get a "
+                "gradient. Keep TRAINABLE within 'roi_heads.box_predictor.cls_score.*', or set "
+                "LTDET.DECOUPLED.ENABLED False to train more of the model"
+            )
 
     @property
     def meta_steps_per_iter(self) -> float:
