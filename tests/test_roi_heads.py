@@ -97,6 +97,43 @@ def test_balanced_heads_use_dataset_prior():
     assert "log_prior_odds" not in head.state_dict()
 
 
+@pytest.mark.parametrize("source", ["image_count", "instance_count"])
+def test_class_stats_source_reaches_the_softmax_family_only(handmade, source):
+    """handmade set: image counts [120, 12, 1], instance counts [240, 12, 3], 125 images."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet.data import register_lvis_format
+    from ltdet.data.lvis_format import _STATS_CACHE
+
+    register_lvis_format("test_roi_heads_handmade", handmade["json"], handmade["root"])
+    cfg = get_cfg()
+    add_ltdet_config(cfg)
+    cfg.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", 3, "DATASETS.TRAIN", ("test_roi_heads_handmade",),
+                         "LTDET.CLASS_STATS.SOURCE", source])
+    counts = torch.tensor([240.0, 12.0, 3.0] if source == "instance_count" else [120.0, 12.0, 1.0],
+                          dtype=torch.float64)
+    images = torch.tensor([120.0, 12.0, 1.0], dtype=torch.float64) / 125
+    try:
+        def head(name):
+            cfg.LTDET.LOSS.NAME = name
+            return LongTailFastRCNNOutputLayers(cfg, ShapeSpec(channels=16))
+
+        torch.testing.assert_close(head("balanced_softmax").log_prior.double(),
+                                   torch.log(counts / counts.mean()).float().double())
+        dbm = head("dbm_bs")
+        torch.testing.assert_close(dbm.log_prior.double(), torch.log(counts / counts.mean()).float().double())
+        torch.testing.assert_close(dbm.class_margin.double(),
+                                   (0.1 * counts.min() / counts).float().double())  # Eq. 6, tau 1
+        # the sigmoid family keeps image fractions whatever the source
+        torch.testing.assert_close(head("balanced_sigmoid").log_prior_odds.double(),
+                                   torch.log(images / (1 - images)).float().double())
+        torch.testing.assert_close(head("eql").class_freq.double(), images.float().double())
+    finally:
+        DatasetCatalog.remove("test_roi_heads_handmade")
+        MetadataCatalog.remove("test_roi_heads_handmade")
+        _STATS_CACHE.pop("test_roi_heads_handmade", None)
+
+
 def test_box_regression_loss_for_every_class():
     # The original BALMS sigmoid heads skipped the last class; here a proposal of class K-1
     # gets a box-regression loss.

@@ -164,8 +164,10 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             if not cfg.DATASETS.TRAIN:
                 raise ValueError(f"loss {name!r} needs class statistics: set DATASETS.TRAIN")
             stats = class_stats(cfg.DATASETS.TRAIN[0])
-            # The sigmoid prior uses image counts over images (BALMS code) whatever the source.
-            source = "image_count" if name != "balanced_softmax" else cfg.LTDET.CLASS_STATS.SOURCE
+            # Sigmoid-family statistics are image fractions (BALMS code's prior; EQL's and the
+            # federated loss's image frequency) whatever the source; the softmax family's
+            # (Balanced Softmax prior, DBM's n_y / n_min, class-balanced weights) follow SOURCE.
+            source = "image_count" if name in L.SIGMOID_LOSSES else cfg.LTDET.CLASS_STATS.SOURCE
             ret.update(class_counts=stats.counts(source), num_images=stats.num_images)
         return ret
 
