@@ -135,3 +135,46 @@ def test_decoupled_methods_on_two_cpu_processes(tiny, gloo_base, tmp_path, confi
     key = "roi_heads.box_predictor.cls_score.weight"
     assert torch.equal(r0["cls"][key], r1["cls"][key])
     assert not torch.equal(r0["cls"][key], base[key])
+
+
+def _resume_worker(root, out_dir, config, extra, resume):
+    from detectron2.utils.env import seed_all_rng
+
+    from ltdet.data.builtin import register_all
+    from ltdet.engine import Trainer
+
+    from .test_end_to_end import tiny_cfg
+
+    register_all(root)
+    cfg = tiny_cfg(out_dir, config, "DATASETS.TEST", (), *extra)
+    rank = torch.distributed.get_rank()
+    seed_all_rng(cfg.SEED + rank)  # as detectron2's default_setup: each rank its own RNG stream
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    key = "roi_heads.box_predictor.cls_score.weight"
+    torch.save({"cls": dict(trainer.model.named_parameters())[key].detach(),
+                "w": trainer.reweigher.logits.detach(), "start": trainer.start_iter},
+               os.path.join(out_dir, f"rank{rank}-{'resumed' if resume else 'run'}.pt"))
+
+
+def test_resume_on_two_cpu_processes_is_exact(tiny, gloo_base, tmp_path):
+    """Each rank samples its own RoIs from its own RNG stream; the checkpoint (written by rank 0)
+    carries every rank's RNG state, so a cut-and-resumed BALMS run equals the uninterrupted one."""
+    def run(out, max_iter, resume):
+        launch(_resume_worker, 2, args=(tiny, str(out), "configs/synthetic/decoupled/balms.yaml",
+                                        ("MODEL.WEIGHTS", str(gloo_base / "model_final.pth"),
+                                         "SOLVER.MAX_ITER", max_iter), resume))
+
+    run(tmp_path / "full", 4, False)
+    run(tmp_path / "cut", 2, False)
+    ckpt = torch.load(tmp_path / "cut" / "model_final.pth", weights_only=False)
+    states = ckpt["trainer"]["rng_per_rank"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
+    run(tmp_path / "cut", 4, True)
+    full = torch.load(tmp_path / "full" / "rank0-run.pt")
+    for rank in (0, 1):
+        resumed = torch.load(tmp_path / "cut" / f"rank{rank}-resumed.pt")
+        assert resumed["start"] == 2
+        torch.testing.assert_close(resumed["cls"], full["cls"])
+        torch.testing.assert_close(resumed["w"], full["w"])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import weakref
 from typing import Optional
 
@@ -14,6 +13,7 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.defaults import AMPTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
@@ -31,6 +31,7 @@ from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights
 from ..modeling.m2m import M2mTranslator
 from ..modeling.meta_reweigher import MetaReweigher
 from .decoupled import DecoupledTrainStep, freeze_except
+from . import rng_state
 from .hooks import MetaWeightsHook
 
 
@@ -274,11 +275,10 @@ class Trainer(DefaultTrainer):
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()
         ret["data_seeds"] = list(self.data_seeds)
-        # (only tensors and builtins: torch.load's weights_only mode refuses numpy objects)
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        ret["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                      "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
-                                int(has_gauss), float(gauss)]}
+        ret["rng"] = rng_state.capture()
+        hook = getattr(self, "_rng_hook", None)
+        if hook is not None and hook.gathered_at == self.iter:  # several processes
+            ret["rng_per_rank"] = hook.gathered
         return ret
 
     def load_state_dict(self, state_dict):
@@ -286,11 +286,17 @@ class Trainer(DefaultTrainer):
         self.data_seeds = state_dict.get("data_seeds", self.data_seeds)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
-        if "rng" in state_dict:
-            torch.set_rng_state(state_dict["rng"]["torch"])
-            kind, keys, pos, has_gauss, gauss = state_dict["rng"]["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-            random.setstate(state_dict["rng"]["python"])
+        world, per_rank = comm.get_world_size(), state_dict.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == world:
+            rng_state.restore(per_rank[comm.get_rank()])
+        elif "rng" in state_dict:
+            rng_state.restore(state_dict["rng"])
+            if world > 1:
+                logging.getLogger(__name__).warning(
+                    "The checkpoint holds RNG states for %s process(es), not %d: every rank "
+                    "continues from rank 0's, so this resume is not bit-exact (ROI sampling draws "
+                    "differ); resume with as many processes as the run that saved it",
+                    len(per_rank) if per_rank is not None else 1, world)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -317,6 +323,13 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
+        self._rng_hook = None
+        if comm.get_world_size() > 1:
+            # every rank's RNG state into the checkpoint; right before the (rank 0) checkpointer
+            self._rng_hook = rng_state.GatherRngHook(self.cfg.SOLVER.CHECKPOINT_PERIOD)
+            at = next(i for i, h in enumerate(hooks)
+                      if isinstance(h, (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook)))
+            hooks.insert(at, self._rng_hook)
         if getattr(self, "reweigher", None) is not None:
             # before the writers (last in the list), so its scalars are written with the step's
             hooks.insert(-1, MetaWeightsHook(self.reweigher, self.cfg.DATASETS.TRAIN[0],
