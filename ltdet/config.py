@@ -18,7 +18,8 @@ def add_ltdet_config(cfg: CN) -> None:
 
     # Box classification loss of the LongTail ROI heads (ltdet.modeling.losses).
     cfg.LTDET.LOSS = CN()
-    # softmax | sigmoid | balanced_softmax | balanced_sigmoid | eql | federated.
+    # softmax | sigmoid | balanced_softmax | balanced_sigmoid | eql | federated | dbm | dbm_bs |
+    # dbm_cb (the DBM losses put a cosine classifier in the head; LTDET.DBM below).
     cfg.LTDET.LOSS.NAME = "softmax"
     # EQL frequency threshold lambda on image frequency (Tan et al. 2020, LVIS v0.5: 1.76e-3,
     # i.e. fewer than ~101 of its 57,263 training images: the rare and common groups). It is

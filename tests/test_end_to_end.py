@@ -139,6 +139,11 @@ def test_decoupled_bad_input(base_model, tmp_path):
                                          r"'roi_heads.box_predictor.bbox_pred.bias'\].*never get a gradient"):
         Trainer(_decoupled_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.TRAINABLE",
                                ["roi_heads.box_predictor.*"]))
+    for key, value, says in (("LTDET.META.LOSS", "balanced", "LTDET.META.LOSS must be 'plain'"),
+                             ("LTDET.META.INTERVAL", 0, "LTDET.META.INTERVAL must be >= 1"),
+                             ("LTDET.META.LOG_PERIOD", 0, "LTDET.META.LOG_PERIOD must be >= 1")):
+        with pytest.raises(ValueError, match=says):
+            Trainer(_decoupled_cfg(base_dir, tmp_path, key, value))
     only_weight = Trainer(_decoupled_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.TRAINABLE",
                                          ["roi_heads.box_predictor.cls_score.weight"]))
     assert len(only_weight._trainer.trainable) == 1

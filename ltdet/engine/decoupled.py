@@ -109,6 +109,12 @@ class DecoupledTrainStep(SimpleTrainer):
         with ``meta_loader`` drawing from the development split. ``m2m``: adds translated
         features to every batch (before any meta step, so all steps see the same batch).
         ``trunk_chunk``: images per frozen-trunk forward (0: the whole batch at once)."""
+        if meta_loss not in ("plain", "same"):
+            raise ValueError(f"LTDET.META.LOSS must be 'plain' (the paper: softmax/sigmoid) or "
+                             f"'same' (the head's own loss), got {meta_loss!r}")
+        if meta_interval < 1:
+            raise ValueError(f"LTDET.META.INTERVAL must be >= 1 (a meta step every INTERVAL "
+                             f"iterations), got {meta_interval}")
         if trunk_chunk < 0:
             raise ValueError(f"LTDET.DECOUPLED.TRUNK_CHUNK must be >= 0 (0 = whole batch), "
                              f"got {trunk_chunk}")

@@ -17,6 +17,9 @@ class MetaWeightsHook(HookBase):
     ``meta_class_weights.csv`` and ``meta_class_weights.png`` (weight against class frequency)."""
 
     def __init__(self, reweigher, train_dataset: str, output_dir: str, period: int = 20):
+        if period < 1:
+            raise ValueError(f"LTDET.META.LOG_PERIOD must be >= 1 (iterations between class-weight "
+                             f"logs), got {period}")
         self.reweigher, self.period, self.output_dir = reweigher, period, output_dir
         self.stats = class_stats(train_dataset)
 
