@@ -95,6 +95,21 @@ def test_missing_image(handmade, tmp_path):
         load_lvis_format_json(handmade["json"], handmade["root"])
 
 
+def test_statistics_need_annotations_only(registered, handmade, tmp_path):
+    """Class statistics (what a balanced head needs to evaluate a downloaded model) come from the
+    json alone; loading the dataset itself still reports the missing images, also after the
+    statistics parsed it inside ``shared_loads``."""
+    from ltdet.data.lvis_format import shared_loads
+
+    (tmp_path / "img" / "007.png").unlink()
+    with shared_loads():
+        assert class_stats(registered).image_counts.tolist() == [120, 12, 1]
+        with pytest.raises(FileNotFoundError, match="1 of 125 images .* missing under image_root"):
+            DatasetCatalog.get(registered)
+    with pytest.raises(FileNotFoundError, match="missing under image_root"):
+        DatasetCatalog.get(registered)
+
+
 def test_official_lvis_names_use_the_json_when_present(handmade, tmp_path):
     from ltdet.data.builtin import register_all
 

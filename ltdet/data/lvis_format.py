@@ -148,19 +148,26 @@ def load_lvis_format_json(
         dicts.append(record)
 
     if check_images:
-        missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(dicts)} images of {json_file} are missing under "
-                f"image_root {image_root!r}, e.g. {missing[:3]}; check the image_root given at "
-                "registration (LVIS v1: $DETECTRON2_DATASETS/coco/, LVIS v0.5: .../coco/train2017/)"
-            )
+        _check_images(dicts, json_file, image_root)
     logger.info("Loaded %d images, %d classes from %s", len(dicts), len(cat_ids), json_file)
     return dicts
 
 
-# Active only inside ``shared_loads()``: (json, image root, name) -> the dicts loaded first.
-_SHARED: Optional[Dict[Tuple[str, str, str], List[dict]]] = None
+def _check_images(dicts: List[Dict], json_file: str, image_root: str) -> None:
+    missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(dicts)} images of {json_file} are missing under "
+            f"image_root {image_root!r}, e.g. {missing[:3]}; check the image_root given at "
+            "registration (LVIS v1: $DETECTRON2_DATASETS/coco/, LVIS v0.5: .../coco/train2017/)"
+        )
+
+
+# Active only inside ``shared_loads()``: (json, image root, name) -> [the dicts loaded first,
+# whether their image files were checked].
+_SHARED: Optional[Dict[Tuple[str, str, str], list]] = None
+# (json, image root) of every set registered by ``register_lvis_format``.
+_REGISTERED: Dict[str, Tuple[str, str]] = {}
 
 
 @contextmanager
@@ -181,13 +188,18 @@ def shared_loads() -> Iterator[None]:
             _SHARED = None
 
 
-def _load_registered(json_file: str, image_root: str, name: str) -> List[dict]:
+def _load_registered(json_file: str, image_root: str, name: str,
+                     check_images: bool = True) -> List[dict]:
     if _SHARED is None:
-        return load_lvis_format_json(json_file, image_root, dataset_name=name)
+        return load_lvis_format_json(json_file, image_root, check_images, dataset_name=name)
     key = (json_file, image_root, name)
     if key not in _SHARED:
-        _SHARED[key] = load_lvis_format_json(json_file, image_root, dataset_name=name)
-    return list(_SHARED[key])
+        _SHARED[key] = [load_lvis_format_json(json_file, image_root, False, dataset_name=name), False]
+    entry = _SHARED[key]
+    if check_images and not entry[1]:
+        _check_images(entry[0], json_file, image_root)
+        entry[1] = True
+    return list(entry[0])
 
 
 def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
@@ -198,6 +210,7 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
         MetadataCatalog.remove(name)
 
     DatasetCatalog.register(name, lambda: _load_registered(json_file, image_root, name))
+    _REGISTERED[name] = (json_file, image_root)
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="lvis")
 
 
@@ -213,7 +226,13 @@ def class_stats(dataset_name: str) -> ClassStats:
             f"{sorted(n for n in DatasetCatalog.list() if 'lvis' in n or 'ltdet' in n)}"
         )
     if dataset_name not in _STATS_CACHE:
-        dicts = DatasetCatalog.get(dataset_name)
+        registered = _REGISTERED.get(dataset_name)
+        if registered and MetadataCatalog.get(dataset_name).get("json_file") == registered[0]:
+            # annotations only: evaluating a model (whose losses need the training statistics)
+            # must not require the training images on disk
+            dicts = _load_registered(*registered, dataset_name, check_images=False)
+        else:
+            dicts = DatasetCatalog.get(dataset_name)
         meta = MetadataCatalog.get(dataset_name)
         names = list(meta.thing_classes)
         image_counts = np.zeros(len(names), dtype=np.int64)
