@@ -7,7 +7,7 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET = CN()
 
     # Per-class training statistics consumed by the balanced losses and samplers, computed from
-    # the annotations of DATASETS.TRAIN[0] (ltdet.data.class_stats).
+    # the annotations of DATASETS.TRAIN, summed over its sets (ltdet.data.class_stats).
     cfg.LTDET.CLASS_STATS = CN()
     # "image_count" (images containing the class; the original BALMS code) or "instance_count",
     # for the softmax-family losses (Balanced Softmax, DBM) and M2m; the sigmoid-family losses

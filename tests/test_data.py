@@ -95,6 +95,30 @@ def test_missing_image(handmade, tmp_path):
         load_lvis_format_json(handmade["json"], handmade["root"])
 
 
+def test_statistics_over_several_training_sets(registered, handmade, tmp_path):
+    twin = "test_handmade_twin"
+    register_lvis_format(twin, handmade["json"], handmade["root"])
+    other = tmp_path / "other.json"
+    write_lvis_json(other, handmade["images"], [a for a in handmade["anns"] if a["category_id"] != 9],
+                    [c for c in handmade["cats"] if c["id"] != 9])
+    register_lvis_format("test_handmade_other", str(other), handmade["root"])
+    try:
+        both = class_stats((registered, twin))
+        assert both.image_counts.tolist() == [240, 24, 2]
+        assert both.instance_counts.tolist() == [480, 24, 6]
+        assert both.num_images == 250 and both.frequency == ["f", "c", "r"]
+        assert class_stats((registered,)) is class_stats(registered)
+        with pytest.raises(ValueError, match="different category lists"):
+            class_stats((registered, "test_handmade_other"))
+        with pytest.raises(ValueError, match="DATASETS.TRAIN is empty"):
+            class_stats(())
+    finally:
+        for name in (twin, "test_handmade_other"):
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        _STATS_CACHE.clear()
+
+
 def test_statistics_need_annotations_only(registered, handmade, tmp_path):
     """Class statistics (what a balanced head needs to evaluate a downloaded model) come from the
     json alone; loading the dataset itself still reports the missing images, also after the

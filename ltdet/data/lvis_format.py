@@ -11,7 +11,7 @@ import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -214,12 +214,36 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="lvis")
 
 
-_STATS_CACHE: Dict[str, ClassStats] = {}
+_STATS_CACHE: Dict[Union[str, Tuple[str, ...]], ClassStats] = {}
 
 
-def class_stats(dataset_name: str) -> ClassStats:
-    """Per-class image/instance counts and LVIS frequency groups of a registered dataset, computed
-    from its annotations (the one place later stages read class statistics from)."""
+def class_stats(datasets: Union[str, Sequence[str]]) -> ClassStats:
+    """Per-class image/instance counts and LVIS frequency groups of a registered dataset, or summed
+    over several (``DATASETS.TRAIN``: what the training loader concatenates), computed from the
+    annotations (the one place later stages read class statistics from)."""
+    if isinstance(datasets, str):
+        return _dataset_stats(datasets)
+    names = tuple(datasets)
+    if not names:
+        raise ValueError("no training dataset: DATASETS.TRAIN is empty")
+    if len(names) == 1:
+        return _dataset_stats(names[0])
+    if names not in _STATS_CACHE:
+        parts = [_dataset_stats(n) for n in names]
+        for n, part in zip(names[1:], parts[1:]):
+            if part.names != parts[0].names:
+                raise ValueError(
+                    f"training sets {names[0]} ({parts[0].num_classes} classes) and {n} "
+                    f"({part.num_classes}) have different category lists; the sets of "
+                    "DATASETS.TRAIN must share one"
+                )
+        _STATS_CACHE[names] = ClassStats(parts[0].names, sum(p.image_counts for p in parts),
+                                         sum(p.instance_counts for p in parts),
+                                         sum(p.num_images for p in parts))
+    return _STATS_CACHE[names]
+
+
+def _dataset_stats(dataset_name: str) -> ClassStats:
     if dataset_name not in DatasetCatalog.list():
         raise KeyError(
             f"dataset {dataset_name!r} is not registered; registered LVIS-format sets: "

@@ -2,6 +2,7 @@
 import csv
 import logging
 import os
+from typing import Sequence, Union
 
 import numpy as np
 from detectron2.engine import HookBase
@@ -16,7 +17,8 @@ class MetaWeightsHook(HookBase):
     min/mean/max and the mean per LVIS group) and, after training, writes
     ``meta_class_weights.csv`` and ``meta_class_weights.png`` (weight against class frequency)."""
 
-    def __init__(self, reweigher, train_dataset: str, output_dir: str, period: int = 20):
+    def __init__(self, reweigher, train_dataset: Union[str, Sequence[str]], output_dir: str,
+                 period: int = 20):
         if period < 1:
             raise ValueError(f"LTDET.META.LOG_PERIOD must be >= 1 (iterations between class-weight "
                              f"logs), got {period}")

@@ -37,8 +37,8 @@ from .hooks import MetaWeightsHook
 
 def check_config(cfg: CfgNode) -> None:
     """Fail early, with the fix, on a config that does not match its datasets."""
-    train = cfg.DATASETS.TRAIN[0]
-    stats = class_stats(train)  # raises for unregistered names and broken/missing files
+    train = ", ".join(cfg.DATASETS.TRAIN)
+    stats = class_stats(cfg.DATASETS.TRAIN)  # raises for unregistered names and broken files
     if cfg.MODEL.ROI_HEADS.NUM_CLASSES != stats.num_classes:
         raise ValueError(
             f"MODEL.ROI_HEADS.NUM_CLASSES = {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but dataset {train} "
@@ -311,7 +311,7 @@ class Trainer(DefaultTrainer):
             ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
             output_dir=output_folder,
             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-            train_dataset=cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None,
+            train_dataset=cfg.DATASETS.TRAIN or None,
             per_class=cfg.LTDET.EVAL.PER_CLASS,
         )
 
@@ -332,7 +332,7 @@ class Trainer(DefaultTrainer):
             hooks.insert(at, self._rng_hook)
         if getattr(self, "reweigher", None) is not None:
             # before the writers (last in the list), so its scalars are written with the step's
-            hooks.insert(-1, MetaWeightsHook(self.reweigher, self.cfg.DATASETS.TRAIN[0],
+            hooks.insert(-1, MetaWeightsHook(self.reweigher, self.cfg.DATASETS.TRAIN,
                                              self.cfg.OUTPUT_DIR, self.cfg.LTDET.META.LOG_PERIOD))
         return hooks
 

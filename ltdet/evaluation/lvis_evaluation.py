@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from detectron2.evaluation import LVISEvaluator
 from detectron2.utils import comm
@@ -19,11 +19,11 @@ METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
 class LongTailLVISEvaluator(LVISEvaluator):
     """detectron2's LVISEvaluator that keeps lvis-api's per-class precision: besides the usual
     metrics it writes ``per_class_ap.csv`` and ``per_class_ap.png`` (AP against the training
-    frequency of ``train_dataset``) to ``output_dir``."""
+    frequency of ``train_dataset``, one name or several) to ``output_dir``."""
 
     def __init__(self, dataset_name: str, tasks=None, distributed: bool = True,
                  output_dir: Optional[str] = None, *, max_dets_per_image: Optional[int] = None,
-                 train_dataset: Optional[str] = None, per_class: bool = True):
+                 train_dataset: Union[str, Sequence[str], None] = None, per_class: bool = True):
         super().__init__(dataset_name, tasks, distributed, output_dir,
                          max_dets_per_image=max_dets_per_image)
         self._train_dataset = train_dataset

@@ -106,7 +106,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             if class_counts is None or (loss_name != "balanced_softmax" and num_images is None):
                 raise ValueError(
                     f"loss {loss_name!r} needs per-class training counts (and the number of "
-                    "training images); with a config they come from DATASETS.TRAIN[0], otherwise "
+                    "training images); with a config they come from DATASETS.TRAIN, otherwise "
                     "pass class_counts= and num_images="
                 )
             floor = count_floor if count_floor > 0 else None
@@ -163,7 +163,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
 
             if not cfg.DATASETS.TRAIN:
                 raise ValueError(f"loss {name!r} needs class statistics: set DATASETS.TRAIN")
-            stats = class_stats(cfg.DATASETS.TRAIN[0])
+            stats = class_stats(cfg.DATASETS.TRAIN)
             # Sigmoid-family statistics are image fractions (BALMS code's prior; EQL's and the
             # federated loss's image frequency) whatever the source; the softmax family's
             # (Balanced Softmax prior, DBM's n_y / n_min, class-balanced weights) follow SOURCE.
