@@ -30,8 +30,8 @@ from ..evaluation import LongTailLVISEvaluator
 from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights
 from ..modeling.m2m import M2mTranslator
 from ..modeling.meta_reweigher import MetaReweigher
-from .decoupled import DecoupledTrainStep, freeze_except
 from . import rng_state
+from .decoupled import DecoupledTrainStep, freeze_except
 from .hooks import MetaWeightsHook
 
 

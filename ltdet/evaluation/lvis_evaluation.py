@@ -76,7 +76,7 @@ class LongTailLVISEvaluator(LVISEvaluator):
         stats = class_stats(self._train_dataset) if self._train_dataset else None
         if stats is not None and stats.num_classes != len(cat_ids):
             raise ValueError(
-                f"training set {self._train_dataset} has {stats.num_classes} classes but the "
+                f"training set(s) {self._train_dataset} have {stats.num_classes} classes but the "
                 f"evaluated json has {len(cat_ids)}: they must share one category list"
             )
         out = self._output_dir
