@@ -11,7 +11,7 @@ import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -166,8 +166,8 @@ def _check_images(dicts: List[Dict], json_file: str, image_root: str) -> None:
 # Active only inside ``shared_loads()``: (json, image root, name) -> [the dicts loaded first,
 # whether their image files were checked].
 _SHARED: Optional[Dict[Tuple[str, str, str], list]] = None
-# (json, image root) of every set registered by ``register_lvis_format``.
-_REGISTERED: Dict[str, Tuple[str, str]] = {}
+# Names registered by ``register_lvis_format`` (their json and image root are in the metadata).
+_REGISTERED: Set[str] = set()
 
 
 @contextmanager
@@ -210,7 +210,7 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
         MetadataCatalog.remove(name)
 
     DatasetCatalog.register(name, lambda: _load_registered(json_file, image_root, name))
-    _REGISTERED[name] = (json_file, image_root)
+    _REGISTERED.add(name)
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="lvis")
 
 
@@ -250,14 +250,14 @@ def _dataset_stats(dataset_name: str) -> ClassStats:
             f"{sorted(n for n in DatasetCatalog.list() if 'lvis' in n or 'ltdet' in n)}"
         )
     if dataset_name not in _STATS_CACHE:
-        registered = _REGISTERED.get(dataset_name)
-        if registered and MetadataCatalog.get(dataset_name).get("json_file") == registered[0]:
+        meta = MetadataCatalog.get(dataset_name)
+        if dataset_name in _REGISTERED:
             # annotations only: evaluating a model (whose losses need the training statistics)
             # must not require the training images on disk
-            dicts = _load_registered(*registered, dataset_name, check_images=False)
+            dicts = _load_registered(meta.json_file, meta.image_root, dataset_name,
+                                     check_images=False)
         else:
             dicts = DatasetCatalog.get(dataset_name)
-        meta = MetadataCatalog.get(dataset_name)
         names = list(meta.thing_classes)
         image_counts = np.zeros(len(names), dtype=np.int64)
         instance_counts = np.zeros(len(names), dtype=np.int64)
