@@ -88,7 +88,6 @@ BASES = {
                       description="instance-balanced base: sigmoid + repeat-factor sampling"),
 }
 
-_SIG = "decoupled/Base-Decoupled-Sigmoid.yaml"
 # The methods of the paper list, in table order. Unimplemented ones have no config.
 KNOWN_METHODS: Dict[str, Method] = {m.name: m for m in [
     Method("softmax", "decoupled/softmax.yaml", "softmax", description="re-training baseline"),
@@ -96,7 +95,7 @@ KNOWN_METHODS: Dict[str, Method] = {m.name: m for m in [
            description="Balanced Softmax (BALMS A.1 Eq. 10)"),
     Method("balms", "decoupled/balms.yaml", "softmax",
            description="Balanced Softmax + Meta Reweigher"),
-    Method("sigmoid", _SIG, "sigmoid", ("LTDET.LOSS.NAME", "sigmoid"),
+    Method("sigmoid", "decoupled/sigmoid.yaml", "sigmoid",
            description="K binary classifiers"),
     Method("balanced_sigmoid", "decoupled/balanced_sigmoid.yaml", "sigmoid",
            description="sigmoid with the balanced prior (BALMS A.2 Eq. 23)"),

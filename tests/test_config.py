@@ -29,6 +29,21 @@ def test_every_config_loads(path):
     assert cfg.MODEL.ROI_HEADS.NAME == "LongTailROIHeads"
 
 
+def test_no_config_writes_over_the_weights_it_loads_and_recipes_keep_apart():
+    """A run writes model_final.pth into OUTPUT_DIR: a config whose OUTPUT_DIR holds its own
+    MODEL.WEIGHTS (a decoupled base inheriting the base model's folder) would overwrite the base
+    model every other recipe starts from; two recipes sharing a folder would resume each other."""
+    owner = {}
+    for path in CONFIGS:
+        cfg = merge_config(fresh(), path)
+        out = os.path.normpath(cfg.OUTPUT_DIR)
+        if cfg.MODEL.WEIGHTS.endswith("model_final.pth"):
+            assert os.path.normpath(os.path.dirname(cfg.MODEL.WEIGHTS)) != out, path
+        if not os.path.basename(path).startswith("Base-"):
+            assert out not in owner, (path, owner.get(out))
+            owner[out] = path
+
+
 def test_lvis_base_recipe_matches_the_paper():
     cfg = merge_config(fresh(), os.path.join(REPO, "configs/LVISv0.5/base_softmax_rfs_R50_FPN.yaml"))
     assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
