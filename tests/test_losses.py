@@ -228,6 +228,11 @@ def test_eql_drops_exactly_rare_negatives_of_fg():
     keep[0, 1] = keep[0, 3] = keep[1, 3] = 0.0
     expected = (per_elem * keep).sum() / 3
     assert L.eql_loss(x, y, FREQ).item() == pytest.approx(expected.item(), rel=1e-12)
+    # T(f) = 1[f < lambda]: class 3, exactly at lambda, is not rare (only class 1 is dropped)
+    keep[0, 3] = keep[1, 3] = 1.0
+    at_lambda = (per_elem * keep).sum() / 3
+    got = L.eql_loss(x, y, FREQ, lambda_=float(FREQ[3]))
+    assert got.item() == pytest.approx(at_lambda.item(), rel=1e-12)
     # lambda_ below every frequency: nothing is rare -> plain sigmoid
     assert torch.allclose(L.eql_loss(x, y, FREQ, lambda_=1e-5), L.sigmoid_loss(x, y))
 
@@ -323,6 +328,12 @@ def test_fused_second_order(name):
     x.requires_grad_()
     w.requires_grad_()
     assert torch.autograd.gradgradcheck(lambda a, b: fused(a, y, b), (x, w))
+    # gradgradcheck only checks that path against itself: its first-order gradients (the
+    # create_graph backward, a separate formula) must also be the composite's.
+    got = torch.autograd.grad(fused(x, y, w), (x, w), create_graph=True)
+    want = torch.autograd.grad(composite(x, y, w), (x, w))
+    for g, r in zip(got, want):
+        assert torch.allclose(g, r, rtol=1e-10, atol=1e-12)
 
     def jac_w(loss_fn):
         g = lambda xx, ww: torch.func.grad(lambda a: loss_fn(a, y, ww))(xx)  # noqa: E731
@@ -484,6 +495,10 @@ def test_dbm_margins_and_weights_by_hand():
     w = L.effective_number_weights([3.0, 1.0], beta=0.5)
     raw = torch.tensor([0.5 / (1 - 0.125), 0.5 / 0.5], dtype=torch.float64)
     torch.testing.assert_close(w, raw / raw.mean())
+    # default beta (n - 1) / n with n = 4 the total count (Jamal et al.): 3/4, so the raw
+    # weights are (1/4) / (1 - (3/4)^3) = 16/37 and 1, mean 53/74
+    torch.testing.assert_close(L.effective_number_weights([3.0, 1.0]),
+                               torch.tensor([32 / 53, 74 / 53], dtype=torch.float64))
     with pytest.raises(ValueError, match="LTDET.LOSS.CB_BETA"):
         L.effective_number_weights([3.0, 1.0], beta=1.0)
     with pytest.raises(ValueError, match="LTDET.DBM.K"):

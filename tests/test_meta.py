@@ -43,9 +43,16 @@ def _problem(seed=0, dtype=torch.float64):
     return clf, data, train_loss, meta_loss
 
 
-def _optimizer(clf, nesterov=False):
-    opt = torch.optim.SGD(clf.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-2,
-                          nesterov=nesterov)
+# torch SGD settings the look-ahead must reproduce (torch forbids nesterov with dampening)
+SGD_VARIANTS = [dict(nesterov=False), dict(nesterov=True), dict(dampening=0.5)]
+
+
+def _sgd(params, **variant):
+    return torch.optim.SGD(params, lr=0.3, momentum=0.9, weight_decay=1e-2, **variant)
+
+
+def _optimizer(clf, **variant):
+    opt = _sgd(clf.parameters(), **variant)
     # one real step so that the momentum buffer is non-trivial
     clf(torch.ones(2, D, dtype=clf.weight.dtype)).sum().backward()
     opt.step()
@@ -53,17 +60,17 @@ def _optimizer(clf, nesterov=False):
     return opt
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_lookahead_matches_torch_sgd(nesterov):
+@pytest.mark.parametrize("variant", SGD_VARIANTS, ids=str)
+def test_lookahead_matches_torch_sgd(variant):
     clf, data, train_loss, _ = _problem()
-    opt = _optimizer(clf, nesterov)
+    opt = _optimizer(clf, **variant)
     named = dict(clf.named_parameters())
     w = torch.randn(K, dtype=torch.float64)
     loss = train_loss(clf(data["x_train"]), data["gt_train"], proposal_weights(w, data["gt_train"]))
     grads = dict(zip(named, torch.autograd.grad(loss, list(named.values()))))
     new, _ = sgd_lookahead(opt, named, grads)
     clf2, opt2 = copy.deepcopy(clf), None
-    opt2 = torch.optim.SGD(clf2.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
+    opt2 = _sgd(clf2.parameters(), **variant)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     for p, q in zip(clf2.parameters(), clf.parameters()):
         p.grad = grads[[k for k in named if named[k] is q][0]].clone()
@@ -72,10 +79,10 @@ def test_lookahead_matches_torch_sgd(nesterov):
         torch.testing.assert_close(v, p.detach())
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_meta_gradient_matches_finite_differences(nesterov):
+@pytest.mark.parametrize("variant", SGD_VARIANTS, ids=str)
+def test_meta_gradient_matches_finite_differences(variant):
     clf, data, train_loss, meta_loss = _problem()
-    opt = _optimizer(clf, nesterov)
+    opt = _optimizer(clf, **variant)
     rw = MetaReweigher(K).double()
     with torch.no_grad():
         rw.logits.copy_(torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64))
@@ -92,7 +99,7 @@ def test_meta_gradient_matches_finite_differences(nesterov):
 
     def f(w):  # the real thing: a torch SGD step with class weights w, then the meta loss
         c = copy.deepcopy(clf)
-        o = torch.optim.SGD(c.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
+        o = _sgd(c.parameters(), **variant)
         o.load_state_dict(copy.deepcopy(opt.state_dict()))
         train_loss(c(data["x_train"]), data["gt_train"], proposal_weights(w, data["gt_train"])).backward()
         o.step()
