@@ -3,7 +3,10 @@
 # second run only checks (a few seconds).
 #
 # * Uses the active virtualenv ($VIRTUAL_ENV) if there is one, else creates ./.venv.
-# * torch==2.14.1 / torchvision==0.29.1 (pinned pair), fvcore, pycocotools, lvis, opencv (headless).
+# * torch==2.14.1 / torchvision==0.29.1 (pinned pair) in ./.venv; in the user's own virtualenv any
+#   torch >= 2.0 (torch.func) with its torchvision is kept, so a detectron2 built against it keeps
+#   working (the pinned pair is installed there only when torch is missing).
+# * fvcore, pycocotools, lvis, opencv (headless).
 # * detectron2, first that works of:
 #     1. an importable detectron2 (the user's own build is kept as is);
 #     2. the official source: pip install git+https://github.com/facebookresearch/detectron2;
@@ -12,8 +15,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -n "${VIRTUAL_ENV:-}" ]]; then
+TORCH=pinned
+if [[ -n "${VIRTUAL_ENV:-}" && "$(cd "$VIRTUAL_ENV" && pwd -P)" != "$(pwd -P)/.venv" ]]; then
   PY="$VIRTUAL_ENV/bin/python"
+  TORCH=any
 else
   [[ -x .venv/bin/python ]] || python3 -m venv .venv
   PY="$PWD/.venv/bin/python"
@@ -28,7 +33,8 @@ PROBE='
 import sys, warnings
 warnings.simplefilter("ignore")
 checks = {
-    "torch": "import torch, torchvision; assert torch.__version__.startswith(\"2.14.1\") and torchvision.__version__.startswith(\"0.29.1\")",
+    "torch": "import torch, torchvision; assert torch.__version__.startswith(\"2.14.1\") and torchvision.__version__.startswith(\"0.29.1\")"
+             if sys.argv[2] == "pinned" else "import torch, torchvision, torch.func",
     "deps": "import fvcore, iopath, pycocotools, cv2, matplotlib, yacs, tabulate, cloudpickle, tqdm, omegaconf, hydra, pytest, tensorboard, lvis",
     "detectron2": "import detectron2.layers, detectron2.model_zoo as m; m.get_config_file(\"LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml\")",
     "ltdet": "import importlib.util as u; assert u.find_spec(\"ltdet\").origin.startswith(sys.argv[1])",
@@ -41,10 +47,15 @@ def ok(stmt):
         return False
 print(" ".join(k for k, v in checks.items() if not ok(v)))
 '
-missing=$(cd / && "$PY" -c "$PROBE" "$OLDPWD" 2>/dev/null) || missing="torch deps detectron2 ltdet"
+missing=$(cd / && "$PY" -c "$PROBE" "$OLDPWD" "$TORCH" 2>/dev/null) || missing="torch deps detectron2 ltdet"
 needs() { [[ " $missing " == *" $1 "* ]]; }
 
 if needs torch; then
+  if [[ $TORCH == any ]] && have 'import torch'; then
+    echo "[install] $VIRTUAL_ENV has a torch without torch.func or torchvision; ltdet needs" \
+         "torch >= 2.0 with its torchvision (or unset VIRTUAL_ENV to use ./.venv)" >&2
+    exit 1
+  fi
   echo "[install] torch 2.14.1 / torchvision 0.29.1"
   "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
 fi
