@@ -216,6 +216,13 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "ds" / "GENERATOR.json").is_file()
 
 
+def test_cli_writes_where_the_registered_datasets_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "root"))
+    cli = load_script("tools/make_synthetic.py", "make_synthetic")
+    cli.main(["--preset", "tiny"])
+    assert (tmp_path / "root" / "ltdet_synthetic" / "GENERATOR.json").is_file()
+
+
 def test_peer_loss_configs_are_scaled_to_the_synthetic_set(default_ds):
     """EQL's lambda and the federated class count are LVIS-sized in the papers; the synthetic
     recipes translate them (configs/synthetic/decoupled/{eql,federated}.yaml). EQL must suppress

@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Generate ltdet's synthetic long-tailed LVIS-format dataset.
 
-    python tools/make_synthetic.py --out datasets/ltdet_synthetic [--seed 0] [--preset default|tiny] [--force]
+    python tools/make_synthetic.py [--out DIR] [--seed 0] [--preset default|tiny] [--force]
+
+DIR defaults to $DETECTRON2_DATASETS/ltdet_synthetic (./datasets when the variable is unset),
+where ltdet's registered ``ltdet_synthetic_*`` datasets look for it.
 
 Idempotent: re-running with the same preset and seed reuses the existing files.
 """
@@ -22,7 +25,10 @@ except ModuleNotFoundError as e:  # run from a checkout without installing ltdet
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="datasets/ltdet_synthetic", help="output directory")
+    # As ltdet.data.builtin.datasets_root() / SYNTHETIC_DIR, without importing detectron2.
+    root = os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    parser.add_argument("--out", default=os.path.join(root, "ltdet_synthetic"),
+                        help="output directory (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="default", choices=sorted(synthetic.PRESETS))
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")

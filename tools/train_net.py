@@ -3,7 +3,7 @@
 evaluator. Examples:
 
   python tools/train_net.py --config-file configs/synthetic/base_softmax_rfs.yaml
-  python tools/train_net.py --num-gpus 8 --config-file configs/LVISv1/base_softmax_rfs_R50_1x.yaml
+  python tools/train_net.py --num-gpus 8 --config-file configs/LVISv1/base_softmax_rfs_R50_FPN.yaml
   python tools/train_net.py --eval-only --config-file ... MODEL.WEIGHTS output/model_final.pth
 """
 import ltdet  # noqa: F401  (compat fixes, dataset and head registration)
