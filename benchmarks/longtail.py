@@ -239,8 +239,11 @@ def scaled_schedule_opts(config: str, scale: float) -> List[str]:
         steps = ast.literal_eval(steps)
     warmup = solver.get("WARMUP_ITERS", 1000)
     it = lambda x: max(1, int(round(x * scale)))  # noqa: E731
+    # fvcore's MultiStepParamScheduler wants strictly increasing steps below MAX_ITER: rounding
+    # can merge steps or reach MAX_ITER, so drop those (a drop at the last iteration is moot).
+    kept = sorted({it(s) for s in steps if it(s) < it(max_iter)})
     return ["SOLVER.MAX_ITER", str(it(max_iter)),
-            "SOLVER.STEPS", "(" + "".join(f"{it(s)}," for s in steps) + ")",
+            "SOLVER.STEPS", "(" + "".join(f"{s}," for s in kept) + ")",
             "SOLVER.WARMUP_ITERS", str(int(round(warmup * scale)))]
 
 

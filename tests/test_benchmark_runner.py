@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from .conftest import load_script
 
@@ -193,6 +194,18 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     assert lt.scaled_schedule_opts(cfg, 1.0) == []
     assert lt.scaled_schedule_opts(cfg, 0.5) == [
         "SOLVER.MAX_ITER", "60", "SOLVER.STEPS", "(30,50,)", "SOLVER.WARMUP_ITERS", "0"]
+    # Rounding may merge steps or reach MAX_ITER; detectron2 must still build the schedule.
+    assert lt.scaled_schedule_opts(cfg, 0.02)[:4] == ["SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)"]
+    assert lt.scaled_schedule_opts(cfg, 0.01)[:4] == ["SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()"]
+    from detectron2.config import get_cfg
+    from detectron2.solver import build_lr_scheduler
+    from ltdet.config import add_ltdet_config, merge_config
+    for scale in (0.5, 0.02, 0.01):
+        c = get_cfg()
+        add_ltdet_config(c)
+        c = merge_config(c, cfg, opts=lt.scaled_schedule_opts(cfg, scale))
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=c.SOLVER.BASE_LR)
+        build_lr_scheduler(c, opt)
     chain = [os.path.relpath(p, REPO) for p in lt._config_chain(cfg)]
     assert chain[-1] == "configs/Base-LTDet-RCNN-FPN.yaml"  # the hash also covers files outside
     m = lt.KNOWN_METHODS["balms"]
