@@ -8,7 +8,7 @@ benchmark's runs (benchmarks/longtail.py), on their saved val detections:
    ``neg_category_ids`` list the class) and with every ``neg_category_ids`` emptied, so that
    false positives count only on images that contain the class.
 
-    python benchmarks/false_positives.py [--runs benchmarks/results/longtail/runs]
+    python benchmarks/false_positives.py [--out benchmarks/results/longtail]
         [--methods sigmoid balanced_sigmoid ...] [--seeds 0 1 2] [--score 0.3]
 
 The synthetic val set lists the confusable siblings of every present class as verified
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import glob
 import io
 import json
 import os
@@ -31,17 +30,19 @@ from collections import Counter
 from typing import Dict, List, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from longtail import completed_run_dir  # noqa: E402  (the run its table reports)
+
 VAL_JSON = os.path.join("ltdet_synthetic", "lvis_synthetic_val.json")
 
 
-def _detections(runs: str, method: str, seed: int) -> str:
-    pattern = os.path.join(runs, f"seed{seed}", f"{method}-*", "inference", "ltdet_synthetic_val",
-                           "lvis_instances_results.json")
-    found = sorted(glob.glob(pattern))
-    if not found:
-        raise FileNotFoundError(f"no detections for {method} seed {seed} ({pattern}); run "
-                                "benchmarks/longtail.py first")
-    return max(found, key=os.path.getmtime)
+def _detections(out: str, method: str, seed: int) -> str:
+    path = os.path.join(completed_run_dir(out, method, seed), "inference",
+                        "ltdet_synthetic_val", "lvis_instances_results.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no detections for {method} seed {seed} ({path}); re-run "
+                                "benchmarks/longtail.py")
+    return path
 
 
 def confident_counts(val: dict, dets: List[dict], score: float) -> Counter:
@@ -71,7 +72,8 @@ def mask_ap(gt_path: str, det_path: str) -> tuple:
 
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", default=os.path.join(ROOT, "benchmarks/results/longtail/runs"))
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/longtail"),
+                   help="the benchmark's output folder: its results.csv names the runs used")
     p.add_argument("--methods", nargs="+", default=["softmax", "balanced_softmax", "sigmoid",
                                                     "balanced_sigmoid"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -103,7 +105,7 @@ def main(argv: Sequence[str] = None) -> int:
             counts: Counter = Counter()
             scores = {"as is": [], "no neg": []}
             for s in args.seeds:
-                path = _detections(args.runs, m, s)
+                path = _detections(args.out, m, s)
                 with open(path) as f:
                     counts += confident_counts(val, json.load(f), args.score)
                 scores["as is"].append(mask_ap(val_path, path))

@@ -13,7 +13,7 @@ This script re-evaluates trained models with the shift moved to test time:
 * a balanced model (balanced_sigmoid, balms_sigmoid) scored with sigma(eta_j + s_j): its training
   without the test-time boost.
 
-    python benchmarks/inference_shift.py [--runs benchmarks/results/longtail/runs]
+    python benchmarks/inference_shift.py [--out benchmarks/results/longtail]
         [--methods sigmoid balanced_sigmoid] [--seeds 0] [--no-shift] [--opts KEY VALUE ...]
 
 ``--no-shift`` scores as trained; ``--opts`` overrides test-time config keys (e.g.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import os
 import sys
@@ -33,6 +32,8 @@ from typing import Iterator, Sequence
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from longtail import completed_run_dir  # noqa: E402  (the run its table reports)
 sys.path.insert(0, ROOT)
 
 BALANCED = ("balanced_sigmoid", "balms_sigmoid")
@@ -93,7 +94,8 @@ def evaluate(run_dir: str, sign: float, opts: Sequence[str] = ()) -> dict:
 
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", default=os.path.join(ROOT, "benchmarks/results/longtail/runs"))
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/longtail"),
+                   help="the benchmark's output folder: its results.csv names the runs used")
     p.add_argument("--methods", nargs="+", default=["sigmoid", "balanced_sigmoid"],
                    choices=PLAIN + BALANCED)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -106,13 +108,7 @@ def main(argv: Sequence[str] = None) -> int:
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for method in args.methods:
         for seed in args.seeds:
-            found = sorted(glob.glob(os.path.join(args.runs, f"seed{seed}", f"{method}-*",
-                                                  "model_final.pth")))
-            if not found:
-                print(f"no trained {method} seed {seed} under {args.runs}; run "
-                      "benchmarks/longtail.py first", file=sys.stderr)
-                return 1
-            run_dir = os.path.dirname(max(found, key=os.path.getmtime))
+            run_dir = completed_run_dir(args.out, method, seed)
             sign = 0.0 if args.no_shift else 1.0 if method in BALANCED else -1.0
             segm = evaluate(run_dir, sign, args.opts)["segm"]
             with open(os.path.join(run_dir, "inference", "ltdet_synthetic_val",

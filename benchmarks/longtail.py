@@ -278,6 +278,31 @@ def _synthetic():
     return mod
 
 
+def default_out(preset: str = "default") -> str:
+    """Where a preset's table and runs go unless --out says otherwise."""
+    name = "longtail" if preset == "default" else f"longtail_{preset}"
+    return os.path.join("benchmarks", "results", name)
+
+
+def completed_run_dir(out: str, method: str, seed: int) -> str:
+    """The run folder of ``method`` / ``seed`` in the latest table written to ``out`` (its
+    results.csv), for the diagnostics that re-read a run's model or detections: exactly the run
+    the table reports, never a stale, failed or other-preset run lying in the same folder."""
+    table = os.path.join(out, "results.csv")
+    if not os.path.isfile(table):
+        raise FileNotFoundError(f"no benchmark table {table}; run benchmarks/longtail.py first "
+                                "(or pass its --out)")
+    with open(table, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["method"] == method and r["seed"] == str(seed)]
+    if not rows:
+        raise FileNotFoundError(f"{table} has no run of {method} seed {seed}; run "
+                                f"benchmarks/longtail.py first with --methods {method} --seeds {seed}")
+    if rows[0]["status"] not in (OK, CACHED):
+        raise FileNotFoundError(f"{method} seed {seed} did not complete in {table} (status "
+                                f"{rows[0]['status']}: {rows[0]['reason']}); re-run benchmarks/longtail.py")
+    return os.path.join(os.path.dirname(os.path.abspath(table)), rows[0]["run_dir"])
+
+
 def cached(run: Run, repair: bool = True) -> bool:
     """Complete with the same hash (and, for a decoupled run, the same base training).
     ``repair``: write the missing done.json of a run stopped right after its evaluation."""
@@ -836,7 +861,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (cfg SEED)")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, metavar="METHOD",
                         help="methods to compare (default: all known): " + ", ".join(KNOWN_METHODS))
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results", "longtail"))
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: benchmarks/results/longtail, with _<preset> "
+                             "for a preset other than default, so a smoke run keeps off the table)")
     parser.add_argument("--preset", default="default", help="synthetic preset: default | tiny")
     parser.add_argument("--iters-scale", type=float, default=1.0,
                         help="multiply every config's MAX_ITER, STEPS and WARMUP_ITERS")
@@ -858,6 +885,8 @@ def main(argv=None) -> int:
         _check_extra_opts(args.extra_opts)
     except ValueError as e:
         parser.error(str(e))
+    if args.out is None:
+        args.out = default_out(args.preset)
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(os.path.abspath(__file__), os.getcwd())]
                        + (sys.argv[1:] if argv is None else list(argv)))
     result = run_benchmark(args.methods, args.seeds, args.out, args.preset, args.extra_opts,

@@ -206,6 +206,9 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
         c = merge_config(c, cfg, opts=lt.scaled_schedule_opts(cfg, scale))
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=c.SOLVER.BASE_LR)
         build_lr_scheduler(c, opt)
+    # a smoke run of another preset keeps off the committed table
+    assert lt.default_out() == os.path.join("benchmarks", "results", "longtail")
+    assert lt.default_out("tiny") == os.path.join("benchmarks", "results", "longtail_tiny")
     chain = [os.path.relpath(p, REPO) for p in lt._config_chain(cfg)]
     assert chain[-1] == "configs/Base-LTDet-RCNN-FPN.yaml"  # the hash also covers files outside
     m = lt.KNOWN_METHODS["balms"]

@@ -41,8 +41,23 @@ def fp_setup(tmp_path):
     out = tmp_path / "runs" / "seed0" / "m-0123abcd" / "inference" / "ltdet_synthetic_val"
     out.mkdir(parents=True)
     (out / "lvis_instances_results.json").write_text(json.dumps(dets))
-    return {"root": root, "runs": tmp_path / "runs", "dets": dets,
+    # A newer run of m in the same folder (a stale config, another preset) that the table does
+    # not report: its detections must not be read.
+    stale = tmp_path / "runs" / "seed0" / "m-ffffffff" / "inference" / "ltdet_synthetic_val"
+    stale.mkdir(parents=True)
+    (stale / "lvis_instances_results.json").write_text("[]")
+    _write_table(tmp_path, [("m", 0, "cached", "runs/seed0/m-0123abcd"),
+                            ("m", 2, "failed", "runs/seed2/m-0123abcd")])
+    return {"root": root, "out": tmp_path, "dets": dets,
             "val": json.loads((root / "ltdet_synthetic" / "lvis_synthetic_val.json").read_text())}
+
+
+def _write_table(out, rows):
+    """A results.csv as benchmarks/longtail.py writes it (the columns the diagnostics read)."""
+    lines = ["method,seed,status,reason,run_dir"]
+    lines += [f"{m},{seed},{status},{'exit 1' if status == 'failed' else ''},{d}"
+              for m, seed, status, d in rows]
+    (out / "results.csv").write_text("\n".join(lines) + "\n")
 
 
 def _script():
@@ -58,7 +73,7 @@ def test_confident_counts_split_by_presence(fp_setup):
 
 def test_table_as_evaluated_and_without_negatives(fp_setup, capsys):
     script = _script()
-    assert script.main(["--runs", str(fp_setup["runs"]), "--methods", "m", "--seeds", "0",
+    assert script.main(["--out", str(fp_setup["out"]), "--methods", "m", "--seeds", "0",
                         "--data-root", str(fp_setup["root"])]) == 0
     (row,) = tables(capsys.readouterr().out)[0]
     assert row["method"] == "m"
@@ -68,7 +83,14 @@ def test_table_as_evaluated_and_without_negatives(fp_setup, capsys):
     assert (row["AP, no negatives"], row["APr, no negatives"]) == ("100.0", "100.0")
 
 
-def test_missing_run_names_the_fix(fp_setup):
-    with pytest.raises(FileNotFoundError, match="run benchmarks/longtail.py first"):
-        _script().main(["--runs", str(fp_setup["runs"]), "--methods", "m", "--seeds", "1",
+def test_missing_or_failed_run_names_the_fix(fp_setup, tmp_path):
+    def run(seed, out=fp_setup["out"]):
+        _script().main(["--out", str(out), "--methods", "m", "--seeds", str(seed),
                         "--data-root", str(fp_setup["root"])])
+
+    with pytest.raises(FileNotFoundError, match="no run of m seed 1; run benchmarks/longtail.py"):
+        run(1)
+    with pytest.raises(FileNotFoundError, match="did not complete.*status failed: exit 1"):
+        run(2)
+    with pytest.raises(FileNotFoundError, match="no benchmark table.*run benchmarks/longtail.py"):
+        run(0, out=tmp_path / "elsewhere")

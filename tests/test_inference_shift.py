@@ -1,10 +1,12 @@
 """benchmarks/inference_shift.py: test-time prior shift of sigmoid-family predictors."""
 import json
+import os
 
 import pytest
 import torch
 
 from .conftest import load_script
+from .markdown import tables
 from .test_end_to_end import tiny_cfg, tiny_root, train  # noqa: F401 (fixture)
 from .test_roi_heads import K, make, proposals
 
@@ -44,3 +46,35 @@ def test_evaluate_without_shift_reproduces_the_run(tiny_root, tmp_path):
     c = torch.as_tensor(stats.counts("image_count"), dtype=torch.float64)
     want = torch.log(c / (stats.num_images - c))  # log(p / (1 - p)), p = image count / images
     torch.testing.assert_close(script.prior_shift(cfg).double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_main_scores_each_family_with_the_opposite_shift(tmp_path, monkeypatch, capsys):
+    """Plain models get the balanced sigmoid's boost, sigma(eta - s); balanced models lose it,
+    sigma(eta + s); --no-shift scores as trained. Runs come from the benchmark's results.csv."""
+    script = _script()
+    rows = ["method,seed,status,reason,run_dir"]
+    for m in ("sigmoid", "balanced_sigmoid"):
+        d = tmp_path / "runs" / "seed0" / f"{m}-abc"
+        (d / "inference" / "ltdet_synthetic_val").mkdir(parents=True)
+        (d / "inference" / "ltdet_synthetic_val" / "lvis_metrics.json").write_text(
+            json.dumps({"segm": {"AP": 40.0, "APr": 20.0}}))
+        rows.append(f"{m},0,ok,,runs/seed0/{m}-abc")
+    (tmp_path / "results.csv").write_text("\n".join(rows) + "\n")
+    calls = []
+
+    def fake_evaluate(run_dir, sign, opts=()):
+        calls.append((os.path.basename(run_dir), sign, list(opts)))
+        return {"segm": {"AP": 50.0 + sign, "APr": 30.0, "APc": 1.0, "APf": 2.0}}
+
+    monkeypatch.setattr(script, "evaluate", fake_evaluate)
+    args = ["--out", str(tmp_path), "--methods", "sigmoid", "balanced_sigmoid", "--seeds", "0"]
+    assert script.main(args + ["--opts", "TEST.DETECTIONS_PER_IMAGE", "7"]) == 0
+    assert calls == [("sigmoid-abc", -1.0, ["TEST.DETECTIONS_PER_IMAGE", "7"]),
+                     ("balanced_sigmoid-abc", 1.0, ["TEST.DETECTIONS_PER_IMAGE", "7"])]
+    plain, balanced = tables(capsys.readouterr().out)[0]
+    assert plain["scored with"].startswith("sigma(eta - s): boost")
+    assert (plain["mask AP"], plain["as trained: AP"]) == ("49.0", "40.0")
+    assert balanced["scored with"].startswith("sigma(eta + s): no boost")
+    calls.clear()
+    assert script.main(args + ["--no-shift"]) == 0
+    assert [c[1] for c in calls] == [0.0, 0.0]
