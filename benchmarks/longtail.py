@@ -771,6 +771,16 @@ def _per_class_mean(runs: List[Run]) -> Dict[int, tuple]:
     return {c: (n, sum(aps) / len(aps), name) for c, (n, aps, name) in acc.items() if aps}
 
 
+GROUP_EDGES = (10.5, 100.5)  # LVIS groups: rare <= 10 training images, common <= 100
+
+
+def _within_group(count: float, x: float) -> float:
+    """``x`` clipped to the frequency group of a class with ``count`` training images."""
+    lo = max([0.0] + [e for e in GROUP_EDGES if e < count])
+    hi = min([math.inf] + [e for e in GROUP_EDGES if e > count])
+    return min(max(x, lo * 1.005), hi / 1.005)
+
+
 def plot_per_class(rows: List[dict], path: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.8))
@@ -781,15 +791,17 @@ def plot_per_class(rows: List[dict], path: str) -> None:
         pts = _per_class_mean(row["good"])
         if not pts:
             continue
-        dodge = 1.0 + 0.04 * (i - (n - 1) / 2)  # keep methods at one class apart
-        xs = [v[0] * dodge for v in pts.values()]
+        # Methods side by side within +-3%, and never across an LVIS group line (a 10-image rare
+        # class dodged to 10.6 would read as common).
+        dodge = 1.0 + 0.06 * (i / (n - 1) - 0.5 if n > 1 else 0.0)
+        xs = [_within_group(v[0], v[0] * dodge) for v in pts.values()]
         ax.scatter(xs, [v[1] for v in pts.values()], marker=markers[i % len(markers)],
                    color=plt.cm.tab10(i % 10), s=28, alpha=0.85,
                    label=f"{row['method']} (n={len(row['good'])})")
     ax.set_xscale("log")
-    for edge in (10.5, 100.5):  # LVIS groups: rare <= 10 images, common <= 100, frequent above
+    for edge in GROUP_EDGES:
         ax.axvline(edge, color="grey", lw=0.8, ls="--")
-    for x, text in ((10.5, "rare | common"), (100.5, "common | frequent")):
+    for x, text in zip(GROUP_EDGES, ("rare | common", "common | frequent")):
         ax.text(x, 1.01, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
                 fontsize=7, color="grey")
     ax.set_xlabel("training images of the class (log; methods dodged slightly)")

@@ -330,3 +330,11 @@ def test_estimate_uses_the_closest_finished_runs():
     assert lt._estimate(left, fresh, cached) == pytest.approx(500 + 80 + 120 + 100)
     assert lt._estimate(left, [], []) is None
     assert lt._estimate([run("sigmoid")], fresh, []) == pytest.approx(500)  # only any-kind known
+
+
+def test_per_class_dodge_never_crosses_a_group_line():
+    assert lt._within_group(10, 10.3) == 10.3
+    assert 10 < lt._within_group(10, 10.9) < 10.5  # a rare class stays left of the rare line
+    assert 10.5 < lt._within_group(11, 10.2) < 11  # a common one right of it
+    assert 100.5 < lt._within_group(105, 95.0) < 105
+    assert lt._within_group(240, 250.0) == 250.0  # frequent: no upper edge
