@@ -85,7 +85,7 @@ from ltdet.modeling.meta_reweigher import MetaReweigher, proposal_weights  # noq
 BASE_CONFIG = ROOT / "configs/synthetic/base_softmax_rfs.yaml"
 DECOUPLED_CONFIG = ROOT / "configs/synthetic/decoupled/balanced_softmax.yaml"
 M2M_CONFIG = ROOT / "configs/synthetic/decoupled/m2m.yaml"
-DATA_DIR = ROOT / "datasets/ltdet_synthetic"
+DATA_DIR = Path(os.path.expanduser(os.environ["DETECTRON2_DATASETS"])) / "ltdet_synthetic"
 CLASSIFIER = "roi_heads.box_predictor.cls_score"
 VARIANTS = ("stock", "decoupled", "decoupled_chunked", "balms", "original", "dbm_bs", "two_component", "m2m")
 DESCRIPTION = {
@@ -697,6 +697,9 @@ def main() -> None:
     extra = {"batch": str(batch), "iters": str(iters), "warmup": str(args.warmup),
              "lvis_scale": str(args.lvis_scale),
              "weights": os.path.relpath(weights, ROOT) if weights else "random"}
+    if not rows:  # e.g. --variants balms alone: timings in the markdown, no ratio to list
+        print(f"wrote {out}/{stem}.md (no comparison among the chosen variants, so no .csv)")
+        return
     with open(out / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*rows[0], *extra, *info])
         writer.writeheader()

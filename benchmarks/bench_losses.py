@@ -164,6 +164,9 @@ def machine_info(device: str) -> Dict[str, str]:
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        from ltdet.modeling import fused_kernels  # LTDET_TRITON=0 times the eager path
+
+        info["triton_kernels"] = "on" if fused_kernels.ENABLED else "off"
     return info
 
 
@@ -206,12 +209,13 @@ def main() -> None:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"losses_{args.device}.md").write_text(table)
-    with open(out / f"losses_{args.device}.csv", "w", newline="") as f:
+    name = f"losses_{args.device}" + ("_eager" if info.get("triton_kernels") == "off" else "")
+    (out / f"{name}.md").write_text(table)
+    with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*rows[0], *info])
         writer.writeheader()
         writer.writerows({**row, **info} for row in rows)
-    print(f"wrote {out}/losses_{args.device}.md and .csv")
+    print(f"wrote {out}/{name}.md and .csv")
 
 
 if __name__ == "__main__":

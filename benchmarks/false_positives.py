@@ -2,8 +2,9 @@
 """Where do a method's rare-class false positives come from? A diagnostic for the long-tail
 benchmark's runs (benchmarks/longtail.py), on their saved val detections:
 
-1. confident detections (score >= --score) per frequency group, on images that contain the
-   class versus images that do not;
+1. confident detections (score >= --score) per frequency group: on images that contain the
+   class, on images that list it as a verified negative (false positives LVIS AP counts) and on
+   the other images (not judged);
 2. mask AP / APr as evaluated (LVIS-style: false positives count on images whose
    ``neg_category_ids`` list the class) and with every ``neg_category_ids`` emptied, so that
    false positives count only on images that contain the class.
@@ -45,17 +46,25 @@ def _detections(out: str, method: str, seed: int) -> str:
     return path
 
 
+WHERE = ("with class", "negative", "other")
+
+
 def confident_counts(val: dict, dets: List[dict], score: float) -> Counter:
-    """(frequency group, "with class" | "without class") -> detections with score >= ``score``."""
+    """(frequency group, where) -> detections with score >= ``score``; ``where`` is "with class"
+    (the image contains the class), "negative" (the image lists the class in
+    ``neg_category_ids``: a false positive LVIS AP counts) or "other" (neither: LVIS ignores it)."""
     freq = {c["id"]: c["frequency"] for c in val["categories"]}
     present: Dict[int, set] = {}
     for a in val["annotations"]:
         present.setdefault(a["image_id"], set()).add(a["category_id"])
+    negative = {im["id"]: set(im.get("neg_category_ids", [])) for im in val["images"]}
     out: Counter = Counter()
     for d in dets:
         if d["score"] >= score:
-            where = "with class" if d["category_id"] in present.get(d["image_id"], ()) else "without class"
-            out[(freq[d["category_id"]], where)] += 1
+            img, cat = d["image_id"], d["category_id"]
+            where = ("with class" if cat in present.get(img, ()) else
+                     "negative" if cat in negative.get(img, ()) else "other")
+            out[(freq[cat], where)] += 1
     return out
 
 
@@ -97,8 +106,8 @@ def main(argv: Sequence[str] = None) -> int:
 
     print(f"confident detections (score >= {args.score}), summed over seeds {args.seeds}; "
           "mask AP / APr mean over seeds\n")
-    print("| method | r with / without class | c with / without | f with / without | "
-          "AP | APr | AP, no negatives | APr, no negatives |")
+    print("| method | r with / negative / other | c with / negative / other | "
+          "f with / negative / other | AP | APr | AP, no negatives | APr, no negatives |")
     print("|---|---|---|---|---:|---:|---:|---:|")
     try:
         for m in args.methods:
@@ -111,7 +120,7 @@ def main(argv: Sequence[str] = None) -> int:
                 scores["as is"].append(mask_ap(val_path, path))
                 scores["no neg"].append(mask_ap(tmp.name, path))
             mean = {k: [sum(x[i] for x in v) / len(v) for i in (0, 1)] for k, v in scores.items()}
-            groups = " | ".join(f"{counts[(g, 'with class')]} / {counts[(g, 'without class')]}"
+            groups = " | ".join(" / ".join(str(counts[(g, w)]) for w in WHERE)
                                 for g in ("r", "c", "f"))
             print(f"| {m} | {groups} | {mean['as is'][0]:.1f} | {mean['as is'][1]:.1f} | "
                   f"{mean['no neg'][0]:.1f} | {mean['no neg'][1]:.1f} |")

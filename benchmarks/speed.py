@@ -20,7 +20,7 @@ import bench_losses  # noqa: E402
 
 
 def report(losses: List[dict], steps: List[dict], machine: Dict[str, str], device: str,
-           weights: str, lvis_scale: bool) -> Tuple[List[dict], str]:
+           weights: str, lvis_scale: bool, command: Optional[str] = None) -> Tuple[List[dict], str]:
     """The report's rows (one per ratio) and its markdown, from bench_losses.run and
     bench_decoupled.run rows. GPU kernel-time rows appear only where the loss benchmark could
     measure kernel time (CUDA with a working profiler)."""
@@ -44,9 +44,10 @@ def report(losses: List[dict], steps: List[dict], machine: Dict[str, str], devic
     lines = [f"# Speed report ({device})", "",
              "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "",
              "Every ratio is measured against its baseline in the same run "
-             "(`python benchmarks/speed.py --device " + device
-             + (" --lvis-scale" if lvis_scale else "")
-             + (f" --weights {os.path.relpath(weights, os.path.dirname(HERE))}" if weights else "")
+             "(`" + (command or "python benchmarks/speed.py --device " + device
+                     + (" --lvis-scale" if lvis_scale else "")
+                     + (f" --weights {os.path.relpath(weights, os.path.dirname(HERE))}"
+                        if weights else ""))
              + "`). Memory ratio: peak "
              "of the variant's resident state plus what its step allocates ("
              + ("torch.cuda.max_memory_allocated" if device == "cuda" else
@@ -66,7 +67,8 @@ def report(losses: List[dict], steps: List[dict], machine: Dict[str, str], devic
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--device", default="cuda" if bench_losses.torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        default="cuda" if bench_losses.torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=10, help="rounds of the loss benchmark")
     parser.add_argument("--iters", type=int, default=5, help="timed steps of the step benchmark")
     parser.add_argument("--batch", type=int, default=0, help="images per step (0: 8 on cuda, 4 on cpu)")
@@ -75,20 +77,29 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="base model for the step benchmark (see bench_decoupled.py --weights)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: 1 on cpu, where a shared machine makes 2+ noisy)")
+                        help="torch CPU threads (0: 1 on cpu, where a shared machine makes 2+ "
+                             "noisy; torch's default on cuda)")
     args = parser.parse_args(argv)
-    if args.device == "cpu":
+    if args.threads or args.device == "cpu":
         bench_losses.torch.set_num_threads(args.threads or 1)
-
     batch = args.batch or (8 if args.device == "cuda" else 4)
+    # The command with every setting the numbers depend on, defaults included.
+    command = " ".join(["python benchmarks/speed.py", "--device", args.device, "--repeats",
+                        str(args.repeats), "--iters", str(args.iters), "--batch", str(batch),
+                        "--threads", str(bench_losses.torch.get_num_threads())]
+                       + (["--lvis-scale"] if args.lvis_scale else []))
     losses = bench_losses.run(args.device, args.repeats)
     weights = bench_decoupled.resolve_weights(args.weights, args.lvis_scale)
     steps = bench_decoupled.run(args.device, args.iters, batch, lvis_scale=args.lvis_scale,
                                 weights=weights)
-    rows, text = report(losses, steps, bench_losses.machine_info(args.device), args.device,
-                        weights, args.lvis_scale)
+    if weights:
+        command += f" --weights {os.path.relpath(weights, os.path.dirname(HERE))}"
+    machine = bench_losses.machine_info(args.device)
+    rows, text = report(losses, steps, machine, args.device, weights, args.lvis_scale, command)
     os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, f"speed_{args.device}")
+    # A variant report (R50-FPN sizes, eager losses) sits beside the default one, never over it.
+    base = os.path.join(args.out, f"speed_{args.device}" + ("_lvis_scale" if args.lvis_scale else "")
+                        + ("_eager" if machine.get("triton_kernels") == "off" else ""))
     with open(base + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -1,4 +1,5 @@
 """benchmarks/false_positives.py on a handmade val set whose AP is worked out by hand."""
+import copy
 import json
 
 import pytest
@@ -66,9 +67,14 @@ def _script():
 
 def test_confident_counts_split_by_presence(fp_setup):
     counts = _script().confident_counts(fp_setup["val"], fp_setup["dets"], score=0.3)
-    assert counts == {("r", "with class"): 1, ("r", "without class"): 1, ("f", "with class"): 1}
+    assert counts == {("r", "with class"): 1, ("r", "negative"): 1, ("f", "with class"): 1}
     low = _script().confident_counts(fp_setup["val"], fp_setup["dets"], score=0.1)
-    assert low[("f", "without class")] == 1
+    assert low[("f", "negative")] == 1
+    # an absent class the image does not list is not judged: "other"
+    unlisted = copy.deepcopy(fp_setup["val"])
+    unlisted["images"][1]["neg_category_ids"] = []
+    counts = _script().confident_counts(unlisted, fp_setup["dets"], score=0.3)
+    assert counts[("r", "other")] == 1 and counts[("r", "negative")] == 0
 
 
 def test_table_as_evaluated_and_without_negatives(fp_setup, capsys):
@@ -77,8 +83,8 @@ def test_table_as_evaluated_and_without_negatives(fp_setup, capsys):
                         "--data-root", str(fp_setup["root"])]) == 0
     (row,) = tables(capsys.readouterr().out)[0]
     assert row["method"] == "m"
-    assert row["r with / without class"] == "1 / 1"
-    assert row["f with / without"] == "1 / 0"
+    assert row["r with / negative / other"] == "1 / 1 / 0"
+    assert row["f with / negative / other"] == "1 / 0 / 0"
     assert (row["AP"], row["APr"]) == ("75.0", "50.0")
     assert (row["AP, no negatives"], row["APr, no negatives"]) == ("100.0", "100.0")
 

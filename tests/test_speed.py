@@ -34,6 +34,35 @@ def test_loss_benchmark_rows(speed):
         assert r["kernel_ms"] == r["kernel_ratio"] == ""  # CPU: no GPU kernel time
 
 
+def test_loss_ratios_are_loss_over_its_baseline(speed, monkeypatch):
+    """With a fake clock each loss "takes" a set time: every ratio is loss / baseline."""
+    import types
+
+    import torch
+
+    bl = speed.bench_losses
+    cost = {"softmax": 2.0, "sigmoid": 3.0, "balanced_softmax": 2.2, "balanced_sigmoid": 6.0,
+            "eql": 1.5, "federated": 3.0, "dbm": 4.0, "dbm_bs": 5.0}
+    clock = [0.0]
+    leaf = torch.zeros(1, requires_grad=True)
+
+    def case(name):
+        def run():
+            clock[0] += cost[name]
+            return leaf.sum()
+        return run
+
+    monkeypatch.setattr(bl, "_make_case", lambda device: {**{n: case(n) for n in cost},
+                                                          "_leaves": (leaf,)})
+    monkeypatch.setattr(bl, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    rows = {r["loss"]: r for r in bl.run("cpu", 3)}
+    for name, base in bl.BASELINE.items():
+        if base:
+            assert rows[name]["ratio"] == round(cost[name] / cost[base], 3), name
+    assert rows["balanced_softmax"]["meets_target"] == "yes"  # 1.1 <= 1.15
+    assert rows["balanced_sigmoid"]["meets_target"] == "no"  # 2.0
+
+
 def _loss_row(loss, base, ratio, kernel_ratio=""):
     return {"loss": loss, "baseline": base, "ratio": ratio, "target": "", "meets_target": "",
             "median_ms": 1.0, "kernel_ms": 0.5 if kernel_ratio else "", "kernel_ratio": kernel_ratio}
@@ -90,3 +119,6 @@ def test_main_writes_matching_markdown_and_csv(speed, tiny_root, tmp_path, monke
     assert [r["comparison"] for r in steps] == [f"{n} / {d}" for n, d, *_ in dec.COMPARISONS]
     assert all(float(r["time_ratio"]) > 0 for r in rows)
     assert text.startswith("# Speed report (cpu)\n\nMachine: cpu=")
+    # the command names every setting the numbers depend on
+    assert ("python benchmarks/speed.py --device cpu --repeats 1 --iters 1 --batch 2 "
+            "--threads 1`") in text
