@@ -138,3 +138,34 @@ def test_meta_step_raises_tail_weight_on_imbalanced_toy():
         opt.step()
     w = rw.class_weights()
     assert w[1] > 0.6 > 0.4 > w[0], w
+
+
+@pytest.mark.parametrize("head,meta,expected", [
+    ("dbm_bs", "same", "head"), ("dbm_cb", "same", "head"), ("balanced_softmax", "same", "head"),
+    ("dbm_bs", "plain", "cosine softmax"), ("balanced_sigmoid", "plain", "sigmoid"),
+    ("balanced_softmax", "plain", "softmax")])
+def test_meta_loss_is_the_heads_whole_loss_or_the_plain_one(head, meta, expected):
+    """LTDET.META.LOSS same = the head's classification loss as the main step computes it (DBM-BS
+    with its prior, DBM-CB with its class weights); plain = the unbalanced loss of its family."""
+    from types import SimpleNamespace
+
+    from ltdet.engine.decoupled import DecoupledTrainStep, _plain_loss_name
+
+    from .test_roi_heads import make
+
+    predictor = make(head)
+    step = SimpleNamespace(predictor=predictor,
+                           _meta_loss_name=head if meta == "same" else _plain_loss_name(head))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 16, generator=g)
+    gt = torch.arange(12) % (predictor.num_classes + 1)
+    scores = predictor.cls_score(x)
+    got = DecoupledTrainStep._meta_loss(step, scores, gt)
+    want = {"head": lambda: predictor.classification_loss(scores, gt),
+            "cosine softmax": lambda: L.softmax_loss(predictor.dbm_scale * scores, gt),
+            "sigmoid": lambda: L.sigmoid_loss(scores, gt),
+            "softmax": lambda: L.softmax_loss(scores, gt)}[expected]()
+    torch.testing.assert_close(got, want)
+    if head == "dbm_bs" and meta == "same":  # the prior is in it
+        without = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.dbm_scale)
+        assert not torch.allclose(got, without)

@@ -159,10 +159,12 @@ class DecoupledTrainStep(SimpleTrainer):
     def _meta_loss(self, scores, gt):
         from ..modeling.losses import cls_loss, softmax_loss
 
-        if self.predictor.use_cosine and self._meta_loss_name != self.predictor.loss_name:
+        if self._meta_loss_name == self.predictor.loss_name:
+            # "same": the head's own loss, whole (DBM-BS's prior and DBM-CB's class weights too)
+            return self.predictor.classification_loss(scores, gt)
+        if self.predictor.use_cosine:
             return softmax_loss(self.predictor.dbm_scale * scores, gt)  # plain scaled cosine
-        return cls_loss(self._meta_loss_name, scores, gt, self.predictor.stats,
-                        **self.predictor.loss_kwargs if self._meta_loss_name == self.predictor.loss_name else {})
+        return cls_loss(self._meta_loss_name, scores, gt, self.predictor.stats)
 
     def run_step(self):
         self.model.eval()  # frozen trunk: BN statistics and dropout stay as in the base model
