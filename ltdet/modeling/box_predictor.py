@@ -6,7 +6,7 @@ detectron2's; only the class logits, their loss and the test-time scores change.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
@@ -59,9 +59,8 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     a softmax. Sigmoid-family losses (sigmoid, balanced_sigmoid, eql, federated) use K logits with
     no background column (BALMS code) and score with the sigmoid of the raw logits (no prior at
     test time); a zero background column is appended so ``fast_rcnn_inference`` works unchanged.
-
-    ``proposal_weight_fn`` (optional) maps the concatenated gt classes [N] to per-proposal loss
-    weights [N]; the Meta Reweigher sets it.
+    ``classification_loss`` takes optional per-proposal weights (the Meta Reweigher's, the
+    two-component weights), which the decoupled step passes.
     """
 
     @configurable
@@ -99,7 +98,6 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.cls_score = CosineClassifier(self.cls_score.in_features, self.num_classes + 1)
             self.dbm_scale = dbm_scale
         self.loss_kwargs: Dict = {}
-        self.proposal_weight_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
         stats: Dict[str, torch.Tensor] = {}
         if loss_name in _NEEDS_COUNTS:
@@ -178,8 +176,6 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     def classification_loss(
         self, scores: torch.Tensor, gt_classes: torch.Tensor, weights: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        if weights is None and self.proposal_weight_fn is not None:
-            weights = self.proposal_weight_fn(gt_classes)
         kwargs = self.loss_kwargs
         if self.use_cosine:
             kwargs = dict(kwargs, log_prior=getattr(self, "log_prior", None))
