@@ -3,6 +3,7 @@ import os
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
 
 from ltdet.data import class_stats, frequency_group, load_lvis_format_json, register_lvis_format
 from ltdet.data.lvis_format import _STATS_CACHE
@@ -45,7 +46,24 @@ def test_dataset_dicts_contiguous_ids_and_paths(registered, handmade):
     assert len(dicts) == 125
     assert [a["category_id"] for a in dicts[0]["annotations"]] == [0, 0, 1, 2, 2, 2]
     assert dicts[0]["file_name"].endswith("img/000.png")
+    assert (dicts[0]["image_id"], dicts[0]["height"], dicts[0]["width"]) == (1, 32, 32)
+    first = dicts[0]["annotations"][0]  # LVIS boxes are [x, y, w, h]
+    assert first["bbox"] == [2.0, 2.0, 10.0, 10.0] and first["bbox_mode"] == BoxMode.XYWH_ABS
+    assert first["segmentation"] == [[2, 2, 12, 2, 12, 12, 2, 12]]
     assert dicts[124]["annotations"] == []
+
+
+def test_registering_a_name_again_replaces_its_statistics(registered, handmade, tmp_path):
+    assert class_stats(registered).image_counts.tolist() == [120, 12, 1]
+    assert class_stats([registered, registered]).image_counts.tolist() == [240, 24, 2]
+    # the same name, now pointing at a json where pear is gone
+    data = json.loads(open(handmade["json"]).read())
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 7]
+    other = tmp_path / "no_pear.json"
+    other.write_text(json.dumps(data))
+    register_lvis_format(registered, str(other), handmade["root"])
+    assert class_stats(registered).image_counts.tolist() == [120, 0, 1]
+    assert class_stats([registered, registered]).image_counts.tolist() == [240, 0, 2]
 
 
 def test_lvis_image_paths(tmp_path):

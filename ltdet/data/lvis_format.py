@@ -208,6 +208,9 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+    # Statistics of an earlier registration under this name (alone or in a sum) are stale now.
+    for key in [k for k in _STATS_CACHE if k == name or (isinstance(k, tuple) and name in k)]:
+        del _STATS_CACHE[key]
 
     DatasetCatalog.register(name, lambda: _load_registered(json_file, image_root, name))
     _REGISTERED.add(name)
