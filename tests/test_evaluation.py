@@ -8,6 +8,7 @@ import numpy as np
 
 from ltdet.evaluation.per_class import per_class_ap
 
+from .conftest import handmade  # noqa: F401 (fixture)
 from .test_false_positives import fp_setup  # noqa: F401 (fixture)
 
 
@@ -45,3 +46,57 @@ def test_class_without_ground_truth_is_nan(fp_setup):  # noqa: F811
                                                       if a["category_id"] == 2])))
     ap = per_class_ap(_lvis_eval(path, dets))
     assert math.isnan(ap[0]) and math.isclose(ap[1], 1.0)
+
+
+def test_per_class_ap_covers_every_object_size(tmp_path):
+    """lvis-api's AP is over area range 'all': a 12 x 12 (small) and a 40 x 40 (medium) object,
+    each detected exactly, both have AP 1 (a size-restricted range would drop one of them)."""
+    from .conftest import write_lvis_json
+
+    sides = {1: 12.0, 2: 40.0}
+    images = [{"id": c, "file_name": f"{c}.png", "height": 64, "width": 64,
+               "neg_category_ids": [], "not_exhaustive_category_ids": []} for c in sides]
+    anns = [{"id": c, "image_id": c, "category_id": c, "bbox": [4.0, 4.0, s, s], "area": s * s,
+             "segmentation": [[4, 4, 4 + s, 4, 4 + s, 4 + s, 4, 4 + s]]} for c, s in sides.items()]
+    cats = [{"id": c, "name": f"c{c}", "frequency": "f", "image_count": 1, "instance_count": 1,
+             "synonyms": [f"c{c}"], "synset": f"c{c}", "def": f"c{c}"} for c in sides]
+    path = tmp_path / "sizes.json"
+    write_lvis_json(path, images, anns, cats)
+    dets = [{"image_id": c, "category_id": c, "score": 0.9, "bbox": [4.0, 4.0, s, s]}
+            for c, s in sides.items()]
+    ev = _lvis_eval(path, dets, "bbox")
+    np.testing.assert_allclose(per_class_ap(ev), [1.0, 1.0], atol=1e-12)
+    assert math.isclose(ev.get_results()["APs"], 1.0) and math.isclose(ev.get_results()["APm"], 1.0)
+
+
+def test_evaluator_maps_contiguous_ids_back_to_the_jsons(handmade, tmp_path):  # noqa: F811
+    """The handmade json's category ids are 3, 7, 9: a detection of contiguous class 1 is a
+    "pear" (id 7). Exact boxes on all 12 pears give pear AP 100 and nothing to the others."""
+    import csv
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet.data import register_lvis_format
+    from ltdet.evaluation import LongTailLVISEvaluator
+
+    name = "test_eval_handmade"
+    register_lvis_format(name, handmade["json"], handmade["root"])
+    try:
+        DatasetCatalog.get(name)  # sets the id mapping in the metadata, as training does
+        ev = LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False,
+                                   output_dir=str(tmp_path))
+        pears = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
+                 for a in handmade["anns"] if a["category_id"] == 7]
+        assert len(pears) == 12
+        ev.reset()
+        ev._predictions = [{"image_id": 1, "instances": pears}]  # what process() collects
+        results = ev.evaluate()
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    saved = json.loads((tmp_path / "lvis_instances_results.json").read_text())
+    assert {d["category_id"] for d in saved} == {7}
+    rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "per_class_ap.csv"))}
+    assert rows["pear"]["AP_bbox"] == "100.00"
+    assert rows["apple"]["AP_bbox"] == "0.00" and rows["quince"]["AP_bbox"] == "0.00"
+    assert math.isclose(results["bbox"]["AP"], 100 / 3)  # lvis-api's mean over the 3 classes
