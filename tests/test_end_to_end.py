@@ -124,8 +124,13 @@ def test_decoupled_resume_is_exact(base_model, tmp_path, opts):
     full, _ = train(_decoupled_cfg(base_dir, tmp_path / "full", *opts))
     # "kill" after 2 iterations (a checkpoint at iteration 2), then resume to 4
     _, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", "SOLVER.MAX_ITER", 2, *opts))
-    resumed, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", *opts), resume=True)
+    # another SEED for the resumed process (real runs default to a random one): the data
+    # streams' seeds and the RNG states must come from the checkpoint
+    saved = torch.load(tmp_path / "cut" / "model_final.pth", map_location="cpu",
+                       weights_only=False)["trainer"]["data_seeds"]
+    resumed, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", *opts, "SEED", 7), resume=True)
     assert resumed.start_iter == 2
+    assert list(resumed.data_seeds) == list(saved)
     torch.testing.assert_close(resumed.reweigher.logits, full.reweigher.logits)
     torch.testing.assert_close(resumed.model.roi_heads.box_predictor.cls_score.weight,
                                full.model.roi_heads.box_predictor.cls_score.weight)
