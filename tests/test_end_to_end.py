@@ -14,6 +14,7 @@ from ltdet.data.builtin import SYNTHETIC_DIR, register_all
 from ltdet.data.lvis_format import _STATS_CACHE
 from ltdet.data.synthetic import generate
 from ltdet.engine import Trainer
+from ltdet.modeling import losses as L
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,6 +106,9 @@ def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
     ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu")  # weights_only loads it
     assert torch.equal(ckpt["meta_reweigher"]["logits"], trainer.reweigher.logits.detach())
     assert "meta_optimizer" in ckpt["trainer"]["_trainer"]
+    group = trainer._trainer.meta_optimizer.param_groups[0]  # Adam with the configured settings
+    assert group["lr"] == trainer.cfg.LTDET.META.LR and group["weight_decay"] == 0.0
+    assert tuple(group["betas"]) == tuple(trainer.cfg.LTDET.META.BETAS) == (0.9, 0.99)
     assert "optimizer" in ckpt["trainer"]["_trainer"]
     # learned weights logged during training and plotted against class frequency at the end
     assert trainer.storage.history("meta_w/mean").latest() == pytest.approx(float(w.detach().mean()))
@@ -175,6 +179,19 @@ def test_decoupled_two_component(base_model, tmp_path):
 
     dev = {d["image_id"] for d in _dev_dicts(trainer.cfg)}
     assert dev and not dev & {d["image_id"] for d in _train_dicts(trainer.cfg)}
+    # the meta batches come from the development split
+    step = trainer._trainer
+    assert {x["image_id"] for x in next(step._meta_iter)} <= dev
+    # w_y from the training images that remain: all the set's images less the development ones
+    from ltdet.data import class_stats
+
+    counts = class_stats(trainer.cfg.DATASETS.TRAIN).image_counts.astype(float)
+    for d in _dev_dicts(trainer.cfg):
+        for c in {a["category_id"] for a in d["annotations"]}:
+            counts[c] -= 1
+    class_weights, eps_lr = step.two_component
+    torch.testing.assert_close(class_weights, L.effective_number_weights(counts).float())
+    assert eps_lr == 100.0
     with pytest.raises(ValueError, match="alternatives"):
         Trainer(tiny_cfg(tmp_path / "x", "configs/synthetic/decoupled/two_component.yaml",
                          "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "LTDET.META.ENABLED", True,
