@@ -76,6 +76,16 @@ def test_base_train_and_lvis_eval(base_model):
     ev = LVISEval(gt, LVISResults(gt, dets, max_dets=50), "bbox")
     ev.run()
     assert abs(ev.get_results()["AP"] * 100 - results["bbox"]["AP"]) < 1e-6
+    # the per-class table: lvis-api's per-class AP and the training set's counts
+    from ltdet.data import class_stats
+    from ltdet.evaluation.per_class import per_class_ap
+
+    ap = per_class_ap(ev)
+    stats = class_stats("ltdet_synthetic_train")
+    for k, row in enumerate(rows):
+        assert row["AP_bbox"] == ("" if ap[k] != ap[k] else f"{100 * ap[k]:.2f}")
+        assert int(row["train_image_count"]) == stats.image_counts[k]
+        assert int(row["train_instance_count"]) == stats.instance_counts[k]
 
 
 @pytest.mark.parametrize("loss", ["balanced_softmax", "sigmoid", "balanced_sigmoid", "eql", "federated", "dbm_bs", "dbm_cb"])
