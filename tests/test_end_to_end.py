@@ -323,3 +323,29 @@ def test_augmentation_does_not_depend_on_the_workers(tiny_root, tmp_path):
         for batch_ref, batch in zip(ref, got):
             assert [i for i, _ in batch] == [i for i, _ in batch_ref]
             assert all(torch.equal(a, b) for (_, a), (_, b) in zip(batch_ref, batch))
+
+
+def test_train_and_meta_loaders_draw_with_the_configured_factors(tiny_root, tmp_path, monkeypatch):
+    """The train loader: detectron2's repeat factors at DATALOADER.REPEAT_THRESHOLD (0.05 in the
+    synthetic recipes); the meta loader: class-balanced factors max_c 1 / (K f(c))."""
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    from ltdet.data.samplers import class_balanced_repeat_factors
+    from ltdet.engine import trainer as trainer_module
+
+    seen = []
+
+    class Recording(RepeatFactorTrainingSampler):
+        def __init__(self, repeat_factors, **kwargs):
+            seen.append(repeat_factors.clone())
+            super().__init__(repeat_factors, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "RepeatFactorTrainingSampler", Recording)
+    cfg = tiny_cfg(tmp_path)
+    assert cfg.DATALOADER.REPEAT_THRESHOLD == 0.05
+    dicts = trainer_module._train_dicts(cfg)
+    Trainer.build_train_loader(cfg, seed=0)
+    want = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(dicts, 0.05)
+    assert torch.equal(seen[0], want) and want.max() > 1  # some images do repeat
+    Trainer.build_meta_loader(cfg, seed=0)
+    torch.testing.assert_close(seen[1], class_balanced_repeat_factors(dicts, 8))
