@@ -111,6 +111,40 @@ def test_seeds_no_larger_than_the_target_are_rejected():
     assert len(y_acc) == 0 and stats["m2m_accepted"] == 0
 
 
+def test_seed_choice_and_rejection_rates():
+    """Counts [100, 3, 1], five seeds each of classes 0 and 1. A target k is drawn with
+    probability ~ 1 - N_k / N_max, a seed with probability ~ its acceptance
+    p = 1 - beta^(N_seed - N_k), then kept with that p (M2m's code). The expected number of
+    kept seeds over 4000 attempts, from those rules by hand:"""
+    beta, n = 0.99, 4000
+    m, _ = _translator([100.0, 3.0, 1.0], beta=beta, gamma=0.0, num_steps=1,
+                       attempts_per_image=n)
+    gt = torch.tensor([0] * 5 + [1] * 5)
+    t1, t2 = 1 - 3 / 100, 1 - 1 / 100  # target weights of classes 1 and 2
+    p_to1 = 1 - beta ** 97  # only class-0 seeds are larger than class 1
+    p0, p1 = 1 - beta ** 99, 1 - beta ** 2  # seeds for target 2
+    kept_to2 = (p0 * p0 + p1 * p1) / (p0 + p1)  # pick ~ p, then keep with p
+    expected = n * (t1 * p_to1 + t2 * kept_to2) / (t1 + t2)  # 2466; a uniform pick gives 1876
+    torch.manual_seed(3)
+    _, _, stats = m(torch.rand(10, 6), gt, 1, nn.Linear(6, 4))
+    sd = math.sqrt(n * 0.25)
+    assert abs(stats["m2m_seed_pass"] - expected) < 5 * sd, (stats["m2m_seed_pass"], expected)
+
+
+def test_target_classes_follow_their_probabilities():
+    counts = [100.0, 50.0, 25.0, 1.0]
+    n = 6000
+    # beta 0: every seed larger than its target is accepted, so the outputs show the targets
+    m, _ = _translator(counts, beta=0.0, gamma=0.0, num_steps=1, attempts_per_image=n)
+    torch.manual_seed(4)
+    _, y, stats = m(torch.rand(8, 6), torch.zeros(8, dtype=torch.long), 1, nn.Linear(6, 5))
+    assert stats["m2m_accepted"] == n
+    want = torch.tensor([0.0, 0.5, 0.75, 0.99]) / 2.24  # 1 - N_k / N_max, normalised
+    got = torch.bincount(y, minlength=4).double() / n
+    sd = (want * (1 - want) / n).sqrt()
+    assert ((got - want).abs() <= 5 * sd + 1e-12).all(), (got, want)
+
+
 def test_invalid_hyper_parameters_name_the_key():
     for key, kw in [("BETA", dict(beta=1.0)), ("GAMMA", dict(gamma=1.5)),
                     ("STEP_SIZE", dict(step_size=0.0)), ("NUM_STEPS", dict(num_steps=0)),
