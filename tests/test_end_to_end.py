@@ -132,18 +132,27 @@ AUGMENT_WITH_WORKERS = ("DATALOADER.NUM_WORKERS", 2, "INPUT.RANDOM_FLIP", "horiz
                         "INPUT.MIN_SIZE_TRAIN", (48, 64))
 
 
-@pytest.mark.parametrize("opts", [(), AUGMENT_WITH_WORKERS], ids=["no_workers", "workers_augment"])
-def test_decoupled_resume_is_exact(base_model, tmp_path, opts):
+# A meta step every 2nd iteration on batches of its own size, cut after an odd iteration (3 of
+# 6): the resumed meta stream must skip the batches of iterations 0 and 2 (rounding up, not
+# down) and then serve iteration 4's.
+META_EVERY_2 = ("LTDET.META.INTERVAL", 2, "LTDET.META.IMS_PER_BATCH", 2, "SOLVER.STEPS", (1,))
+
+
+@pytest.mark.parametrize("opts,cut,total", [((), 2, 4), (AUGMENT_WITH_WORKERS, 2, 4),
+                                            (META_EVERY_2, 3, 6)],
+                         ids=["no_workers", "workers_augment", "meta_every_2"])
+def test_decoupled_resume_is_exact(base_model, tmp_path, opts, cut, total):
     base_dir, _ = base_model
+    opts = (*opts, "SOLVER.MAX_ITER", total)
     full, _ = train(_decoupled_cfg(base_dir, tmp_path / "full", *opts))
-    # "kill" after 2 iterations (a checkpoint at iteration 2), then resume to 4
-    _, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", "SOLVER.MAX_ITER", 2, *opts))
+    # "kill" after `cut` iterations (a checkpoint there), then resume to the end
+    _, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", *opts, "SOLVER.MAX_ITER", cut))
     # another SEED for the resumed process (real runs default to a random one): the data
     # streams' seeds and the RNG states must come from the checkpoint
     saved = torch.load(tmp_path / "cut" / "model_final.pth", map_location="cpu",
                        weights_only=False)["trainer"]["data_seeds"]
     resumed, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", *opts, "SEED", 7), resume=True)
-    assert resumed.start_iter == 2
+    assert resumed.start_iter == cut
     assert list(resumed.data_seeds) == list(saved)
     torch.testing.assert_close(resumed.reweigher.logits, full.reweigher.logits)
     torch.testing.assert_close(resumed.model.roi_heads.box_predictor.cls_score.weight,
