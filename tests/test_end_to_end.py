@@ -16,6 +16,8 @@ from ltdet.data.synthetic import generate
 from ltdet.engine import Trainer
 from ltdet.modeling import losses as L
 
+from .conftest import handmade  # noqa: F401 (fixture)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -358,3 +360,36 @@ def test_train_and_meta_loaders_draw_with_the_configured_factors(tiny_root, tmp_
     assert torch.equal(seen[0], want) and want.max() > 1  # some images do repeat
     Trainer.build_meta_loader(cfg, seed=0)
     torch.testing.assert_close(seen[1], class_balanced_repeat_factors(dicts, 8))
+
+
+def test_trainer_errors_name_the_fix(base_model, handmade, tmp_path):  # noqa: F811
+    """Configurations the trainer refuses, each with the key to change."""
+    from detectron2.data import DatasetCatalog
+
+    from ltdet.data import register_lvis_format
+
+    base_dir, _ = base_model
+    softmax_base = "configs/synthetic/base_softmax_rfs.yaml"
+    for key in ("META", "TWO_COMPONENT"):
+        with pytest.raises(ValueError, match=f"LTDET.{key}.ENABLED needs LTDET.DECOUPLED.ENABLED"):
+            Trainer(tiny_cfg(tmp_path / key, softmax_base, f"LTDET.{key}.ENABLED", True))
+    with pytest.raises(ValueError, match="SOLVER.CLIP_GRADIENTS is not supported"):
+        Trainer(_decoupled_cfg(base_dir, tmp_path / "clip", "SOLVER.CLIP_GRADIENTS.ENABLED", True))
+    with pytest.raises(ValueError, match="RandomSubsetTrainingSampler.*use TrainingSampler or "
+                                         "RepeatFactorTrainingSampler"):
+        Trainer(tiny_cfg(tmp_path / "s", softmax_base,
+                         "DATALOADER.SAMPLER_TRAIN", "RandomSubsetTrainingSampler"))
+    name = "test_three_class_val"
+    register_lvis_format(name, handmade["json"], handmade["root"])
+    try:
+        with pytest.raises(ValueError, match=f"test set {name} has 3 classes.*has 8"):
+            Trainer(tiny_cfg(tmp_path / "t", softmax_base, "DATASETS.TEST", (name,)))
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    MetadataCatalog.get("test_coco_style").set(evaluator_type="coco")
+    try:
+        with pytest.raises(ValueError, match="evaluates LVIS-format datasets.*'coco'"):
+            Trainer.build_evaluator(tiny_cfg(tmp_path / "e"), "test_coco_style")
+    finally:
+        MetadataCatalog.remove("test_coco_style")

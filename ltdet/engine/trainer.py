@@ -119,6 +119,11 @@ class Trainer(DefaultTrainer):
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         decoupled = cfg.LTDET.DECOUPLED.ENABLED
+        if not decoupled:  # before the loaders: TWO_COMPONENT changes the training split
+            for key in ("META", "TWO_COMPONENT", "M2M"):
+                if cfg.LTDET[key].ENABLED:
+                    raise ValueError(f"LTDET.{key}.ENABLED needs LTDET.DECOUPLED.ENABLED (it "
+                                     "works on the frozen features of the decoupled classifier)")
         self.reweigher = self.m2m = None
         model = self.build_model(cfg)
         if decoupled:
@@ -142,10 +147,6 @@ class Trainer(DefaultTrainer):
                 extra["m2m"] = self.m2m
             self._trainer = self.build_decoupled_step(cfg, model, data_loader, optimizer)
         else:
-            for key in ("META", "TWO_COMPONENT", "M2M"):
-                if cfg.LTDET[key].ENABLED:
-                    raise ValueError(f"LTDET.{key}.ENABLED needs LTDET.DECOUPLED.ENABLED (it "
-                                     "works on the frozen features of the decoupled classifier)")
             model = create_ddp_model(model, broadcast_buffers=False)
             self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
                 model, data_loader, optimizer)
