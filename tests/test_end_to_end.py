@@ -393,3 +393,30 @@ def test_trainer_errors_name_the_fix(base_model, handmade, tmp_path):  # noqa: F
             Trainer.build_evaluator(tiny_cfg(tmp_path / "e"), "test_coco_style")
     finally:
         MetadataCatalog.remove("test_coco_style")
+
+
+def test_checkpoint_loading_through_the_trainer(base_model, tmp_path):
+    """Through Trainer.resume_or_load: a base model may start from a partial checkpoint (an
+    ImageNet backbone); a sigmoid head refuses the softmax base's classifier with the reason; a
+    decoupled run refuses a checkpoint with a tensor of another shape."""
+    base_dir, _ = base_model
+    state = torch.load(base_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    torch.save({"model": backbone}, tmp_path / "backbone.pth")
+    trainer = Trainer(tiny_cfg(tmp_path / "b", "configs/synthetic/base_softmax_rfs.yaml",
+                               "MODEL.WEIGHTS", str(tmp_path / "backbone.pth")))
+    trainer.resume_or_load(resume=False)
+    loaded = trainer.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in backbone.items())
+
+    sigmoid = Trainer(tiny_cfg(tmp_path / "s", "configs/synthetic/base_sigmoid_rfs.yaml",
+                               "MODEL.WEIGHTS", str(base_dir / "model_final.pth")))
+    with pytest.raises(ValueError, match="is a softmax-family model.*LTDET.LOSS.NAME"):
+        sigmoid.resume_or_load(resume=False)
+
+    key = "roi_heads.box_head.fc1.bias"
+    torch.save({"model": dict(state, **{key: state[key][:-1]})}, tmp_path / "shape.pth")
+    decoupled = Trainer(_decoupled_cfg(base_dir, tmp_path / "d",
+                                       "MODEL.WEIGHTS", str(tmp_path / "shape.pth")))
+    with pytest.raises(ValueError, match=r"not a base model.*1 shape mismatches.*fc1.bias"):
+        decoupled.resume_or_load(resume=False)
