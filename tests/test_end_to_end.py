@@ -420,3 +420,20 @@ def test_checkpoint_loading_through_the_trainer(base_model, tmp_path):
                                        "MODEL.WEIGHTS", str(tmp_path / "shape.pth")))
     with pytest.raises(ValueError, match=r"not a base model.*1 shape mismatches.*fc1.bias"):
         decoupled.resume_or_load(resume=False)
+
+
+def test_m2m_from_config_maps_every_key(tiny_root, tmp_path):
+    from ltdet.data import class_stats
+    from ltdet.modeling.m2m import M2mTranslator
+
+    cfg = tiny_cfg(tmp_path, "configs/synthetic/decoupled/m2m.yaml",
+                   "LTDET.M2M.ATTEMPTS_PER_IMAGE", 7, "LTDET.M2M.BETA", 0.91,
+                   "LTDET.M2M.GAMMA", 0.37, "LTDET.M2M.LAMBDA", 0.23, "LTDET.M2M.STEP_SIZE", 0.17,
+                   "LTDET.M2M.NUM_STEPS", 5, "LTDET.M2M.INIT_NOISE", 0.03,
+                   "LTDET.CLASS_STATS.SOURCE", "instance_count")
+    m = M2mTranslator(cfg)
+    assert (m.attempts_per_image, m.beta, m.gamma, m.lam, m.step_size, m.num_steps,
+            m.init_noise) == (7, 0.91, 0.37, 0.23, 0.17, 5, 0.03)
+    want = class_stats(cfg.DATASETS.TRAIN).instance_counts
+    assert m.counts.tolist() == want.astype(float).tolist() != \
+        class_stats(cfg.DATASETS.TRAIN).image_counts.astype(float).tolist()
