@@ -107,6 +107,14 @@ def test_unknown_category(handmade, tmp_path):
         load_lvis_format_json(str(p), handmade["root"])
 
 
+def test_annotation_on_unknown_image(handmade, tmp_path):
+    anns = handmade["anns"] + [dict(handmade["anns"][0], id=9999, image_id=777)]
+    p = tmp_path / "bad.json"
+    write_lvis_json(p, handmade["images"], anns, handmade["cats"])
+    with pytest.raises(ValueError, match="annotation 9999 points at image_id 777.*fix the json"):
+        load_lvis_format_json(str(p), handmade["root"])
+
+
 def test_missing_image(handmade, tmp_path):
     (tmp_path / "img" / "007.png").unlink()
     with pytest.raises(FileNotFoundError, match="missing under image_root"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-from ltdet.data.positioned import PositionedSampler
+from ltdet.data.positioned import PositionedSampler, PositionSeededDataset
 from ltdet.data.samplers import class_balanced_repeat_factors
 
 
@@ -46,3 +46,27 @@ def test_positioned_sampler_tags_positions_and_drops_the_consumed_prefix():
         RepeatFactorTrainingSampler(torch.tensor([1.0, 2.5, 0.5, 3.0]), seed=7), 4, skip=12))
     keys = [next(skipped) for _ in range(18)]
     assert [divmod(k, 4) for k in keys] == [(12 + i, idx) for i, idx in enumerate(first[12:])]
+
+
+def test_position_seeded_dataset_draws_by_position_and_skips_rejected_images():
+    """The mapper runs under RNGs seeded by (seed, rank, position) only: the same key gives the
+    same draw in any order, other positions or seeds give others, the caller's RNG is left as it
+    was; an image the mapper rejects (None) is replaced by the next one."""
+    import numpy as np
+
+    items = [{"i": i} for i in range(3)]
+    ds = PositionSeededDataset(items, lambda d: (d["i"], float(np.random.rand())), seed=5)
+    keys = [p * 3 + p % 3 for p in range(6)]  # key = position * len + index, positions 0..5
+    a = [ds[k] for k in keys]
+    np.random.seed(0)
+    before = np.random.get_state()[1].copy()
+    assert [ds[k] for k in reversed(keys)] == a[::-1]
+    assert (np.random.get_state()[1] == before).all()
+    assert len({x[1] for x in a}) == 6
+    other = PositionSeededDataset(items, lambda d: (d["i"], float(np.random.rand())), seed=6)
+    assert other[0] != a[0] and other[0][0] == 0
+
+    picky = PositionSeededDataset(items, lambda d: None if d["i"] == 1 else d["i"], seed=5)
+    assert [picky[k] for k in range(3)] == [0, 2, 2]
+    with pytest.raises(RuntimeError, match="rejected every training image"):
+        PositionSeededDataset(items, lambda d: None, seed=5)[0]
