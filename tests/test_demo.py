@@ -21,7 +21,11 @@ def test_quick_demo_seeds_every_run_and_tabulates_their_metrics(tmp_path):
     assert [r["run"] for r in rows] == RUNS
     for run, row in zip(RUNS, rows):
         # the seed reaches every run (so the full demo's table is reproducible) ...
-        assert "\nSEED: 7\n" in open(out / run / "config.yaml").read()
+        config = open(out / run / "config.yaml").read()
+        assert "\nSEED: 7\n" in config
+        # ... and every fine-tuning starts from this demo's own base model
+        if run != "base_softmax_rfs":
+            assert f"  WEIGHTS: {out / 'base_softmax_rfs' / 'model_final.pth'}\n" in config
         # ... and the printed table is each run's own LVIS evaluation
         m = json.load(open(out / run / "inference" / "ltdet_synthetic_val" / "lvis_metrics.json"))
         want = [m["segm"]["AP"], m["segm"]["APr"], m["segm"]["APc"], m["segm"]["APf"], m["bbox"]["AP"]]
