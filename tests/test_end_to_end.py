@@ -3,6 +3,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -127,6 +128,19 @@ def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
     assert (tmp_path / "meta_class_weights.png").stat().st_size > 1000
     rows = list(csv.DictReader(open(tmp_path / "meta_class_weights.csv")))
     assert [float(r["weight"]) for r in rows] == pytest.approx(w.tolist(), abs=1e-4)
+    from ltdet.data import class_stats
+
+    stats = class_stats(trainer.cfg.DATASETS.TRAIN)
+    assert [int(r["train_image_count"]) for r in rows] == stats.image_counts.tolist()
+    assert [r["frequency"] for r in rows] == stats.frequency
+    latest = {k: v.latest() for k, v in trainer.storage.histories().items() if k.startswith("meta_w/")}
+    wn, groups = w.detach().numpy(), np.array(stats.frequency)
+    want = {"meta_w/min": wn.min(), "meta_w/mean": wn.mean(), "meta_w/max": wn.max()}
+    want.update({f"meta_w/{g}": wn[groups == g].mean() for g in "rcf" if (groups == g).any()})
+    assert latest == pytest.approx(want)
+    # logged before detectron2's writers run, so the last metrics.json line has them
+    last = json.loads(open(tmp_path / "metrics.json").read().strip().splitlines()[-1])
+    assert last["meta_w/mean"] == pytest.approx(want["meta_w/mean"])
 
 
 # Random flips and scales on, served by data-loader worker processes.
