@@ -100,3 +100,33 @@ def test_evaluator_maps_contiguous_ids_back_to_the_jsons(handmade, tmp_path):  #
     assert rows["pear"]["AP_bbox"] == "100.00"
     assert rows["apple"]["AP_bbox"] == "0.00" and rows["quince"]["AP_bbox"] == "0.00"
     assert math.isclose(results["bbox"]["AP"], 100 / 3)  # lvis-api's mean over the 3 classes
+
+
+def test_evaluator_without_per_class_output_and_without_predictions(handmade, tmp_path):  # noqa: F811
+    """LTDET.EVAL.PER_CLASS False writes no per-class table; a model with no detections gets NaN
+    metrics (lvis-api would fail on an empty result list), not a crash."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet.data import register_lvis_format
+    from ltdet.evaluation import LongTailLVISEvaluator
+
+    name = "test_eval_handmade_2"
+    register_lvis_format(name, handmade["json"], handmade["root"])
+    try:
+        DatasetCatalog.get(name)
+        ev = LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False,
+                                   output_dir=str(tmp_path / "a"), per_class=False)
+        box = [{"image_id": 1, "category_id": 0, "bbox": [2.0, 2.0, 10.0, 10.0], "score": 0.9}]
+        ev.reset()
+        ev._predictions = [{"image_id": 1, "instances": box}]
+        assert ev.evaluate()["bbox"]["AP"] >= 0
+        assert (tmp_path / "a" / "lvis_metrics.json").is_file()
+        assert not (tmp_path / "a" / "per_class_ap.csv").exists()
+        empty = LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False,
+                                      output_dir=str(tmp_path / "b"))
+        empty.reset()
+        empty._predictions = [{"image_id": 1, "instances": []}]
+        assert all(math.isnan(v) for v in empty.evaluate()["bbox"].values())
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
