@@ -16,7 +16,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH=pinned
-if [[ -n "${VIRTUAL_ENV:-}" && "$(cd "$VIRTUAL_ENV" && pwd -P)" != "$(pwd -P)/.venv" ]]; then
+if [[ -n "${VIRTUAL_ENV:-}" ]]; then
+  if [[ ! -x "$VIRTUAL_ENV/bin/python" ]]; then
+    echo "[install] VIRTUAL_ENV=$VIRTUAL_ENV has no bin/python; activate a virtualenv or unset" \
+         "VIRTUAL_ENV to use ./.venv" >&2
+    exit 1
+  fi
+  VIRTUAL_ENV=$(cd -- "$VIRTUAL_ENV" && pwd -P)
+fi
+if [[ -n "${VIRTUAL_ENV:-}" && "$VIRTUAL_ENV" != "$(cd .venv 2>/dev/null && pwd -P)" ]]; then
   PY="$VIRTUAL_ENV/bin/python"
   TORCH=any
 else
