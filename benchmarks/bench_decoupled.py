@@ -698,6 +698,7 @@ def main() -> None:
              "lvis_scale": str(args.lvis_scale),
              "weights": os.path.relpath(weights, ROOT) if weights else "random"}
     if not rows:  # e.g. --variants balms alone: timings in the markdown, no ratio to list
+        (out / f"{stem}.csv").unlink(missing_ok=True)  # an older run's csv would not match
         print(f"wrote {out}/{stem}.md (no comparison among the chosen variants, so no .csv)")
         return
     with open(out / f"{stem}.csv", "w", newline="") as f:

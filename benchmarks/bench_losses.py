@@ -166,7 +166,8 @@ def machine_info(device: str) -> Dict[str, str]:
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         from ltdet.modeling import fused_kernels  # LTDET_TRITON=0 times the eager path
 
-        info["triton_kernels"] = "on" if fused_kernels.ENABLED else "off"
+        info["triton_kernels"] = ("off (LTDET_TRITON=0)" if os.environ.get("LTDET_TRITON") == "0"
+                                  else "on" if fused_kernels.ENABLED else "off (no triton)")
     return info
 
 
@@ -209,7 +210,7 @@ def main() -> None:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"losses_{args.device}" + ("_eager" if info.get("triton_kernels") == "off" else "")
+    name = f"losses_{args.device}" + ("_eager" if os.environ.get("LTDET_TRITON") == "0" else "")
     (out / f"{name}.md").write_text(table)
     with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*rows[0], *info])

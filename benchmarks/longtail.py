@@ -278,9 +278,13 @@ def _synthetic():
     return mod
 
 
-def default_out(preset: str = "default") -> str:
-    """Where a preset's table and runs go unless --out says otherwise."""
+def default_out(preset: str = "default", iters_scale: float = 1.0,
+                extra_opts: Sequence[str] = ()) -> str:
+    """Where the table and runs go unless --out says otherwise: the committed folder only for
+    the benchmark's own settings, so a smoke or variant run never replaces its table."""
     name = "longtail" if preset == "default" else f"longtail_{preset}"
+    if iters_scale != 1.0 or extra_opts:
+        name += "_custom"
     return os.path.join("benchmarks", "results", name)
 
 
@@ -295,8 +299,10 @@ def completed_run_dir(out: str, method: str, seed: int) -> str:
     with open(table, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["method"] == method and r["seed"] == str(seed)]
     if not rows:
-        raise FileNotFoundError(f"{table} has no run of {method} seed {seed}; run "
-                                f"benchmarks/longtail.py first with --methods {method} --seeds {seed}")
+        raise FileNotFoundError(
+            f"{table} has no run of {method} seed {seed}; re-run benchmarks/longtail.py with "
+            f"every method and seed the table should hold, {method} seed {seed} included (cached "
+            "runs are reused; the table lists only the runs of its last invocation)")
     if rows[0]["status"] not in (OK, CACHED):
         raise FileNotFoundError(f"{method} seed {seed} did not complete in {table} (status "
                                 f"{rows[0]['status']}: {rows[0]['reason']}); re-run benchmarks/longtail.py")
@@ -874,8 +880,9 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, metavar="METHOD",
                         help="methods to compare (default: all known): " + ", ".join(KNOWN_METHODS))
     parser.add_argument("--out", default=None,
-                        help="output folder (default: benchmarks/results/longtail, with _<preset> "
-                             "for a preset other than default, so a smoke run keeps off the table)")
+                        help="output folder (default: benchmarks/results/longtail; with _<preset> "
+                             "for another preset and _custom with --iters-scale / --extra-opts, "
+                             "so a smoke run keeps off the table)")
     parser.add_argument("--preset", default="default", help="synthetic preset: default | tiny")
     parser.add_argument("--iters-scale", type=float, default=1.0,
                         help="multiply every config's MAX_ITER, STEPS and WARMUP_ITERS")
@@ -898,7 +905,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         parser.error(str(e))
     if args.out is None:
-        args.out = default_out(args.preset)
+        args.out = default_out(args.preset, args.iters_scale, args.extra_opts)
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(os.path.abspath(__file__), os.getcwd())]
                        + (sys.argv[1:] if argv is None else list(argv)))
     result = run_benchmark(args.methods, args.seeds, args.out, args.preset, args.extra_opts,

@@ -99,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     # A variant report (R50-FPN sizes, eager losses) sits beside the default one, never over it.
     base = os.path.join(args.out, f"speed_{args.device}" + ("_lvis_scale" if args.lvis_scale else "")
-                        + ("_eager" if machine.get("triton_kernels") == "off" else ""))
+                        + ("_eager" if os.environ.get("LTDET_TRITON") == "0" else ""))
     with open(base + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -209,6 +209,8 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     # a smoke run of another preset keeps off the committed table
     assert lt.default_out() == os.path.join("benchmarks", "results", "longtail")
     assert lt.default_out("tiny") == os.path.join("benchmarks", "results", "longtail_tiny")
+    assert lt.default_out("default", 0.1) == os.path.join("benchmarks", "results", "longtail_custom")
+    assert lt.default_out("tiny", 1.0, ["K", "V"]).endswith("longtail_tiny_custom")
     chain = [os.path.relpath(p, REPO) for p in lt._config_chain(cfg)]
     assert chain[-1] == "configs/Base-LTDet-RCNN-FPN.yaml"  # the hash also covers files outside
     m = lt.KNOWN_METHODS["balms"]

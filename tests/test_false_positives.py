@@ -94,7 +94,7 @@ def test_missing_or_failed_run_names_the_fix(fp_setup, tmp_path):
         _script().main(["--out", str(out), "--methods", "m", "--seeds", str(seed),
                         "--data-root", str(fp_setup["root"])])
 
-    with pytest.raises(FileNotFoundError, match="no run of m seed 1; run benchmarks/longtail.py"):
+    with pytest.raises(FileNotFoundError, match="no run of m seed 1; re-run benchmarks/longtail.py"):
         run(1)
     with pytest.raises(FileNotFoundError, match="did not complete.*status failed: exit 1"):
         run(2)
