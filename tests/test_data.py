@@ -99,19 +99,14 @@ def test_not_lvis_form(tmp_path):
         load_lvis_format_json(str(p), str(tmp_path))
 
 
-def test_unknown_category(handmade, tmp_path):
-    anns = handmade["anns"] + [dict(handmade["anns"][0], id=9999, category_id=42)]
+@pytest.mark.parametrize("field,value,says", [
+    ("category_id", 42, "annotation 9999 has category_id 42, which is not in 'categories'"),
+    ("image_id", 777, "annotation 9999 points at image_id 777.*fix the json")])
+def test_annotation_pointing_nowhere(handmade, tmp_path, field, value, says):
+    anns = handmade["anns"] + [dict(handmade["anns"][0], id=9999, **{field: value})]
     p = tmp_path / "bad.json"
     write_lvis_json(p, handmade["images"], anns, handmade["cats"])
-    with pytest.raises(ValueError, match="category_id 42"):
-        load_lvis_format_json(str(p), handmade["root"])
-
-
-def test_annotation_on_unknown_image(handmade, tmp_path):
-    anns = handmade["anns"] + [dict(handmade["anns"][0], id=9999, image_id=777)]
-    p = tmp_path / "bad.json"
-    write_lvis_json(p, handmade["images"], anns, handmade["cats"])
-    with pytest.raises(ValueError, match="annotation 9999 points at image_id 777.*fix the json"):
+    with pytest.raises(ValueError, match=says):
         load_lvis_format_json(str(p), handmade["root"])
 
 
