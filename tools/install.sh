@@ -9,7 +9,8 @@
 # * fvcore, pycocotools, lvis, opencv (headless).
 # * detectron2, first that works of:
 #     1. an importable detectron2 (the user's own build is kept as is);
-#     2. the official source: pip install git+https://github.com/facebookresearch/detectron2;
+#     2. the official source, when GitHub answers:
+#        pip install git+https://github.com/facebookresearch/detectron2;
 #     3. the PyPI sdist pb1-detectron2==0.6 (detectron2 v0.6) with the fixes of ltdet/compat.py.
 # * ltdet itself, editable.
 set -euo pipefail
@@ -64,6 +65,16 @@ if needs torch; then
          "torch >= 2.0 with its torchvision (or unset VIRTUAL_ENV to use ./.venv)" >&2
     exit 1
   fi
+  # The pinned pair is a CUDA build: ~5.8 GB in the environment. Check before pip fills the disk
+  # and leaves a half-installed torch behind.
+  site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  free_mb=$(df -Pm "$site" | awk 'NR == 2 {print $4}')
+  if (( free_mb < 6500 )); then
+    echo "[install] only $free_mb MB free on the disk of $site; torch 2.14.1 with torchvision" \
+         "needs about 6 GB: free some space, or activate a virtualenv that already has" \
+         "torch >= 2.0 with torchvision" >&2
+    exit 1
+  fi
   echo "[install] torch 2.14.1 / torchvision 0.29.1"
   "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
 fi
@@ -86,9 +97,14 @@ if needs detectron2; then
     "$PY" -c 'import detectron2.layers, detectron2.model_zoo' >&2 || true
     exit 1
   fi
-  echo "[install] detectron2: trying the official source"
-  if ! timeout 120 "${PIP[@]}" --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' 2>/dev/null; then
-    echo "[install] official source unreachable; building pb1-detectron2==0.6 with ltdet/compat.py fixes"
+  # Probe GitHub first (seconds), then build without a time limit: the C++ build of the official
+  # source takes minutes on a small machine and must not be cut short.
+  D2_GIT=https://github.com/facebookresearch/detectron2.git
+  if GIT_TERMINAL_PROMPT=0 timeout 30 git ls-remote "$D2_GIT" HEAD >/dev/null 2>&1; then
+    echo "[install] detectron2: building the official source (several minutes)"
+    "${PIP[@]}" --no-build-isolation "git+$D2_GIT"
+  else
+    echo "[install] $D2_GIT unreachable; building pb1-detectron2==0.6 with ltdet/compat.py fixes"
     build=$(mktemp -d)
     trap 'rm -rf "$build"' EXIT
     "$PY" - "$build" <<'EOF'
