@@ -130,3 +130,52 @@ def test_evaluator_without_per_class_output_and_without_predictions(handmade, tm
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_segm_sizes_come_from_the_mask_not_the_box(tmp_path):
+    """Mask AP's size ranges use the mask area (as detectron2's evaluator): the evaluator drops
+    the box from segm detections. A small object is hit (score 0.5) below a 0.9 false positive
+    whose mask is as small but whose box covers the image. By mask area both are small: APs is
+    1/2. With the box kept, lvis-api would size the false positive by its box (large) and ignore
+    it in the small range: APs 1."""
+    import pycocotools.mask as mask_util
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet.data import register_lvis_format
+    from ltdet.evaluation import LongTailLVISEvaluator
+
+    from .conftest import write_lvis_json
+
+    size = 128
+    images = [{"id": 1, "file_name": "1.png", "height": size, "width": size,
+               "neg_category_ids": [], "not_exhaustive_category_ids": []}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4.0, 4.0, 8.0, 8.0], "area": 64.0,
+             "segmentation": [[4, 4, 12, 4, 12, 12, 4, 12]]}]
+    cats = [{"id": 1, "name": "c1", "frequency": "r", "image_count": 1, "instance_count": 1,
+             "synonyms": ["c1"], "synset": "c1", "def": "c1"}]
+    path = tmp_path / "sizes.json"
+    write_lvis_json(path, images, anns, cats)
+
+    def rle(x0, y0):
+        m = np.zeros((size, size), dtype=np.uint8, order="F")
+        m[y0:y0 + 8, x0:x0 + 8] = 1
+        r = mask_util.encode(m)
+        r["counts"] = r["counts"].decode("ascii")
+        return r
+
+    hit = {"image_id": 1, "category_id": 0, "score": 0.5, "bbox": [4.0, 4.0, 8.0, 8.0],
+           "segmentation": rle(4, 4)}
+    false_pos = {"image_id": 1, "category_id": 0, "score": 0.9,
+                 "bbox": [0.0, 0.0, float(size), float(size)], "segmentation": rle(90, 90)}
+    name = "test_eval_segm_sizes"
+    register_lvis_format(name, str(path), str(tmp_path))
+    try:
+        ev = LongTailLVISEvaluator(name, tasks=("segm",), distributed=False, output_dir=None)
+        ev.reset()
+        ev._predictions = [{"image_id": 1, "instances": [hit, false_pos]}]
+        res = ev.evaluate()["segm"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert math.isclose(res["APs"], 50.0, abs_tol=1e-9)
+    assert math.isclose(res["AP"], 50.0, abs_tol=1e-9)

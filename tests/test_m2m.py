@@ -172,3 +172,22 @@ def test_generator_is_frozen_copy_and_in_state_dict():
     fresh.load_state_dict(state)
     assert torch.equal(fresh.g.weight, m.g.weight) and bool(fresh.initialized)
     assert math.isclose(float(fresh.target_probs[1]), 1.0)
+
+
+def test_zero_attempts_add_nothing_and_draw_nothing():
+    """ATTEMPTS_PER_IMAGE 0 turns M2m off: no samples (shaped to concatenate with the batch), and
+    the RNG is not touched, so the run's ROI sampling stays that of plain re-training. The same
+    holds for a batch without foreground."""
+    counts = [200.0, 120.0, 30.0, 5.0, 1.0]
+    x, gt = _batch(len(counts))
+    f = nn.Linear(6, len(counts) + 1)
+    for attempts, labels in [(0, gt), (40, torch.full_like(gt, len(counts)))]:
+        m, _ = _translator(counts, attempts_per_image=attempts)
+        torch.manual_seed(3)
+        x_gen, y_gen, stats = m(x, labels, 2, f)
+        assert x_gen.shape == (0, 6) and y_gen.shape == (0,) and y_gen.dtype == gt.dtype
+        assert stats == {"m2m_attempts": float(attempts * 2), "m2m_accepted": 0.0}
+        after = torch.rand(4)
+        torch.manual_seed(3)
+        assert torch.equal(after, torch.rand(4))
+        assert torch.cat([gt, y_gen]).shape == gt.shape

@@ -38,3 +38,40 @@ def test_gathered_exactly_where_the_periodic_checkpointer_saves():
             at.append(it)
             assert len(hook.gathered) == 1 and set(hook.gathered[0]) >= {"torch", "numpy", "python"}
     assert at == [1, 3, 4]
+
+
+def test_restore_picks_this_ranks_state_and_warns_on_another_process_count(monkeypatch, caplog):
+    """Rank r of an equal-size resume gets entry r of rng_per_rank; a resume with another
+    process count gets rank 0's ``rng`` and a warning naming both counts; one process resuming a
+    one-process checkpoint gets ``rng`` without a warning."""
+    import logging
+
+    from detectron2.utils import comm
+
+    states = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        states.append(rng_state.capture())
+    expected = []
+    for s in states:
+        rng_state.restore(s)
+        expected.append(torch.rand(2).tolist())
+    ckpt = {"rng": states[0], "rng_per_rank": [states[1], states[2]]}
+
+    def at(rank, world):
+        monkeypatch.setattr(comm, "get_rank", lambda: rank)
+        monkeypatch.setattr(comm, "get_world_size", lambda: world)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ltdet.engine.rng_state"):
+            rng_state.restore_from_checkpoint(ckpt)
+            return torch.rand(2).tolist(), [r.getMessage() for r in caplog.records]
+
+    assert at(1, 2) == (expected[2], [])
+    assert at(0, 2) == (expected[1], [])
+    drawn, warned = at(2, 3)
+    assert drawn == expected[0]
+    assert len(warned) == 1 and "for 2 process(es), not 3" in warned[0]
+    ckpt.pop("rng_per_rank")
+    assert at(0, 1) == (expected[0], [])
+    drawn, warned = at(1, 4)
+    assert drawn == expected[0] and "for 1 process(es), not 4" in warned[0]

@@ -7,6 +7,7 @@ of all ranks are gathered just before each checkpoint step and saved together.
 """
 from __future__ import annotations
 
+import logging
 import random
 from typing import Dict, List, Optional
 
@@ -36,6 +37,24 @@ def restore(state: Dict) -> None:
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
+
+
+def restore_from_checkpoint(state_dict: Dict) -> None:
+    """Restore this rank's state from a trainer checkpoint: its own entry of ``rng_per_rank``
+    when the checkpoint was saved by as many processes, else rank 0's ``rng`` (with a warning
+    when several processes now share it: their ROI sampling draws then differ from the run that
+    saved it)."""
+    world, per_rank = comm.get_world_size(), state_dict.get("rng_per_rank")
+    if per_rank is not None and len(per_rank) == world:
+        restore(per_rank[comm.get_rank()])
+    elif "rng" in state_dict:
+        restore(state_dict["rng"])
+        if world > 1:
+            logging.getLogger(__name__).warning(
+                "The checkpoint holds RNG states for %s process(es), not %d: every rank "
+                "continues from rank 0's, so this resume is not bit-exact (ROI sampling draws "
+                "differ); resume with as many processes as the run that saved it",
+                len(per_rank) if per_rank is not None else 1, world)
 
 
 class GatherRngHook(HookBase):

@@ -287,17 +287,7 @@ class Trainer(DefaultTrainer):
         self.data_seeds = state_dict.get("data_seeds", self.data_seeds)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
-        world, per_rank = comm.get_world_size(), state_dict.get("rng_per_rank")
-        if per_rank is not None and len(per_rank) == world:
-            rng_state.restore(per_rank[comm.get_rank()])
-        elif "rng" in state_dict:
-            rng_state.restore(state_dict["rng"])
-            if world > 1:
-                logging.getLogger(__name__).warning(
-                    "The checkpoint holds RNG states for %s process(es), not %d: every rank "
-                    "continues from rank 0's, so this resume is not bit-exact (ROI sampling draws "
-                    "differ); resume with as many processes as the run that saved it",
-                    len(per_rank) if per_rank is not None else 1, world)
+        rng_state.restore_from_checkpoint(state_dict)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
