@@ -91,6 +91,16 @@ def test_dev_split_never_takes_a_later_class_s_last_image():
                 assert any(c in images[i] for i in dev), (images, seed, dev)
 
 
+def test_dev_split_goes_rarest_first_and_counts_shared_images():
+    """Class 1 (2 images, both shared with class 0) picks first: its dev image also counts for
+    class 0, so one image covers both. Frequent-first would usually pick one of class 0's own
+    images first, then one for class 1: two images, one training image of class 0 lost."""
+    images = [[0, 1], [0, 1], [0], [0], [0], [0]]
+    for seed in range(10):
+        train, dev = split_dev(_dicts(images), 2, per_class=1, seed=seed)
+        assert len(dev) == 1 and dev[0] in (0, 1), (seed, dev)
+
+
 def test_dev_split_refuses_classes_it_cannot_cover():
     images = [[0]] * 5 + [[1]]  # class 1 has a single image
     with pytest.raises(ValueError, match=r"cannot cover classes \[1\].*ALLOW_UNCOVERED"):
