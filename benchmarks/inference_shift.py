@@ -114,8 +114,10 @@ def main(argv: Sequence[str] = None) -> int:
             with open(os.path.join(run_dir, "inference", "ltdet_synthetic_val",
                                    "lvis_metrics.json")) as f:
                 trained = json.load(f)["segm"]
+            # "as trained" only when nothing at test time differs from the run's own evaluation
             how = ("sigma(eta + s): no boost" if sign > 0 else "sigma(eta - s): boost" if sign < 0
-                   else "sigma(eta): as trained") + (" " + " ".join(args.opts) if args.opts else "")
+                   else "sigma(eta)" if args.opts else "sigma(eta): as trained")
+            how += " " + " ".join(args.opts) if args.opts else ""
             lines.append(f"| {method} | {seed} | {how} | {segm['AP']:.1f} | {segm['APr']:.1f} | "
                          f"{segm['APc']:.1f} | {segm['APf']:.1f} | {trained['AP']:.1f} | "
                          f"{trained['APr']:.1f} |")

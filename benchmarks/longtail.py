@@ -887,7 +887,9 @@ def main(argv=None) -> int:
     parser.add_argument("--iters-scale", type=float, default=1.0,
                         help="multiply every config's MAX_ITER, STEPS and WARMUP_ITERS")
     parser.add_argument("--extra-opts", nargs="*", default=[], metavar="KEY VALUE",
-                        help="config overrides for every run (after the configs, before SEED/OUTPUT_DIR)")
+                        help="config overrides for every run (after the configs, before "
+                             "SEED/OUTPUT_DIR); MODEL.WEIGHTS here is the base models' start, "
+                             "decoupled runs always load their base's model_final.pth")
     parser.add_argument("--data-root", default=None, help="DETECTRON2_DATASETS for the runs")
     parser.add_argument("--list", action="store_true", help="list the known methods and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and cache state only")

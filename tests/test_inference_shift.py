@@ -78,3 +78,8 @@ def test_main_scores_each_family_with_the_opposite_shift(tmp_path, monkeypatch, 
     calls.clear()
     assert script.main(args + ["--no-shift"]) == 0
     assert [c[1] for c in calls] == [0.0, 0.0]
+    assert tables(capsys.readouterr().out)[0][0]["scored with"] == "sigma(eta): as trained"
+    # with test-time overrides the scores are no longer those the run was evaluated with
+    assert script.main(args + ["--no-shift", "--opts", "TEST.DETECTIONS_PER_IMAGE", "7"]) == 0
+    assert tables(capsys.readouterr().out)[0][0]["scored with"] == \
+        "sigma(eta) TEST.DETECTIONS_PER_IMAGE 7"
