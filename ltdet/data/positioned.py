@@ -70,14 +70,38 @@ class PositionSeededDataset(torch.utils.data.Dataset):
             random.setstate(py_state)
 
 
+class ShardedStream(torch.utils.data.IterableDataset):
+    """``dataset[key]`` for the keys of ``sampler``, split over data-loader workers in chunks of
+    ``chunk`` consecutive keys (worker w maps chunks w, w + W, ...).
+
+    Sharding here rather than in detectron2 (v0.6 shards key by key, later versions by batch)
+    fixes the order: torch's DataLoader takes the workers' outputs in turn, so with chunks of
+    one batch (no aspect-ratio grouping; the DataLoader batches within a worker) batch j is
+    keys [jB, (j+1)B), and with chunks of one (grouping; the DataLoader yields single samples)
+    samples come in key order. Either way a stream started ``skip`` keys later yields what the
+    uninterrupted one yields from there, for any number of workers."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, sampler, chunk: int):
+        self.dataset, self.sampler, self.chunk = dataset, sampler, int(chunk)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        for t, key in enumerate(self.sampler):
+            if (t // self.chunk) % workers == worker:
+                yield self.dataset[key]
+
+
 def build_positioned_train_loader(cfg, dicts: List[Dict], sampler, seed: int, skip: int = 0,
                                   total_batch_size: Optional[int] = None, mapper=None):
     """What detectron2's ``build_detection_train_loader`` builds from ``cfg`` (DatasetMapper,
     aspect-ratio grouping, workers) over ``dicts`` drawn by ``sampler``, with position-seeded
     augmentation and the first ``skip`` draws of this rank dropped."""
     dataset = PositionSeededDataset(dicts, mapper or DatasetMapper(cfg, True), seed)
-    return build_batch_data_loader(
-        dataset, PositionedSampler(sampler, len(dataset), skip),
-        total_batch_size or cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        num_workers=cfg.DATALOADER.NUM_WORKERS)
+    total = total_batch_size or cfg.SOLVER.IMS_PER_BATCH
+    grouping = cfg.DATALOADER.ASPECT_RATIO_GROUPING
+    per_rank = total // comm.get_world_size()  # divisibility is checked by detectron2 below
+    stream = ShardedStream(dataset, PositionedSampler(sampler, len(dataset), skip),
+                           chunk=1 if grouping else max(per_rank, 1))
+    return build_batch_data_loader(stream, None, total, aspect_ratio_grouping=grouping,
+                                   num_workers=cfg.DATALOADER.NUM_WORKERS)
