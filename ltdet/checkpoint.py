@@ -18,7 +18,8 @@ def check_classifier_shape(model_state: Dict[str, torch.Tensor],
         theirs, ours = ckpt_state[key].shape[0], param.shape[0]
         if theirs == ours + 1:
             kind = ("a softmax-family model (K+1 logits, with background)",
-                    "sigmoid-family (K logits)", "softmax or balanced_softmax")
+                    "sigmoid-family (K logits)",
+                    "softmax, balanced_softmax, dbm, dbm_bs or dbm_cb")
         elif theirs + 1 == ours:
             kind = ("a sigmoid-family model (K logits, no background)",
                     "softmax-family (K+1 logits)", "sigmoid, balanced_sigmoid, eql or federated")
@@ -55,6 +56,15 @@ class LongTailCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir="", *, require_complete: bool = False, **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
         self.require_complete = require_complete
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        # fvcore treats an empty path as "nothing to load": a decoupled run would then train a
+        # classifier on a randomly initialised frozen trunk.
+        if self.require_complete and not path and not (resume and self.has_checkpoint()):
+            raise ValueError("the decoupled regime (LTDET.DECOUPLED.ENABLED) fine-tunes a base "
+                             "model, but MODEL.WEIGHTS is empty: set it to the base model's "
+                             "model_final.pth")
+        return super().resume_or_load(path, resume=resume)
 
     def _load_model(self, checkpoint):
         check_classifier_shape(self.model.state_dict(), checkpoint["model"])

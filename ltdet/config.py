@@ -63,7 +63,8 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.META.ENABLED = False
     # Adam learning rate: the paper's 1e-3 (the original code used 1e-2).
     cfg.LTDET.META.LR = 1e-3
-    # Adam betas of the BALMS supplementary (C.3).
+    # Adam betas (0.9, 0.99): the BALMS supplementary's CIFAR / ImageNet settings (C.3; its LVIS
+    # paragraph gives only the lr).
     cfg.LTDET.META.BETAS = (0.9, 0.99)
     # Meta loss on the class-balanced batch: "plain" (softmax/sigmoid, the paper: the meta set
     # is already balanced) or "same" (the head's own loss, what the original code effectively
@@ -71,7 +72,8 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.META.LOSS = "plain"
     # A meta step every INTERVAL iterations (paper and code: every iteration).
     cfg.LTDET.META.INTERVAL = 1
-    # Images per meta batch (all ranks); 0 = SOLVER.IMS_PER_BATCH.
+    # Images per meta batch (all ranks), also the two-component development batch; 0 =
+    # SOLVER.IMS_PER_BATCH. Not rescaled by SOLVER.REFERENCE_WORLD_SIZE.
     cfg.LTDET.META.IMS_PER_BATCH = 0
     # Log the class weights every LOG_PERIOD iterations (a csv and PNG are written at the end).
     cfg.LTDET.META.LOG_PERIOD = 20

@@ -389,6 +389,9 @@ def test_trainer_errors_name_the_fix(base_model, handmade, tmp_path):  # noqa: F
             Trainer(tiny_cfg(tmp_path / key, softmax_base, f"LTDET.{key}.ENABLED", True))
     with pytest.raises(ValueError, match="SOLVER.CLIP_GRADIENTS is not supported"):
         Trainer(_decoupled_cfg(base_dir, tmp_path / "clip", "SOLVER.CLIP_GRADIENTS.ENABLED", True))
+    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED is not supported.*set "
+                                         "SOLVER.AMP.ENABLED False"):
+        Trainer(_decoupled_cfg(base_dir, tmp_path / "amp", "SOLVER.AMP.ENABLED", True))
     with pytest.raises(ValueError, match="RandomSubsetTrainingSampler.*use TrainingSampler or "
                                          "RepeatFactorTrainingSampler"):
         Trainer(tiny_cfg(tmp_path / "s", softmax_base,
@@ -412,7 +415,7 @@ def test_trainer_errors_name_the_fix(base_model, handmade, tmp_path):  # noqa: F
 def test_checkpoint_loading_through_the_trainer(base_model, tmp_path):
     """Through Trainer.resume_or_load: a base model may start from a partial checkpoint (an
     ImageNet backbone); a sigmoid head refuses the softmax base's classifier with the reason; a
-    decoupled run refuses a checkpoint with a tensor of another shape."""
+    decoupled run refuses a checkpoint with a tensor of another shape, and no checkpoint."""
     base_dir, _ = base_model
     state = torch.load(base_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
     backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
@@ -434,6 +437,11 @@ def test_checkpoint_loading_through_the_trainer(base_model, tmp_path):
                                        "MODEL.WEIGHTS", str(tmp_path / "shape.pth")))
     with pytest.raises(ValueError, match=r"not a base model.*1 shape mismatches.*fc1.bias"):
         decoupled.resume_or_load(resume=False)
+    # no base model at all: fvcore would load nothing and train on a random trunk
+    empty = Trainer(_decoupled_cfg(base_dir, tmp_path / "e", "MODEL.WEIGHTS", ""))
+    for resume in (False, True):  # --resume without a checkpoint in OUTPUT_DIR too
+        with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty: set it to the base"):
+            empty.resume_or_load(resume=resume)
 
 
 def test_m2m_from_config_maps_every_key(tiny_root, tmp_path):

@@ -447,7 +447,7 @@ def test_validate_counts_floor():
     (lambda: L.sigmoid_log_prior_odds([5.0, 20.0], 10), r"num_images \(10\) is smaller.*20"),
     (lambda: L.image_frequency([5.0, 20.0], 10), "num_images"),
     (lambda: L.image_frequency([-1.0], 10), "non-negative"),
-    (lambda: L.sigmoid_bias_init(1.5), "prior_prob"),
+    (lambda: L.sigmoid_bias_init(1.5), "LTDET.LOSS.SIGMOID_PRIOR_PROB must be in"),
     # a prior of the wrong length would shift the wrong columns
     (lambda: L.balanced_softmax_loss(torch.zeros(2, K), torch.tensor([0, K]), LOG_PRIOR),
      r"'balanced_softmax' expects K\+1 logits.*K columns"),

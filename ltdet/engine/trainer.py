@@ -135,6 +135,10 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg, seed=self.data_seeds[0])
         extra = {}
         if decoupled:
+            if cfg.SOLVER.AMP.ENABLED:
+                raise ValueError("SOLVER.AMP.ENABLED is not supported with "
+                                 "LTDET.DECOUPLED.ENABLED (the classifier step runs in fp32): "
+                                 "set SOLVER.AMP.ENABLED False")
             meta = cfg.LTDET.META.ENABLED or cfg.LTDET.TWO_COMPONENT.ENABLED
             if meta and cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
                 raise ValueError("LTDET.META / LTDET.TWO_COMPONENT with SOLVER.CLIP_GRADIENTS is "

@@ -115,9 +115,10 @@ def balanced_softmax_loss(
 ) -> Tensor:
     """Balanced Softmax (A.1 Eq. 10): softmax CE on ``eta_j + log n_j`` for foreground proposals.
 
-    ``log_prior`` is ``[K]`` = ``log(n_j / mean_k n_k)`` (see ``softmax_log_prior``): it is
-    normalised relative to a uniform class distribution, so the background logit's relation to the
-    foreground classes is unchanged on average and uniform counts give exactly the plain softmax.
+    ``log_prior`` is ``[K]`` = ``log(n_j / mean_k n_k)`` (see ``softmax_log_prior``): normalised
+    relative to a uniform class distribution, so uniform counts give exactly the plain softmax.
+    Against the unshifted background logit the normaliser matters (the paper has no background
+    class): with long-tailed counts the class-mean shift is log(geometric / arithmetic mean) < 0.
 
     The background logit is untouched (shift 0) and background proposals use the plain softmax CE:
     Balanced Softmax corrects the label-distribution shift among foreground classes (long-tailed
@@ -393,7 +394,8 @@ def dbm_loss(
     proposal of class y the positive logit is ``s cos(theta_y + m_C[y] + 1[hard] m_I)`` with
     ``m_I = m_C[y] (1 - cos theta_y) / 2`` (Eqs. 7-8, differentiated as written) and
     "hard" meaning the largest cosine is not y's (Eq. 9); every other logit is ``s cos theta_j``.
-    With ``log_prior`` (DBM-BS, Eq. 4) foreground proposals add it to the K class logits.
+    With ``log_prior`` (DBM-BS, Eq. 11: Balanced Softmax's prior, Eq. 4) foreground proposals
+    add it to the K class logits.
     Background: the background column never gets a margin or a prior, and background proposals
     take the plain scaled-cosine softmax, as in ``balanced_softmax_loss`` (A.2 remark).
     """
@@ -533,7 +535,7 @@ def image_frequency(counts: CountsLike, num_images: float) -> Tensor:
 def sigmoid_bias_init(prior_prob: float = 0.001) -> float:
     """``-log((1 - p) / p)``: sigmoid classifier bias so every class starts at probability p."""
     if not 0.0 < prior_prob < 1.0:
-        raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+        raise ValueError(f"LTDET.LOSS.SIGMOID_PRIOR_PROB must be in (0, 1), got {prior_prob}")
     return -math.log((1.0 - prior_prob) / prior_prob)
 
 
@@ -577,7 +579,7 @@ def cls_loss(
     """Dispatch to the loss ``name``; ``stats`` holds the [K] statistics the loss needs.
 
     Keys: ``log_prior`` (balanced_softmax), ``log_prior_odds`` (balanced_sigmoid), ``class_freq``
-    (eql), ``fed_weight`` (federated).  Extra ``kwargs`` (``lambda_``, ``num_classes``,
+    (eql), ``fed_weight`` (federated), ``class_margin`` (dbm, dbm_bs, dbm_cb).  Extra ``kwargs`` (``lambda_``, ``num_classes``,
     ``generator``) go to the loss.  Checks the logit width against K from the statistics so a
     softmax head/checkpoint used with a sigmoid loss (or vice versa) fails loudly.
     """
