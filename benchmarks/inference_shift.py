@@ -60,7 +60,7 @@ def shifted_scores(predictor, shift: torch.Tensor) -> Iterator[None]:
 
 
 def prior_shift(cfg) -> torch.Tensor:
-    """s_j = log(p_j / (1 - p_j)), p_j = image count / images of DATASETS.TRAIN (as trained)."""
+    """s_j = log(p_j / (1 - p_j)), p_j = image count / annotated images of DATASETS.TRAIN (as trained)."""
     from ltdet.data import class_stats
     from ltdet.modeling import losses as L
 

@@ -11,7 +11,7 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.CLASS_STATS = CN()
     # "image_count" (images containing the class; the original BALMS code) or "instance_count",
     # for the softmax-family losses (Balanced Softmax, DBM) and M2m; the sigmoid-family losses
-    # always use image counts (fractions of training images).
+    # always use image counts (fractions of the annotated training images).
     cfg.LTDET.CLASS_STATS.SOURCE = "image_count"
     # Count given to classes with no training image. 0 = such classes are an error (log 0).
     cfg.LTDET.CLASS_STATS.FLOOR = 0.0

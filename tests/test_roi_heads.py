@@ -99,7 +99,9 @@ def test_balanced_heads_use_dataset_prior():
 
 @pytest.mark.parametrize("source", ["image_count", "instance_count"])
 def test_class_stats_source_reaches_the_softmax_family_only(handmade, source):
-    """handmade set: image counts [120, 12, 1], instance counts [240, 12, 3], 125 images."""
+    """handmade set: image counts [120, 12, 1], instance counts [240, 12, 3], 125 images of
+    which 120 have annotations (the prior's denominator: apple is in all of them, so its p is
+    capped at 120 / 121 and its log-odds is log 120)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from ltdet.data import register_lvis_format
@@ -112,7 +114,8 @@ def test_class_stats_source_reaches_the_softmax_family_only(handmade, source):
                          "LTDET.CLASS_STATS.SOURCE", source])
     counts = torch.tensor([240.0, 12.0, 3.0] if source == "instance_count" else [120.0, 12.0, 1.0],
                           dtype=torch.float64)
-    images = torch.tensor([120.0, 12.0, 1.0], dtype=torch.float64) / 125
+    images = torch.tensor([120.0, 12.0, 1.0], dtype=torch.float64) / 120
+    capped = images.clamp(max=120 / 121)
     try:
         def head(name):
             cfg.LTDET.LOSS.NAME = name
@@ -126,7 +129,9 @@ def test_class_stats_source_reaches_the_softmax_family_only(handmade, source):
                                    (0.1 * counts.min() / counts).float().double())  # Eq. 6, tau 1
         # the sigmoid family keeps image fractions whatever the source
         torch.testing.assert_close(head("balanced_sigmoid").log_prior_odds.double(),
-                                   torch.log(images / (1 - images)).float().double())
+                                   torch.log(capped / (1 - capped)).float().double())
+        assert math.isclose(float(head("balanced_sigmoid").log_prior_odds[0]), math.log(120),
+                            rel_tol=1e-6)
         torch.testing.assert_close(head("eql").class_freq.double(), images.float().double())
     finally:
         DatasetCatalog.remove("test_roi_heads_handmade")

@@ -38,7 +38,9 @@ class ClassStats:
     names: List[str]
     image_counts: np.ndarray  # images containing the class
     instance_counts: np.ndarray  # annotated instances
-    num_images: int  # images in the set (with or without annotations)
+    # Images with at least one annotation: what the loader trains on (detectron2's
+    # DATALOADER.FILTER_EMPTY_ANNOTATIONS) and the original BALMS code's prior denominator.
+    num_images: int
 
     @property
     def num_classes(self) -> int:
@@ -268,5 +270,6 @@ def _dataset_stats(dataset_name: str) -> ClassStats:
             cls = np.fromiter((a["category_id"] for a in d["annotations"]), dtype=np.int64)
             np.add.at(instance_counts, cls, 1)
             image_counts[np.unique(cls)] += 1
-        _STATS_CACHE[dataset_name] = ClassStats(names, image_counts, instance_counts, len(dicts))
+        annotated = sum(1 for d in dicts if d["annotations"])
+        _STATS_CACHE[dataset_name] = ClassStats(names, image_counts, instance_counts, annotated)
     return _STATS_CACHE[dataset_name]
