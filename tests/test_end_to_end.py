@@ -459,3 +459,18 @@ def test_m2m_from_config_maps_every_key(tiny_root, tmp_path):
     want = class_stats(cfg.DATASETS.TRAIN).instance_counts
     assert m.counts.tolist() == want.astype(float).tolist() != \
         class_stats(cfg.DATASETS.TRAIN).image_counts.astype(float).tolist()
+
+
+def test_evaluating_during_training_changes_no_training_draw(base_model, tmp_path):
+    """An evaluation after iteration 2 of 4 (TEST.EVAL_PERIOD 2) draws from the RNG for its
+    loader; training must continue as if it had not happened: the same weights as a run
+    without evaluation."""
+    base_dir, _ = base_model
+    quiet, _ = train(_decoupled_cfg(base_dir, tmp_path / "quiet"))
+    evaluating, results = train(_decoupled_cfg(base_dir, tmp_path / "eval", "DATASETS.TEST",
+                                               ("ltdet_synthetic_val",), "TEST.EVAL_PERIOD", 2))
+    assert results["segm"]["AP"] >= 0  # it did evaluate
+    assert (tmp_path / "eval" / "inference" / "ltdet_synthetic_val" / "lvis_metrics.json").is_file()
+    torch.testing.assert_close(evaluating.reweigher.logits, quiet.reweigher.logits, rtol=0, atol=0)
+    torch.testing.assert_close(evaluating.model.roi_heads.box_predictor.cls_score.weight,
+                               quiet.model.roi_heads.box_predictor.cls_score.weight, rtol=0, atol=0)

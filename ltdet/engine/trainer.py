@@ -310,6 +310,18 @@ class Trainer(DefaultTrainer):
             per_class=cfg.LTDET.EVAL.PER_CLASS,
         )
 
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation, leaving the training process's RNG streams as they were:
+        building and iterating the test loader draws from torch's RNG, so evaluating every
+        TEST.EVAL_PERIOD iterations would change the proposals sampled afterwards (and a resume
+        from a checkpoint taken at an evaluation would not be exact)."""
+        state = rng_state.capture()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            rng_state.restore(state)
+
     def train(self):
         """Train; return the last evaluation results (detectron2 0.6 returns them only when
         TEST.EXPECTED_RESULTS is set)."""
