@@ -13,7 +13,8 @@ def add_ltdet_config(cfg: CN) -> None:
     # for the softmax-family losses (Balanced Softmax, DBM) and M2m; the sigmoid-family losses
     # always use image counts (fractions of the annotated training images).
     cfg.LTDET.CLASS_STATS.SOURCE = "image_count"
-    # Count given to classes with no training image. 0 = such classes are an error (log 0).
+    # Count given to classes with no training image. 0 = such classes are an error for the losses
+    # whose statistics need a count (log 0 in priors, margins, federated weights); EQL accepts them.
     cfg.LTDET.CLASS_STATS.FLOOR = 0.0
 
     # Box classification loss of the LongTail ROI heads (ltdet.modeling.losses).

@@ -162,6 +162,14 @@ def test_bad_input():
         make("balanced_softmax", class_counts=[3.0, -1.0, 1.0, 1.0, 1.0])
     head = make("balanced_softmax", class_counts=[3.0, 0.0, 1.0, 1.0, 1.0], count_floor=1.0)
     assert torch.isfinite(head.log_prior).all()
+    # zero counts: refused where a statistic is undefined, accepted by EQL (frequency 0, rare)
+    for name in ("balanced_sigmoid", "federated", "dbm_bs"):
+        with pytest.raises(ValueError, match="zero count.*LTDET.CLASS_STATS.FLOOR"):
+            make(name, class_counts=[3.0, 0.0, 1.0, 1.0, 1.0])
+    eql = make("eql", class_counts=[3.0, 0.0, 1.0, 1.0, 1.0])
+    assert eql.class_freq.tolist() == pytest.approx([3 / 500, 0.0, 1 / 500, 1 / 500, 1 / 500])
+    with pytest.raises(ValueError, match="length num_classes=5"):
+        make("eql", class_counts=[1.0, 2.0])
 
 
 def test_softmax_checkpoint_into_sigmoid_head_is_explained():

@@ -108,7 +108,10 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
                     "pass class_counts= and num_images="
                 )
             floor = count_floor if count_floor > 0 else None
-            counts = L.validate_counts(class_counts, self.num_classes, floor=floor)
+            # EQL's frequency is defined at zero (such a class is simply rare); priors, margins
+            # and the federated sampling weights are not.
+            counts = L.validate_counts(class_counts, self.num_classes, floor=floor,
+                                       allow_zero=loss_name == "eql")
             if loss_name == "balanced_softmax":
                 stats["log_prior"] = L.softmax_log_prior(counts)
             elif loss_name == "balanced_sigmoid":

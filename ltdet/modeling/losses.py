@@ -474,14 +474,18 @@ def _check_num_images(counts: Tensor, num_images: float, name: str) -> None:
 
 
 def validate_counts(
-    counts: CountsLike, num_classes: int, name: str = "class counts", floor: Optional[float] = None
+    counts: CountsLike, num_classes: int, name: str = "class counts", floor: Optional[float] = None,
+    allow_zero: bool = False,
 ) -> Tensor:
     """Check per-class counts and return them as a float64 ``[K]`` tensor.
 
     Raises ValueError on a wrong length, non-finite or negative values, and on zero counts unless
-    ``floor`` (> 0) is given, in which case every count is clamped to at least ``floor``.
+    ``floor`` (> 0) is given, in which case every count is clamped to at least ``floor``, or
+    ``allow_zero`` (statistics that stay defined at zero, such as EQL's frequency).
     """
     counts = _check_counts(counts, num_classes, name)
+    if allow_zero and floor is None:
+        return counts
     if floor is not None:
         if not floor > 0:
             raise ValueError(f"floor must be > 0 (a floor count for empty classes), got {floor}")
