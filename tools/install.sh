@@ -9,7 +9,7 @@
 # * fvcore, pycocotools, lvis, opencv (headless).
 # * detectron2, first that works of:
 #     1. an importable detectron2 (the user's own build is kept as is);
-#     2. the official source, when GitHub answers:
+#     2. the official source, when GitHub answers and the build succeeds:
 #        pip install git+https://github.com/facebookresearch/detectron2;
 #     3. the PyPI sdist pb1-detectron2==0.6 (detectron2 v0.6) with the fixes of ltdet/compat.py.
 # * ltdet itself, editable.
@@ -68,15 +68,18 @@ if needs torch; then
   # The pinned pair is a CUDA build: ~5.8 GB in the environment. Check before pip fills the disk
   # and leaves a half-installed torch behind.
   site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  free_mb=$(df -Pm "$site" | awk 'NR == 2 {print $4}')
-  if (( free_mb < 6500 )); then
+  free_mb=$(df -Pm "$site" 2>/dev/null | awk 'NR == 2 {print $4}') || free_mb=
+  if [[ ! $free_mb =~ ^[0-9]+$ ]]; then
+    echo "[install] could not read the free space of $site (df); going on" >&2
+  elif (( free_mb < 6500 )); then
     echo "[install] only $free_mb MB free on the disk of $site; torch 2.14.1 with torchvision" \
-         "needs about 6 GB: free some space, or activate a virtualenv that already has" \
+         "needs about 6.5 GB: free some space, or activate a virtualenv that already has" \
          "torch >= 2.0 with torchvision" >&2
     exit 1
   fi
   echo "[install] torch 2.14.1 / torchvision 0.29.1"
-  "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
+  # No wheel cache: a downloaded CUDA build would otherwise take its size twice on the disk.
+  "${PIP[@]}" --no-cache-dir torch==2.14.1 torchvision==0.29.1
 fi
 
 # Runtime deps of detectron2 0.6 and ltdet, listed here because detectron2's sdist pins
@@ -98,13 +101,22 @@ if needs detectron2; then
     exit 1
   fi
   # Probe GitHub first (seconds), then build without a time limit: the C++ build of the official
-  # source takes minutes on a small machine and must not be cut short.
+  # source takes minutes on a small machine and must not be cut short. If it fails (compiler,
+  # CUDA toolkit), fall back to the v0.6 sdist like an unreachable GitHub.
   D2_GIT=https://github.com/facebookresearch/detectron2.git
+  official=0
   if GIT_TERMINAL_PROMPT=0 timeout 30 git ls-remote "$D2_GIT" HEAD >/dev/null 2>&1; then
     echo "[install] detectron2: building the official source (several minutes)"
-    "${PIP[@]}" --no-build-isolation "git+$D2_GIT"
+    if "${PIP[@]}" --no-build-isolation "git+$D2_GIT"; then
+      official=1
+    else
+      echo "[install] the official source did not build (see above)" >&2
+    fi
   else
-    echo "[install] $D2_GIT unreachable; building pb1-detectron2==0.6 with ltdet/compat.py fixes"
+    echo "[install] $D2_GIT unreachable (or git missing)"
+  fi
+  if (( ! official )); then
+    echo "[install] building pb1-detectron2==0.6 with ltdet/compat.py fixes"
     build=$(mktemp -d)
     trap 'rm -rf "$build"' EXIT
     "$PY" - "$build" <<'EOF'

@@ -38,8 +38,8 @@ class ClassStats:
     names: List[str]
     image_counts: np.ndarray  # images containing the class
     instance_counts: np.ndarray  # annotated instances
-    # Images with at least one annotation: what the loader trains on (detectron2's
-    # DATALOADER.FILTER_EMPTY_ANNOTATIONS) and the original BALMS code's prior denominator.
+    # Images with at least one annotation: the original BALMS code's prior denominator, and what
+    # the loader trains on with detectron2's default DATALOADER.FILTER_EMPTY_ANNOTATIONS True.
     num_images: int
 
     @property

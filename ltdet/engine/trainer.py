@@ -119,6 +119,9 @@ class Trainer(DefaultTrainer):
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         decoupled = cfg.LTDET.DECOUPLED.ENABLED
+        if decoupled and cfg.SOLVER.AMP.ENABLED:
+            raise ValueError("SOLVER.AMP.ENABLED is not supported with LTDET.DECOUPLED.ENABLED "
+                             "(the classifier step runs in fp32): set SOLVER.AMP.ENABLED False")
         if not decoupled:  # before the loaders: TWO_COMPONENT changes the training split
             for key in ("META", "TWO_COMPONENT", "M2M"):
                 if cfg.LTDET[key].ENABLED:
@@ -135,10 +138,6 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg, seed=self.data_seeds[0])
         extra = {}
         if decoupled:
-            if cfg.SOLVER.AMP.ENABLED:
-                raise ValueError("SOLVER.AMP.ENABLED is not supported with "
-                                 "LTDET.DECOUPLED.ENABLED (the classifier step runs in fp32): "
-                                 "set SOLVER.AMP.ENABLED False")
             meta = cfg.LTDET.META.ENABLED or cfg.LTDET.TWO_COMPONENT.ENABLED
             if meta and cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
                 raise ValueError("LTDET.META / LTDET.TWO_COMPONENT with SOLVER.CLIP_GRADIENTS is "
