@@ -266,10 +266,11 @@ def _dataset_stats(dataset_name: str) -> ClassStats:
         names = list(meta.thing_classes)
         image_counts = np.zeros(len(names), dtype=np.int64)
         instance_counts = np.zeros(len(names), dtype=np.int64)
+        annotated = 0
         for d in dicts:
             cls = np.fromiter((a["category_id"] for a in d["annotations"]), dtype=np.int64)
             np.add.at(instance_counts, cls, 1)
             image_counts[np.unique(cls)] += 1
-        annotated = sum(1 for d in dicts if d["annotations"])
+            annotated += cls.size > 0
         _STATS_CACHE[dataset_name] = ClassStats(names, image_counts, instance_counts, annotated)
     return _STATS_CACHE[dataset_name]
