@@ -141,6 +141,10 @@ def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
     # logged before detectron2's writers run, so the last metrics.json line has them
     last = json.loads(open(tmp_path / "metrics.json").read().strip().splitlines()[-1])
     assert last["meta_w/mean"] == pytest.approx(want["meta_w/mean"])
+    # the meta batches' proposal sampling stays out of the training batch's scalars: one
+    # value per iteration (two before: training and meta batch mixed)
+    logged = [it for _, it in trainer.storage.history("roi_head/num_fg_samples").values()]
+    assert logged == list(range(4))
 
 
 # Random flips and scales on, served by data-loader worker processes.
@@ -209,6 +213,9 @@ def test_decoupled_two_component(base_model, tmp_path):
                    "LTDET.TWO_COMPONENT.EPS_LR", 100.0)
     trainer, _ = train(cfg)
     assert trainer.storage.history("eps_abs_mean").latest() > 0
+    # development batches stay out of the training batch's proposal scalars
+    logged = [it for _, it in trainer.storage.history("roi_head/num_bg_samples").values()]
+    assert logged == list(range(3))
     # development images are held out of training
     from ltdet.engine.trainer import _dev_dicts, _train_dicts
 

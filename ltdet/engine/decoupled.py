@@ -18,7 +18,7 @@ from detectron2.engine import SimpleTrainer
 from detectron2.layers import cat
 from detectron2.structures import ImageList
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
+from detectron2.utils.events import EventStorage, get_event_storage
 from torch import nn
 
 from ..modeling.m2m import M2mTranslator
@@ -85,6 +85,15 @@ def classifier_inputs(model: nn.Module, batched_inputs: List[Dict],
         xs.append(heads.box_head(x).flatten(1))
         classes += [p.gt_classes for p in proposals]
     return cat(xs, dim=0), cat(classes, dim=0)
+
+
+def _unlogged_inputs(model: nn.Module, batched_inputs: List[Dict],
+                     chunk: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``classifier_inputs`` of a meta / development batch. The proposal sampling logs
+    roi_head/num_fg_samples etc.; those would describe this batch mixed with the training
+    batch's, so they go to a throwaway storage."""
+    with EventStorage(get_event_storage().iter):
+        return classifier_inputs(model, batched_inputs, chunk)
 
 
 def _plain_loss_name(loss_name: str) -> str:
@@ -181,7 +190,7 @@ class DecoupledTrainStep(SimpleTrainer):
             metrics.update(m2m_stats)
             x, gt = torch.cat([x, x_gen]), torch.cat([gt, gt_gen])
         if self.two_component is not None:  # a development batch every iteration (Algorithm 1)
-            x_dev, gt_dev = classifier_inputs(self.model, next(self._meta_iter), self.trunk_chunk)
+            x_dev, gt_dev = _unlogged_inputs(self.model, next(self._meta_iter), self.trunk_chunk)
             class_weights, eps_lr = self.two_component
             weights = two_component_weights(
                 self.predictor.cls_score, self.optimizer, class_weights.to(x.device), eps_lr,
@@ -190,7 +199,7 @@ class DecoupledTrainStep(SimpleTrainer):
             if fg.any():
                 metrics["eps_abs_mean"] = float((weights[fg] - class_weights.to(x.device)[gt[fg]]).abs().mean())
         if self.reweigher is not None and self.iter % self.meta_interval == 0:
-            x_meta, gt_meta = classifier_inputs(self.model, next(self._meta_iter), self.trunk_chunk)
+            x_meta, gt_meta = _unlogged_inputs(self.model, next(self._meta_iter), self.trunk_chunk)
             metrics.update(meta_reweigher_step(
                 self.predictor.cls_score, self.optimizer, self.reweigher, self.meta_optimizer,
                 self._train_loss, self._meta_loss, x, gt, x_meta, gt_meta))
