@@ -102,6 +102,44 @@ def test_evaluator_maps_contiguous_ids_back_to_the_jsons(handmade, tmp_path):  #
     assert math.isclose(results["bbox"]["AP"], 100 / 3)  # lvis-api's mean over the 3 classes
 
 
+def test_evaluator_without_training_data_still_returns_the_metrics(handmade, tmp_path, caplog):  # noqa: F811
+    """--eval-only needs no training data: when DATASETS.TRAIN cannot be read (json missing,
+    name unknown, other category list), per-class AP is written without training counts and the
+    metrics come back, with a warning naming the fix, instead of an error after inference."""
+    import csv
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet.data import register_lvis_format
+    from ltdet.evaluation import LongTailLVISEvaluator
+
+    name, gone = "test_eval_handmade_3", "test_eval_missing_train"
+    register_lvis_format(name, handmade["json"], handmade["root"])
+    register_lvis_format(gone, str(tmp_path / "no_such_train.json"), handmade["root"])
+    try:
+        DatasetCatalog.get(name)
+        for i, train in enumerate([gone, "test_eval_never_registered"]):
+            out = tmp_path / str(i)
+            ev = LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False,
+                                       output_dir=str(out), train_dataset=train)
+            pears = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
+                     for a in handmade["anns"] if a["category_id"] == 7]
+            ev.reset()
+            ev._predictions = [{"image_id": 1, "instances": pears}]
+            caplog.clear()
+            with caplog.at_level("WARNING"):
+                results = ev.evaluate()
+            assert math.isclose(results["bbox"]["AP"], 100 / 3)
+            assert "LTDET.EVAL.PER_CLASS False" in caplog.text
+            rows = {r["name"]: r for r in csv.DictReader(open(out / "per_class_ap.csv"))}
+            assert rows["pear"]["AP_bbox"] == "100.00"
+            assert not (out / "per_class_ap.png").exists()
+    finally:
+        for n in (name, gone):
+            DatasetCatalog.remove(n)
+            MetadataCatalog.remove(n)
+
+
 def test_evaluator_without_per_class_output_and_without_predictions(handmade, tmp_path):  # noqa: F811
     """LTDET.EVAL.PER_CLASS False writes no per-class table; a model with no detections gets NaN
     metrics (lvis-api would fail on an empty result list), not a crash."""

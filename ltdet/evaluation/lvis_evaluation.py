@@ -73,14 +73,29 @@ class LongTailLVISEvaluator(LVISEvaluator):
         cats = self._lvis_api.cats
         names = [cats[c].get("name", str(c)) for c in cat_ids]
         freq = [cats[c].get("frequency", "") for c in cat_ids]
-        stats = class_stats(self._train_dataset) if self._train_dataset else None
-        if stats is not None and stats.num_classes != len(cat_ids):
-            raise ValueError(
-                f"training set(s) {self._train_dataset} have {stats.num_classes} classes but the "
-                f"evaluated json has {len(cat_ids)}: they must share one category list"
-            )
+        stats = self._train_stats(len(cat_ids))
         out = self._output_dir
         write_per_class_csv(os.path.join(out, "per_class_ap.csv"), names, per_class, stats, freq)
         if stats is not None:
             plot_per_class_ap(os.path.join(out, "per_class_ap.png"), per_class, stats.image_counts)
         self._logger.info("Per-class AP written to %s/per_class_ap.{csv,png}", out)
+
+    def _train_stats(self, num_classes: int):
+        """Training counts for the per-class table, or None (with a warning) when they cannot be
+        had: the metrics are computed by then, and an --eval-only run needs no training data."""
+        if not self._train_dataset:
+            return None
+        try:
+            stats = class_stats(self._train_dataset)
+            if stats.num_classes != num_classes:
+                raise ValueError(f"training set(s) {self._train_dataset} have {stats.num_classes} "
+                                 f"classes but the evaluated json has {num_classes}; they must "
+                                 "share one category list")
+            return stats
+        except (OSError, KeyError, ValueError) as e:
+            self._logger.warning(
+                "Per-class AP is written without training counts and without its plot: the "
+                "training set's statistics are not available (%s: %s). Register DATASETS.TRAIN's "
+                "json to get them, or set LTDET.EVAL.PER_CLASS False to skip the table.",
+                type(e).__name__, e)
+            return None
