@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import math
+import pytest
 
 import numpy as np
 
@@ -100,6 +101,37 @@ def test_evaluator_maps_contiguous_ids_back_to_the_jsons(handmade, tmp_path):  #
     assert rows["pear"]["AP_bbox"] == "100.00"
     assert rows["apple"]["AP_bbox"] == "0.00" and rows["quince"]["AP_bbox"] == "0.00"
     assert math.isclose(results["bbox"]["AP"], 100 / 3)  # lvis-api's mean over the 3 classes
+
+
+def test_evaluator_refuses_a_json_lvis_api_cannot_evaluate(handmade, tmp_path):  # noqa: F811
+    """Missing image negative lists or category frequency groups are refused when the evaluator
+    is built (before inference), naming what is missing, not lvis-api's KeyError at the end."""
+    import copy
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet.data import register_lvis_format
+    from ltdet.evaluation import LongTailLVISEvaluator
+
+    data = json.loads(open(handmade["json"]).read())
+    cases = {"neg": ("neg_category_ids", None), "nonex": ("not_exhaustive_category_ids", None),
+             "freq": (None, "frequency")}
+    for tag, (img_key, cat_key) in cases.items():
+        broken = copy.deepcopy(data)
+        if img_key:
+            del broken["images"][4][img_key]
+        if cat_key:
+            broken["categories"][1][cat_key] = "common"
+        path = tmp_path / f"{tag}.json"
+        path.write_text(json.dumps(broken))
+        name = f"test_eval_broken_{tag}"
+        register_lvis_format(name, str(path), handmade["root"])
+        try:
+            with pytest.raises(ValueError, match=(img_key or r"'frequency'.*ids \[7\]")):
+                LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False)
+        finally:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
 
 
 def test_evaluator_without_training_data_still_returns_the_metrics(handmade, tmp_path, caplog):  # noqa: F811

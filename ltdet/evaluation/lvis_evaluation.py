@@ -16,6 +16,27 @@ from .per_class import per_class_ap, plot_per_class_ap, write_per_class_csv
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
 
 
+def check_lvis_fields(data: dict, source: str) -> None:
+    """lvis-api's evaluation reads every image's ``neg_category_ids`` and
+    ``not_exhaustive_category_ids`` and every category's ``frequency`` (r/c/f): without them it
+    fails with a bare KeyError, and only after the whole inference pass. Check them up front."""
+    images = data.get("images", [])
+    missing = [k for k in ("neg_category_ids", "not_exhaustive_category_ids")
+               if any(k not in img for img in images)]
+    bad = [c.get("id") for c in data.get("categories", []) if c.get("frequency") not in ("r", "c", "f")]
+    if missing or bad:
+        what = []
+        if missing:
+            what.append(f"images without {' / '.join(missing)}")
+        if bad:
+            what.append(f"categories without a 'frequency' of 'r', 'c' or 'f' (ids {bad[:5]}"
+                        f"{' ...' if len(bad) > 5 else ''})")
+        raise ValueError(
+            f"{source} cannot be evaluated with LVIS AP: {'; '.join(what)}. LVIS-format jsons carry "
+            "them (a COCO json does not): add the image lists (empty lists if annotation is not "
+            "federated) and each category's training frequency group")
+
+
 class LongTailLVISEvaluator(LVISEvaluator):
     """detectron2's LVISEvaluator that keeps lvis-api's per-class precision: besides the usual
     metrics it writes ``per_class_ap.csv`` and ``per_class_ap.png`` (AP against the training
@@ -28,6 +49,8 @@ class LongTailLVISEvaluator(LVISEvaluator):
                          max_dets_per_image=max_dets_per_image)
         self._train_dataset = train_dataset
         self._per_class = per_class
+        if self._do_evaluation:
+            check_lvis_fields(self._lvis_api.dataset, self._metadata.get("json_file", dataset_name))
 
     def _eval_predictions(self, predictions):
         results = list(itertools.chain(*[x["instances"] for x in predictions]))
