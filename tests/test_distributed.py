@@ -178,3 +178,16 @@ def test_resume_on_two_cpu_processes_is_exact(tiny, gloo_base, tmp_path):
         assert resumed["start"] == 2
         torch.testing.assert_close(resumed["cls"], full["cls"])
         torch.testing.assert_close(resumed["w"], full["w"])
+
+
+def test_launch_passes_the_timeout_to_detectron2(monkeypatch):
+    """With CUDA (or one process) detectron2's launch runs, with the caller's timeout."""
+    from datetime import timedelta
+
+    import ltdet.engine.launch as L
+
+    calls = []
+    monkeypatch.setattr(L, "d2_launch", lambda *a, **k: calls.append((a, k)))
+    launch(print, 1, args=("x",), timeout=timedelta(minutes=7))
+    (args, kwargs), = calls
+    assert args[:2] == (print, 1) and kwargs == {"args": ("x",), "timeout": timedelta(minutes=7)}

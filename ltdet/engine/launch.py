@@ -36,7 +36,8 @@ def launch(
     """Like ``detectron2.engine.launch``; without CUDA, ``num_gpus_per_machine`` CPU processes."""
     world_size = num_machines * num_gpus_per_machine
     if torch.cuda.is_available() or world_size <= 1:
-        d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args=args)
+        d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args=args,
+                  timeout=timeout)
         return
     if dist_url in (None, "auto"):
         if num_machines != 1:
