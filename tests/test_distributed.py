@@ -182,9 +182,10 @@ def test_resume_on_two_cpu_processes_is_exact(tiny, gloo_base, tmp_path):
 
 def test_launch_passes_the_timeout_to_detectron2(monkeypatch):
     """With CUDA (or one process) detectron2's launch runs, with the caller's timeout."""
+    import importlib
     from datetime import timedelta
 
-    import ltdet.engine.launch as L
+    L = importlib.import_module("ltdet.engine.launch")  # the module (the package exports the function)
 
     calls = []
     monkeypatch.setattr(L, "d2_launch", lambda *a, **k: calls.append((a, k)))
