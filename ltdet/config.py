@@ -7,10 +7,12 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET = CN()
 
     # Per-class training statistics consumed by the balanced losses and samplers, computed from
-    # the annotations of DATASETS.TRAIN, summed over its sets (ltdet.data.class_stats).
+    # the annotations of DATASETS.TRAIN, summed over its sets (ltdet.data.class_stats); with
+    # LTDET.TWO_COMPONENT, of the images left after the development split.
     cfg.LTDET.CLASS_STATS = CN()
     # "image_count" (images containing the class; the original BALMS code) or "instance_count",
-    # for the softmax-family losses (Balanced Softmax, DBM) and M2m; the sigmoid-family losses
+    # for the softmax-family losses (Balanced Softmax, DBM), M2m and the two-component w_y
+    # (Jamal et al.'s n_y); the sigmoid-family losses
     # always use image counts (fractions of the annotated training images).
     cfg.LTDET.CLASS_STATS.SOURCE = "image_count"
     # Count given to classes with no training image. 0 = such classes are an error for the losses

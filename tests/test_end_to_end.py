@@ -234,6 +234,25 @@ def test_decoupled_two_component(base_model, tmp_path):
     class_weights, eps_lr = step.two_component
     torch.testing.assert_close(class_weights, L.effective_number_weights(counts).float())
     assert eps_lr == 100.0
+    # the losses' statistics describe the same images (a Balanced Softmax head's prior here)
+    from ltdet.data import training_class_stats
+
+    stats = training_class_stats(trainer.cfg)
+    assert stats.image_counts.tolist() == counts.tolist()
+    assert stats.num_images == len(_train_dicts(trainer.cfg))
+    assert (stats.image_counts < class_stats(trainer.cfg.DATASETS.TRAIN).image_counts).any()
+    bs = trainer.cfg.clone()
+    bs.defrost()
+    bs.LTDET.LOSS.NAME = "balanced_softmax"
+    head = Trainer.build_model(bs).roi_heads.box_predictor
+    torch.testing.assert_close(head.log_prior, L.softmax_log_prior(counts).float())
+    # SOURCE and FLOOR as for the losses: instance counts
+    inst = trainer.cfg.clone()
+    inst.defrost()
+    inst.LTDET.CLASS_STATS.SOURCE = "instance_count"
+    weights, _ = Trainer.build_decoupled_step(trainer, inst, trainer.model, trainer.data_loader,
+                                              trainer.optimizer).two_component
+    torch.testing.assert_close(weights, L.effective_number_weights(stats.instance_counts).float())
     with pytest.raises(ValueError, match="alternatives"):
         Trainer(tiny_cfg(tmp_path / "x", "configs/synthetic/decoupled/two_component.yaml",
                          "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "LTDET.META.ENABLED", True,

@@ -6,3 +6,4 @@ from .lvis_format import (
     load_lvis_format_json,
     register_lvis_format,
 )
+from .dev_split import training_class_stats

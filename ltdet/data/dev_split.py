@@ -12,6 +12,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from .lvis_format import ClassStats, annotation_dicts, class_stats, stats_of_dicts
+
 
 def split_dev(dataset_dicts: List[Dict], num_classes: int, per_class: int, seed: int = 0,
               allow_uncovered: bool = False) -> Tuple[List[int], List[int]]:
@@ -52,3 +54,22 @@ def split_dev(dataset_dicts: List[Dict], num_classes: int, per_class: int, seed:
         )
     train = [i for i in range(len(dataset_dicts)) if i not in dev]
     return train, sorted(dev)
+
+
+def split_for_config(cfg, dicts: List[Dict]) -> Tuple[List[int], List[int]]:
+    """``split_dev`` of the training dicts with LTDET.TWO_COMPONENT's settings."""
+    tc = cfg.LTDET.TWO_COMPONENT
+    return split_dev(dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES, tc.DEV_IMAGES_PER_CLASS,
+                     seed=0, allow_uncovered=tc.ALLOW_UNCOVERED)
+
+
+def training_class_stats(cfg) -> ClassStats:
+    """Class statistics of what the model trains on: ``class_stats(DATASETS.TRAIN)``, or with
+    LTDET.TWO_COMPONENT those of the images left after the development split (a class with 3
+    images, 2 of them held out, trains on 1: its prior and class weight must say 1)."""
+    stats = class_stats(cfg.DATASETS.TRAIN)
+    if not cfg.LTDET.TWO_COMPONENT.ENABLED:
+        return stats
+    dicts = annotation_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    train, _ = split_for_config(cfg, dicts)
+    return stats_of_dicts([dicts[i] for i in train], stats.names)

@@ -263,14 +263,32 @@ def _dataset_stats(dataset_name: str) -> ClassStats:
                                      check_images=False)
         else:
             dicts = DatasetCatalog.get(dataset_name)
-        names = list(meta.thing_classes)
-        image_counts = np.zeros(len(names), dtype=np.int64)
-        instance_counts = np.zeros(len(names), dtype=np.int64)
-        annotated = 0
-        for d in dicts:
-            cls = np.fromiter((a["category_id"] for a in d["annotations"]), dtype=np.int64)
-            np.add.at(instance_counts, cls, 1)
-            image_counts[np.unique(cls)] += 1
-            annotated += cls.size > 0
-        _STATS_CACHE[dataset_name] = ClassStats(names, image_counts, instance_counts, annotated)
+        _STATS_CACHE[dataset_name] = stats_of_dicts(dicts, list(meta.thing_classes))
     return _STATS_CACHE[dataset_name]
+
+
+def stats_of_dicts(dicts: Sequence[Dict], names: List[str]) -> ClassStats:
+    """``ClassStats`` of detectron2 dataset dicts (contiguous ``category_id``)."""
+    image_counts = np.zeros(len(names), dtype=np.int64)
+    instance_counts = np.zeros(len(names), dtype=np.int64)
+    annotated = 0
+    for d in dicts:
+        cls = np.fromiter((a["category_id"] for a in d["annotations"]), dtype=np.int64)
+        np.add.at(instance_counts, cls, 1)
+        image_counts[np.unique(cls)] += 1
+        annotated += cls.size > 0
+    return ClassStats(names, image_counts, instance_counts, annotated)
+
+
+def annotation_dicts(datasets: Sequence[str], filter_empty: bool = True) -> List[Dict]:
+    """The dicts of ``datasets`` concatenated in order, images without annotations dropped when
+    ``filter_empty``: the list detectron2's ``get_detection_dataset_dicts`` gives the training
+    loader (LVIS has no crowd annotations), read without checking that the images exist."""
+    dicts: List[Dict] = []
+    for name in datasets:
+        if name in _REGISTERED:
+            meta = MetadataCatalog.get(name)
+            dicts += _load_registered(meta.json_file, meta.image_root, name, check_images=False)
+        else:
+            dicts += DatasetCatalog.get(name)
+    return [d for d in dicts if d["annotations"]] if filter_empty else dicts

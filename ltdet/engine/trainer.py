@@ -6,8 +6,6 @@ import os
 import weakref
 from typing import Optional
 
-import numpy as np
-
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
@@ -21,13 +19,13 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import LongTailCheckpointer
-from ..data import class_stats
-from ..data.dev_split import split_dev
+from ..data import class_stats, training_class_stats
+from ..data.dev_split import split_for_config
 from ..data.lvis_format import shared_loads
 from ..data.positioned import build_positioned_train_loader
 from ..data.samplers import class_balanced_repeat_factors
 from ..evaluation import LongTailLVISEvaluator
-from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights
+from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights, validate_counts
 from ..modeling.m2m import M2mTranslator
 from ..modeling.meta_reweigher import MetaReweigher
 from . import rng_state
@@ -59,24 +57,18 @@ def _all_train_dicts(cfg: CfgNode):
                                        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
 
 
-def _dev_split(cfg: CfgNode, dicts):
-    tc = cfg.LTDET.TWO_COMPONENT
-    return split_dev(dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES, tc.DEV_IMAGES_PER_CLASS,
-                     seed=0, allow_uncovered=tc.ALLOW_UNCOVERED)
-
-
 def _train_dicts(cfg: CfgNode):
     """Training images; with two-component weights, minus the held-out development split."""
     dicts = _all_train_dicts(cfg)
     if cfg.LTDET.TWO_COMPONENT.ENABLED:
-        train, _ = _dev_split(cfg, dicts)
+        train, _ = split_for_config(cfg, dicts)
         dicts = [dicts[i] for i in train]
     return dicts
 
 
 def _dev_dicts(cfg: CfgNode):
     dicts = _all_train_dicts(cfg)
-    return [dicts[i] for i in _dev_split(cfg, dicts)[1]]
+    return [dicts[i] for i in split_for_config(cfg, dicts)[1]]
 
 
 def _primed(iterator):
@@ -179,11 +171,11 @@ class Trainer(DefaultTrainer):
             if cfg.LTDET.META.ENABLED:
                 raise ValueError("LTDET.TWO_COMPONENT and LTDET.META are alternatives (Jamal et "
                                  "al. vs BALMS meta weights): enable one")
-            num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-            counts = np.zeros(num_classes)
-            for d in _train_dicts(cfg):
-                for c in {a["category_id"] for a in d["annotations"]}:
-                    counts[c] += 1
+            # w_y from the images left for training, counted as the losses count (SOURCE, FLOOR)
+            floor = cfg.LTDET.CLASS_STATS.FLOOR
+            counts = validate_counts(training_class_stats(cfg).counts(cfg.LTDET.CLASS_STATS.SOURCE),
+                                     cfg.MODEL.ROI_HEADS.NUM_CLASSES, "two-component class counts",
+                                     floor=floor if floor > 0 else None)
             beta = cfg.LTDET.LOSS.CB_BETA if cfg.LTDET.LOSS.CB_BETA >= 0 else None
             class_weights = effective_number_weights(counts, beta).float()
             return DecoupledTrainStep(

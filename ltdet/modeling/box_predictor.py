@@ -160,11 +160,11 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             cb_beta=cfg.LTDET.LOSS.CB_BETA if cfg.LTDET.LOSS.CB_BETA >= 0 else None,
         )
         if name in _NEEDS_COUNTS:
-            from ..data import class_stats
+            from ..data import training_class_stats
 
             if not cfg.DATASETS.TRAIN:
                 raise ValueError(f"loss {name!r} needs class statistics: set DATASETS.TRAIN")
-            stats = class_stats(cfg.DATASETS.TRAIN)
+            stats = training_class_stats(cfg)
             # Sigmoid-family statistics are image fractions (BALMS code's prior; EQL's and the
             # federated loss's image frequency) whatever the source; the softmax family's
             # (Balanced Softmax prior, DBM's n_y / n_min, class-balanced weights) follow SOURCE.

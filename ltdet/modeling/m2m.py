@@ -140,14 +140,14 @@ class M2mTranslator(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        from ..data import class_stats
+        from ..data import training_class_stats
 
         from .losses import validate_counts
 
         c = cfg.LTDET.M2M
         floor = cfg.LTDET.CLASS_STATS.FLOOR
         # the losses' check: zero-count classes are an error naming LTDET.CLASS_STATS.FLOOR
-        counts = validate_counts(class_stats(cfg.DATASETS.TRAIN).counts(cfg.LTDET.CLASS_STATS.SOURCE),
+        counts = validate_counts(training_class_stats(cfg).counts(cfg.LTDET.CLASS_STATS.SOURCE),
                                  cfg.MODEL.ROI_HEADS.NUM_CLASSES, "M2m class counts",
                                  floor=floor if floor > 0 else None)
         return dict(class_counts=counts, attempts_per_image=c.ATTEMPTS_PER_IMAGE, beta=c.BETA,
