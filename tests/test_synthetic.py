@@ -3,6 +3,7 @@
 import collections
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -193,6 +194,11 @@ def test_idempotent_and_force(tmp_path):
     (tmp_path / "lvis_synthetic_val.json").unlink()
     syn.generate(str(tmp_path), preset="tiny", seed=0)
     assert _files(tmp_path) == before
+    # images deleted since (jsons and marker intact) are regenerated too
+    for gone in [tmp_path / "train" / "000001.png", tmp_path / "val"]:
+        shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
+        syn.generate(str(tmp_path), preset="tiny", seed=0)
+        assert _files(tmp_path) == before
 
 
 def test_tiny_has_a_long_tail(tiny_ds):

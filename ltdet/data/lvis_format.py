@@ -161,7 +161,9 @@ def _check_images(dicts: List[Dict], json_file: str, image_root: str) -> None:
         raise FileNotFoundError(
             f"{len(missing)} of {len(dicts)} images of {json_file} are missing under "
             f"image_root {image_root!r}, e.g. {missing[:3]}; check the image_root given at "
-            "registration (LVIS v1: $DETECTRON2_DATASETS/coco/, LVIS v0.5: .../coco/train2017/)"
+            "registration (LVIS v1: $DETECTRON2_DATASETS/coco/; LVIS v0.5: .../coco/train2017/ "
+            "for train, .../coco/val2017/ for val). The synthetic set's images are regenerated "
+            "by `python tools/make_synthetic.py`"
         )
 
 

@@ -331,6 +331,10 @@ def _result(out_dir, marker):
     )
 
 
+def _num_pngs(folder: str) -> int:
+    return sum(n.endswith(".png") for n in os.listdir(folder)) if os.path.isdir(folder) else -1
+
+
 def generate(out_dir, preset="default", seed=0, force=False):
     """Write the dataset to ``out_dir`` (see module docstring) and return its paths/counts.
 
@@ -348,6 +352,9 @@ def generate(out_dir, preset="default", seed=0, force=False):
         with open(marker_path) as f:
             marker = json.load(f)
         done = all(os.path.isfile(os.path.join(out_dir, f"lvis_synthetic_{s}.json")) for s in ("train", "val"))
+        # images deleted since (a cleaned folder) make it incomplete too: regenerate them
+        done = done and all(_num_pngs(os.path.join(out_dir, s)) == marker.get(f"num_{s}_images")
+                            for s in ("train", "val"))
         if done and all(marker.get(k) == v for k, v in want.items()):
             return _result(out_dir, marker)
 
