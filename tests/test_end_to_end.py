@@ -259,6 +259,35 @@ def test_decoupled_two_component(base_model, tmp_path):
                          "DATASETS.TEST", ()))
 
 
+def test_meta_lookahead_and_step_share_the_federated_draw(base_model, tmp_path, monkeypatch):
+    """The federated loss's class subset is drawn once per iteration, so the meta look-ahead
+    simulates the very step that follows (it drew a subset of its own before)."""
+    base_dir, _ = base_model
+    ckpt = torch.load(base_dir / "model_final.pth", map_location="cpu", weights_only=False)
+    model = ckpt["model"]
+    for k in ("weight", "bias"):  # a sigmoid base: the softmax base less its background row
+        key = f"roi_heads.box_predictor.cls_score.{k}"
+        model[key] = model[key][:8].clone()
+    torch.save({"model": model}, tmp_path / "sigmoid_base.pth")
+    seen = []
+    real = L.federated_loss
+
+    def spy(logits, gt, *args, classes=None, **kwargs):
+        seen.append((len(gt), classes))
+        return real(logits, gt, *args, classes=classes, **kwargs)
+
+    monkeypatch.setitem(L._LOSSES, "federated", spy)
+    cfg = _decoupled_cfg(base_dir, tmp_path / "out", "MODEL.WEIGHTS", str(tmp_path / "sigmoid_base.pth"),
+                         "LTDET.LOSS.NAME", "federated", "LTDET.LOSS.FED_NUM_CLASSES", 6,
+                         "SOLVER.MAX_ITER", 3, "SOLVER.STEPS", (2,))
+    train(cfg)
+    assert len(seen) == 6  # per iteration: the look-ahead, then the step
+    for (n_look, look), (n_step, step) in zip(seen[0::2], seen[1::2]):
+        assert n_look == n_step and look is not None and torch.equal(look, step)
+        assert 0 < len(step) <= 6
+    assert not all(torch.equal(seen[0][1], c) for _, c in seen[2::2])  # a new draw each iteration
+
+
 def _m2m_cfg(base_dir, out, *opts):
     # GAMMA 0: every translation whose seed passes the Bernoulli test joins the batch, so a
     # few iterations on the tiny model exercise the whole path.

@@ -265,6 +265,19 @@ def test_federated_all_classes_is_sigmoid():
         assert torch.allclose(got, L.sigmoid_loss(x, y, weights), rtol=1e-12)
 
 
+def test_federated_given_classes_are_used_and_checked():
+    x, y, w = make_batch()
+    present = torch.unique(y[y < K])
+    extra = torch.tensor([c for c in range(K) if c not in present.tolist()][:1])
+    classes = torch.sort(torch.cat([present, extra])).values
+    got = L.federated_loss(x, y, FED_WEIGHT, num_classes=2, weights=w, classes=classes)
+    t = (y[:, None] == classes[None, :]).double()
+    want = (F.binary_cross_entropy_with_logits(x[:, classes], t, reduction="none").sum(1) * w).mean()
+    assert torch.allclose(got, want, rtol=1e-12)
+    with pytest.raises(ValueError, match="miss a foreground class"):
+        L.federated_loss(x, y, FED_WEIGHT, classes=present[1:])
+
+
 # --------------------------------------------------------------------------- generic properties
 @pytest.mark.parametrize("name", L.LOSS_NAMES)
 def test_gradcheck(name):

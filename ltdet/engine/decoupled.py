@@ -136,6 +136,7 @@ class DecoupledTrainStep(SimpleTrainer):
         self.meta_optimizer = meta_optimizer
         self.meta_interval = meta_interval
         self.set_meta_loader(meta_loader)
+        self._draws: Dict = {}  # this iteration's draws of the training loss (_draw_once)
         name = self.predictor.loss_name if meta_loss == "same" else _plain_loss_name(self.predictor.loss_name)
         self._meta_loss_name = name
         self.trainable = [p for p in model.parameters() if p.requires_grad]
@@ -163,7 +164,18 @@ class DecoupledTrainStep(SimpleTrainer):
         self._meta_iter = iter(meta_loader) if meta_loader is not None else None
 
     def _train_loss(self, scores, gt, weights):
-        return self.predictor.classification_loss(scores, gt, weights)
+        return self.predictor.classification_loss(scores, gt, weights, **self._draws)
+
+    def _draw_once(self, gt: torch.Tensor) -> Dict:
+        """The random part of the training loss, drawn once per iteration: the federated loss's
+        class subset. A meta look-ahead with a draw of its own would simulate another loss than
+        the step that follows (the federated loss without meta draws where it did before)."""
+        if self.predictor.loss_name != "federated":
+            return {}
+        from ..modeling.losses import federated_classes
+
+        return {"classes": federated_classes(gt, self.predictor.stats["fed_weight"],
+                                             self.predictor.loss_kwargs["num_classes"])}
 
     def _meta_loss(self, scores, gt):
         from ..modeling.losses import cls_loss, softmax_loss
@@ -189,6 +201,7 @@ class DecoupledTrainStep(SimpleTrainer):
                 x, gt, len(data), lambda z: scale * self.predictor.cls_score(z), scale)
             metrics.update(m2m_stats)
             x, gt = torch.cat([x, x_gen]), torch.cat([gt, gt_gen])
+        self._draws = self._draw_once(gt)
         if self.two_component is not None:  # a development batch every iteration (Algorithm 1)
             x_dev, gt_dev = _unlogged_inputs(self.model, next(self._meta_iter), self.trunk_chunk)
             class_weights, eps_lr = self.two_component
@@ -207,7 +220,7 @@ class DecoupledTrainStep(SimpleTrainer):
         if self.reweigher is not None:
             weights = self.reweigher(gt).detach()
         scores = self.predictor.cls_score(x)
-        loss = self.predictor.classification_loss(scores, gt, weights)
+        loss = self._train_loss(scores, gt, weights)
         self.optimizer.zero_grad()
         loss.backward()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

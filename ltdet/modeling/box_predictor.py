@@ -177,9 +177,11 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         return {k: getattr(self, k) for k in self._stat_names}
 
     def classification_loss(
-        self, scores: torch.Tensor, gt_classes: torch.Tensor, weights: Optional[torch.Tensor] = None
+        self, scores: torch.Tensor, gt_classes: torch.Tensor, weights: Optional[torch.Tensor] = None,
+        **extra,
     ) -> torch.Tensor:
-        kwargs = self.loss_kwargs
+        """The head's loss; ``extra`` goes to the loss function (the federated loss's ``classes``)."""
+        kwargs = dict(self.loss_kwargs, **extra)
         if self.use_cosine:
             kwargs = dict(kwargs, log_prior=getattr(self, "log_prior", None))
             if hasattr(self, "cb_weight"):  # DBM-CB: class-balanced weight per fg proposal

@@ -381,11 +381,19 @@ def federated_loss(
     num_classes: int = 50,
     generator: Optional[torch.Generator] = None,
     weights: Optional[Tensor] = None,
+    classes: Optional[Tensor] = None,
 ) -> Tensor:
-    """Federated loss: sigmoid BCE summed over ``federated_classes(...)`` only, mean over proposals."""
+    """Federated loss: sigmoid BCE summed over ``federated_classes(...)`` only, mean over proposals.
+
+    ``classes``: that subset drawn beforehand (a meta look-ahead and the step it simulates must
+    use one draw); it must hold every foreground class of ``gt_classes``."""
     if logits.shape[0] == 0:
         return _empty(logits)
-    classes = federated_classes(gt_classes, class_weight, num_classes, generator)
+    if classes is None:
+        classes = federated_classes(gt_classes, class_weight, num_classes, generator)
+    elif not torch.isin(gt_classes[gt_classes < class_weight.numel()], classes).all():
+        raise ValueError("federated_loss: the given classes miss a foreground class of "
+                         "gt_classes; draw them with federated_classes(gt_classes, ...)")
     # Only the selected columns enter the loss, so compute BCE on them alone ([N, C], C << K).
     targets = (gt_classes[:, None] == classes[None, :]).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits[:, classes], targets, reduction="none")
@@ -595,8 +603,8 @@ def cls_loss(
     """Dispatch to the loss ``name``; ``stats`` holds the [K] statistics the loss needs.
 
     Keys: ``log_prior`` (balanced_softmax), ``log_prior_odds`` (balanced_sigmoid), ``class_freq``
-    (eql), ``fed_weight`` (federated), ``class_margin`` (dbm, dbm_bs, dbm_cb).  Extra ``kwargs`` (``lambda_``, ``num_classes``,
-    ``generator``) go to the loss.  Checks the logit width against K from the statistics so a
+    (eql), ``fed_weight`` (federated), ``class_margin`` (dbm, dbm_bs, dbm_cb).  Extra ``kwargs``
+    (``lambda_``, ``num_classes``, ``generator``, ``classes``, ...) go to the loss.  Checks the logit width against K from the statistics so a
     softmax head/checkpoint used with a sigmoid loss (or vice versa) fails loudly.
     """
     if name not in LOSS_NAMES:
