@@ -51,8 +51,10 @@ def _sgd(params, **variant):
     return torch.optim.SGD(params, lr=0.3, momentum=0.9, weight_decay=1e-2, **variant)
 
 
-def _optimizer(clf, **variant):
+def _optimizer(clf, fresh=False, **variant):
     opt = _sgd(clf.parameters(), **variant)
+    if fresh:  # iteration 0 of a run: no momentum buffer yet
+        return opt
     # one real step so that the momentum buffer is non-trivial
     clf(torch.ones(2, D, dtype=clf.weight.dtype)).sum().backward()
     opt.step()
@@ -60,10 +62,11 @@ def _optimizer(clf, **variant):
     return opt
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["momentum", "first_step"])
 @pytest.mark.parametrize("variant", SGD_VARIANTS, ids=str)
-def test_lookahead_matches_torch_sgd(variant):
+def test_lookahead_matches_torch_sgd(variant, fresh):
     clf, data, train_loss, _ = _problem()
-    opt = _optimizer(clf, **variant)
+    opt = _optimizer(clf, fresh, **variant)
     named = dict(clf.named_parameters())
     w = torch.randn(K, dtype=torch.float64)
     loss = train_loss(clf(data["x_train"]), data["gt_train"], proposal_weights(w, data["gt_train"]))
@@ -79,10 +82,33 @@ def test_lookahead_matches_torch_sgd(variant):
         torch.testing.assert_close(v, p.detach())
 
 
+def test_lookahead_matches_detectron2s_parameter_groups():
+    """detectron2's optimiser: a group per parameter, the bias with its own lr and weight decay
+    (SOLVER.BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS); each parameter must take its own group's."""
+    from detectron2.solver.build import get_default_optimizer_params
+
+    clf, data, train_loss, _ = _problem()
+    params = get_default_optimizer_params(clf, base_lr=0.3, weight_decay=1e-2, bias_lr_factor=2.0,
+                                          weight_decay_bias=0.0)
+    opt = torch.optim.SGD(params, lr=0.3, momentum=0.9)
+    assert len(opt.param_groups) == 2 and {g["lr"] for g in opt.param_groups} == {0.3, 0.6}
+    named = dict(clf.named_parameters())
+    for _ in range(2):  # the first step (no momentum buffer), then one with it
+        loss = train_loss(clf(data["x_train"]), data["gt_train"], None)
+        grads = dict(zip(named, torch.autograd.grad(loss, list(named.values()))))
+        new, _ = sgd_lookahead(opt, named, grads)
+        for k, p in named.items():
+            p.grad = grads[k].clone()
+        opt.step()
+        for k, p in named.items():
+            torch.testing.assert_close(new[k], p.detach())
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["momentum", "first_step"])
 @pytest.mark.parametrize("variant", SGD_VARIANTS, ids=str)
-def test_meta_gradient_matches_finite_differences(variant):
+def test_meta_gradient_matches_finite_differences(variant, fresh):
     clf, data, train_loss, meta_loss = _problem()
-    opt = _optimizer(clf, **variant)
+    opt = _optimizer(clf, fresh, **variant)
     rw = MetaReweigher(K).double()
     with torch.no_grad():
         rw.logits.copy_(torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64))
