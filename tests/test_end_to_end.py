@@ -1,6 +1,7 @@
 """End-to-end runs on the tiny synthetic split (CPU, seconds each)."""
 import csv
 import json
+import math
 import os
 
 import numpy as np
@@ -514,6 +515,44 @@ def test_m2m_from_config_maps_every_key(tiny_root, tmp_path):
     want = class_stats(cfg.DATASETS.TRAIN).instance_counts
     assert m.counts.tolist() == want.astype(float).tolist() != \
         class_stats(cfg.DATASETS.TRAIN).image_counts.astype(float).tolist()
+
+
+def test_box_predictor_from_config_maps_every_key(tiny_root, tmp_path):
+    """Every LTDET.LOSS / DBM / CLASS_STATS key reaches the head built from a config, at values
+    where it changes the loss (the defaults make EQL and federated plain sigmoid on 8 classes)."""
+    from detectron2.layers import ShapeSpec
+
+    from ltdet.data import class_stats
+    from ltdet.modeling.box_predictor import LongTailFastRCNNOutputLayers as Head
+
+    stats = class_stats("ltdet_synthetic_train")
+    img, inst = (torch.tensor(c, dtype=torch.float64) for c in (stats.image_counts, stats.instance_counts))
+    n = stats.num_images
+
+    def head(*opts):
+        return Head(tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml", *opts), ShapeSpec(channels=16))
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 0, 8])
+    x = torch.randn(12, 8, generator=g)
+    eql = head("LTDET.LOSS.NAME", "eql", "LTDET.LOSS.EQL_LAMBDA", 0.05)
+    want = L.eql_loss(x, y, img / n, lambda_=0.05)
+    torch.testing.assert_close(eql.classification_loss(x, y), want.float())
+    assert not torch.allclose(want, L.sigmoid_loss(x.double(), y).to(want))
+    fed = head("LTDET.LOSS.NAME", "federated", "LTDET.LOSS.FED_NUM_CLASSES", 3,
+               "LTDET.LOSS.FED_POWER", 0.25)
+    assert fed.loss_kwargs["num_classes"] == 3
+    torch.testing.assert_close(fed.fed_weight, img.pow(0.25).float())
+    sig = head("LTDET.LOSS.NAME", "balanced_sigmoid", "LTDET.LOSS.SIGMOID_PRIOR_PROB", 0.01)
+    torch.testing.assert_close(sig.cls_score.bias, torch.full((8,), -math.log(99.0)))
+    cb = head("LTDET.LOSS.NAME", "dbm_cb", "LTDET.DBM.K", 0.3, "LTDET.DBM.TAU", 0.5,
+              "LTDET.DBM.SCALE", 16.0, "LTDET.LOSS.CB_BETA", 0.9, "LTDET.CLASS_STATS.SOURCE",
+              "instance_count")
+    assert cb.dbm_scale == 16.0 and cb.loss_kwargs["scale"] == 16.0
+    torch.testing.assert_close(cb.class_margin, L.dbm_class_margins(inst, 0.3, 0.5).float())
+    torch.testing.assert_close(cb.cb_weight, L.effective_number_weights(inst, 0.9).float())
+    bs = head("LTDET.LOSS.NAME", "balanced_softmax", "LTDET.CLASS_STATS.SOURCE", "instance_count")
+    torch.testing.assert_close(bs.log_prior, L.softmax_log_prior(inst).float())
 
 
 def test_evaluating_during_training_changes_no_training_draw(base_model, tmp_path):
