@@ -61,10 +61,10 @@ def shifted_scores(predictor, shift: torch.Tensor) -> Iterator[None]:
 
 def prior_shift(cfg) -> torch.Tensor:
     """s_j = log(p_j / (1 - p_j)), p_j = image count / annotated images of DATASETS.TRAIN (as trained)."""
-    from ltdet.data import class_stats
+    from ltdet.data import training_class_stats
     from ltdet.modeling import losses as L
 
-    stats = class_stats(cfg.DATASETS.TRAIN)
+    stats = training_class_stats(cfg)
     counts = L.validate_counts(stats.counts("image_count"), cfg.MODEL.ROI_HEADS.NUM_CLASSES,
                                floor=cfg.LTDET.CLASS_STATS.FLOOR or None)
     return L.sigmoid_log_prior_odds(counts, stats.num_images).float()

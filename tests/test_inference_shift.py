@@ -46,6 +46,16 @@ def test_evaluate_without_shift_reproduces_the_run(tiny_root, tmp_path):
     c = torch.as_tensor(stats.counts("image_count"), dtype=torch.float64)
     want = torch.log(c / (stats.num_images - c))  # log(p / (1 - p)), p = image count / images
     torch.testing.assert_close(script.prior_shift(cfg).double(), want, rtol=1e-6, atol=1e-6)
+    # the very shift a balanced sigmoid head trains with, from the same config
+    from detectron2.layers import ShapeSpec
+
+    from ltdet.modeling.box_predictor import LongTailFastRCNNOutputLayers
+
+    bal = cfg.clone()
+    bal.defrost()
+    bal.LTDET.LOSS.NAME = "balanced_sigmoid"
+    head = LongTailFastRCNNOutputLayers(bal, ShapeSpec(channels=16))
+    torch.testing.assert_close(script.prior_shift(bal), head.log_prior_odds)
 
 
 def test_main_scores_each_family_with_the_opposite_shift(tmp_path, monkeypatch, capsys):
