@@ -195,3 +195,11 @@ def test_meta_loss_is_the_heads_whole_loss_or_the_plain_one(head, meta, expected
     if head == "dbm_bs" and meta == "same":  # the prior is in it
         without = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.dbm_scale)
         assert not torch.allclose(got, without)
+    if head == "dbm_cb" and meta == "same":  # and the class weights (background: weight 1)
+        k = predictor.num_classes
+        cb = torch.where(gt < k, predictor.cb_weight[gt.clamp(max=k - 1)], torch.ones(()))
+        weighted = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.dbm_scale,
+                              weights=cb)
+        torch.testing.assert_close(got, weighted)
+        without = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.dbm_scale)
+        assert not torch.allclose(got, without)
