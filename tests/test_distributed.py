@@ -64,6 +64,50 @@ def test_meta_step_two_ranks_equals_one_process(tmp_path):
     assert not torch.allclose(w, torch.zeros_like(w))
 
 
+def _two_component_run(x_train, gt_train, x_dev, gt_dev, steps=3):
+    from ltdet.engine.meta_step import two_component_weights
+
+    torch.manual_seed(0)
+    clf = nn.Linear(D, K + 1).double()
+    opt = torch.optim.SGD(clf.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
+    class_weights = L.effective_number_weights([30.0, 6.0, 1.0])
+    weights = []
+    for _ in range(steps):
+        w = two_component_weights(clf, opt, class_weights, 50.0, L.softmax_loss, L.softmax_loss,
+                                  x_train, gt_train, x_dev, gt_dev)
+        weights.append(w)
+        opt.zero_grad()
+        L.softmax_loss(clf(x_train), gt_train, w).backward()
+        if torch.distributed.is_initialized():
+            for p in clf.parameters():
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= torch.distributed.get_world_size()
+        opt.step()
+    return torch.stack(weights), clf.weight.detach()
+
+
+def _two_component_worker(out_dir):
+    rank = torch.distributed.get_rank()
+    x_train, gt_train, x_dev, gt_dev = _data()
+    w, cls = _two_component_run(x_train[rank], gt_train[rank], x_dev[rank], gt_dev[rank])
+    torch.save({"w": w, "cls": cls}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_two_component_two_ranks_equals_one_process(tmp_path):
+    """Per-proposal weights are each rank's own: rank r's eps must be the one-process eps of its
+    half of the global batch (look-ahead on the all-rank gradient, all-rank development loss)."""
+    launch(_two_component_worker, 2, args=(str(tmp_path),))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    x_train, gt_train, x_dev, gt_dev = _data()
+    w, cls = _two_component_run(x_train.flatten(0, 1), gt_train.flatten(), x_dev.flatten(0, 1),
+                                gt_dev.flatten())
+    torch.testing.assert_close(torch.cat([r0["w"], r1["w"]], dim=1), w, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(r0["cls"], cls, rtol=1e-9, atol=1e-12)
+    base = L.effective_number_weights([30.0, 6.0, 1.0])
+    fg = gt_train.flatten() < K
+    assert (w[:, fg] - base[gt_train.flatten()[fg]]).abs().max() > 1e-4  # eps is not trivially 0
+
+
 def _train_worker(root, out_dir, config, extra):
     from detectron2.utils.env import seed_all_rng
 
