@@ -12,8 +12,8 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.CLASS_STATS = CN()
     # "image_count" (images containing the class; the original BALMS code) or "instance_count",
     # for the softmax-family losses (Balanced Softmax, DBM), M2m and the two-component w_y
-    # (Jamal et al.'s n_y); the sigmoid-family losses
-    # always use image counts (fractions of the annotated training images).
+    # (Jamal et al.'s n_y); the sigmoid-family losses always use image counts (fractions of the
+    # annotated training images).
     cfg.LTDET.CLASS_STATS.SOURCE = "image_count"
     # Count given to classes with no training image. 0 = such classes are an error for the losses
     # whose statistics need a count (log 0 in priors, margins, federated weights); EQL accepts them.

@@ -25,6 +25,14 @@ def _data():
     return x_train, gt_train, x_meta, gt_meta
 
 
+def _average_gradients(module):
+    """What the decoupled step does by hand: gradients averaged over the ranks."""
+    if torch.distributed.is_initialized():
+        for p in module.parameters():
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= torch.distributed.get_world_size()
+
+
 def _meta_run(x_train, gt_train, x_meta, gt_meta, steps=3):
     torch.manual_seed(0)
     clf = nn.Linear(D, K + 1).double()
@@ -38,10 +46,7 @@ def _meta_run(x_train, gt_train, x_meta, gt_meta, steps=3):
                             x_train, gt_train, x_meta, gt_meta)
         opt.zero_grad()
         loss(clf(x_train), gt_train, rw(gt_train).detach()).backward()
-        if torch.distributed.is_initialized():
-            for p in clf.parameters():
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= torch.distributed.get_world_size()
+        _average_gradients(clf)
         opt.step()
     return rw.logits.detach(), clf.weight.detach()
 
@@ -78,10 +83,7 @@ def _two_component_run(x_train, gt_train, x_dev, gt_dev, steps=3):
         weights.append(w)
         opt.zero_grad()
         L.softmax_loss(clf(x_train), gt_train, w).backward()
-        if torch.distributed.is_initialized():
-            for p in clf.parameters():
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= torch.distributed.get_world_size()
+        _average_gradients(clf)
         opt.step()
     return torch.stack(weights), clf.weight.detach()
 
