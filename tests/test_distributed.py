@@ -51,15 +51,16 @@ def _meta_run(x_train, gt_train, x_meta, gt_meta, steps=3):
     return rw.logits.detach(), clf.weight.detach()
 
 
-def _meta_worker(out_dir):
+def _half_batch_worker(out_dir, run):
+    """``run`` on this rank's half of ``_data()``; saves its weights and classifier."""
     rank = torch.distributed.get_rank()
     x_train, gt_train, x_meta, gt_meta = _data()
-    w, cls = _meta_run(x_train[rank], gt_train[rank], x_meta[rank], gt_meta[rank])
+    w, cls = run(x_train[rank], gt_train[rank], x_meta[rank], gt_meta[rank])
     torch.save({"w": w, "cls": cls}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_meta_step_two_ranks_equals_one_process(tmp_path):
-    launch(_meta_worker, 2, args=(str(tmp_path),))
+    launch(_half_batch_worker, 2, args=(str(tmp_path), _meta_run))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(r0["w"], r1["w"])  # identical class weights on every rank
     x_train, gt_train, x_meta, gt_meta = _data()
@@ -88,17 +89,10 @@ def _two_component_run(x_train, gt_train, x_dev, gt_dev, steps=3):
     return torch.stack(weights), clf.weight.detach()
 
 
-def _two_component_worker(out_dir):
-    rank = torch.distributed.get_rank()
-    x_train, gt_train, x_dev, gt_dev = _data()
-    w, cls = _two_component_run(x_train[rank], gt_train[rank], x_dev[rank], gt_dev[rank])
-    torch.save({"w": w, "cls": cls}, os.path.join(out_dir, f"rank{rank}.pt"))
-
-
 def test_two_component_two_ranks_equals_one_process(tmp_path):
     """Per-proposal weights are each rank's own: rank r's eps must be the one-process eps of its
     half of the global batch (look-ahead on the all-rank gradient, all-rank development loss)."""
-    launch(_two_component_worker, 2, args=(str(tmp_path),))
+    launch(_half_batch_worker, 2, args=(str(tmp_path), _two_component_run))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     x_train, gt_train, x_dev, gt_dev = _data()
     w, cls = _two_component_run(x_train.flatten(0, 1), gt_train.flatten(), x_dev.flatten(0, 1),
