@@ -285,7 +285,9 @@ def default_out(preset: str = "default", iters_scale: float = 1.0,
     name = "longtail" if preset == "default" else f"longtail_{preset}"
     if iters_scale != 1.0 or extra_opts:
         name += "_custom"
-    return os.path.join("benchmarks", "results", name)
+    # From the repository root, not the working directory: the cache and the diagnostics
+    # (inference_shift.py, false_positives.py) must find the same folder wherever this runs.
+    return os.path.join(ROOT, "benchmarks", "results", name)
 
 
 def completed_run_dir(out: str, method: str, seed: int) -> str:
@@ -313,6 +315,8 @@ def cached(run: Run, repair: bool = True) -> bool:
     """Complete with the same hash (and, for a decoupled run, the same base training).
     ``repair``: write the missing done.json of a run stopped right after its evaluation."""
     if not os.path.isfile(run.metrics_path) or os.path.exists(os.path.join(run.out_dir, "failed.json")):
+        return False
+    if _read_json(run.metrics_path) is None:  # truncated or broken: run it again
         return False
     done = _read_json(os.path.join(run.out_dir, "done.json"))
     if done is None:  # metrics written but the process was stopped before done.json
@@ -485,9 +489,9 @@ def execute(runs: List[Run], runner: Runner = subprocess_runner, log=_print,
                 f.write(f"\nrunner raised {type(e).__name__}: {e}\n")
         run.duration_s = time.time() - start
         run.returncode = rc
-        if rc == 0 and os.path.isfile(run.metrics_path):
-            run.status, run.run_id = OK, uuid.uuid4().hex
-            run.metrics = _read_json(run.metrics_path)
+        metrics = _read_json(run.metrics_path) if rc == 0 else None
+        if metrics is not None:
+            run.status, run.run_id, run.metrics = OK, uuid.uuid4().hex, metrics
             _write_json(os.path.join(run.out_dir, "done.json"), dict(
                 hash=run.hash, run_id=run.run_id, duration_s=run.duration_s, seed=run.seed,
                 method=run.name, cmd=run.cmd,
@@ -498,7 +502,8 @@ def execute(runs: List[Run], runner: Runner = subprocess_runner, log=_print,
             log(f"{tag}: done in {_fmt_duration(run.duration_s)}")
         else:
             run.status = FAILED
-            run.reason = f"exit code {rc}" if rc != 0 else "exit code 0 but no lvis_metrics.json"
+            run.reason = (f"exit code {rc}" if rc != 0 else "exit code 0 but lvis_metrics.json "
+                          + ("unreadable" if os.path.isfile(run.metrics_path) else "missing"))
             tail = _tail(run.log_path)
             _write_json(os.path.join(run.out_dir, "failed.json"), dict(
                 hash=run.hash, returncode=rc, reason=run.reason, duration_s=run.duration_s,
@@ -664,6 +669,11 @@ def write_results(runs: List[Run], out: str, command: str, settings: dict,
     for row in rows:
         if row["good"]:
             cells = [_cell(*row["stats"][label]) for label in labels]
+            # A metric some seeds lack is averaged over the others: say over how many.
+            for i, (_, t, k) in enumerate(METRICS):
+                n = sum(math.isfinite(_metric(r.metrics, t, k)) for r in row["good"])
+                if 0 < n < len(row["good"]):
+                    cells[i] += f" ({n} seeds)"
         else:
             cells = ["—"] * len(labels)
         lines.append(f"| {row['method']} | " + " | ".join(cells)

@@ -160,6 +160,45 @@ def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
     assert runner3.calls == [("base_softmax_rfs", 0), ("softmax", 0)]
 
 
+def test_unreadable_or_partial_metrics_are_not_reported_as_complete(data_root, tmp_path):
+    """A run whose lvis_metrics.json is broken failed (fresh) or is run again (cache); a metric
+    some seeds lack is averaged over the others and the table says over how many."""
+    out = str(tmp_path / "bench")
+
+    class Runner(FakeRunner):
+        def __call__(self, run):
+            rc = super().__call__(run)
+            if (run.name, run.seed) == ("softmax", 1):
+                with open(run.metrics_path) as f:
+                    text = f.read()
+                with open(run.metrics_path, "w") as f:
+                    f.write(text[: len(text) // 2])  # a half-written file
+            if (run.name, run.seed) == ("balanced_softmax", 0):
+                with open(run.metrics_path) as f:
+                    metrics = json.load(f)
+                del metrics["bbox"]
+                with open(run.metrics_path, "w") as f:
+                    json.dump(metrics, f)
+            return rc
+
+    res = lt.run_benchmark(["softmax", "balanced_softmax"], [0, 1], out, "tiny", TINY_OPTS,
+                           runner=Runner(), data_root=data_root)
+    status = {(r.name, r.seed): (r.status, r.reason) for r in res["runs"]}
+    assert status[("softmax", 1)] == ("failed", "exit code 0 but lvis_metrics.json unreadable")
+    md = open(os.path.join(out, "results.md")).read().split("## Per seed")[0]
+    assert "| softmax | 17.0 | 12.0 | 18.0 | n/a | 20.0 | 1/2 | 1/2 seeds ok; seed 1 failed |" in md
+    # box AP of balanced_softmax from seed 1 only (10 + 2 + 16 + 3), said so
+    assert "| balanced_softmax | 27.0 ± 1.4 | 22.0 ± 1.4 | 28.0 ± 1.4 | n/a | 31.0 (1 seeds) | 2/2 | ok |" in md
+
+    # A cached run whose metrics were damaged since is trained again, not reported as cached.
+    sm0 = next(r for r in res["runs"] if (r.name, r.seed) == ("softmax", 0))
+    with open(sm0.metrics_path, "w") as f:
+        f.write("{")
+    runner2 = FakeRunner()
+    lt.run_benchmark(["softmax"], [0], out, "tiny", TINY_OPTS, runner=runner2, data_root=data_root)
+    assert runner2.calls == [("softmax", 0)]
+
+
 def test_failed_base_skips_its_methods(data_root, tmp_path):
     out = str(tmp_path / "bench")
     runner = FakeRunner(fail={("base_softmax_rfs", 1)})
@@ -207,9 +246,10 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=c.SOLVER.BASE_LR)
         build_lr_scheduler(c, opt)
     # a smoke run of another preset keeps off the committed table
-    assert lt.default_out() == os.path.join("benchmarks", "results", "longtail")
-    assert lt.default_out("tiny") == os.path.join("benchmarks", "results", "longtail_tiny")
-    assert lt.default_out("default", 0.1) == os.path.join("benchmarks", "results", "longtail_custom")
+    results = os.path.join(lt.ROOT, "benchmarks", "results")
+    assert lt.default_out() == os.path.join(results, "longtail")
+    assert lt.default_out("tiny") == os.path.join(results, "longtail_tiny")
+    assert lt.default_out("default", 0.1) == os.path.join(results, "longtail_custom")
     assert lt.default_out("tiny", 1.0, ["K", "V"]).endswith("longtail_tiny_custom")
     chain = [os.path.relpath(p, REPO) for p in lt._config_chain(cfg)]
     assert chain[-1] == "configs/Base-LTDet-RCNN-FPN.yaml"  # the hash also covers files outside
