@@ -154,9 +154,18 @@ def test_invalid_hyper_parameters_name_the_key():
             M2mTranslator(class_counts=[5.0, 1.0], **kw)
     with pytest.raises(ValueError, match="positive training count"):
         M2mTranslator(class_counts=[5.0, 0.0])
+    with pytest.raises(ValueError, match=r"one count per class .*shape \[1, 2\]"):
+        M2mTranslator(class_counts=[[5.0, 1.0]])
     m = M2mTranslator(class_counts=[5.0, 1.0])
     with pytest.raises(RuntimeError, match="init_generator"):
         m(torch.rand(3, 6), torch.tensor([0, 1, 2]), 1, lambda z: z)
+    # Counts must match the classifier's K + 1 columns, or class 2's proposals would pass as
+    # background; the CosineClassifier of the DBM heads is checked the same way.
+    from ltdet.modeling.box_predictor import CosineClassifier
+    for classifier in (torch.nn.Linear(6, 4), CosineClassifier(6, 4)):
+        with pytest.raises(ValueError, match="2 class counts .* 4 columns.* so 3 counts"):
+            m.init_generator(classifier)
+    m.init_generator(torch.nn.Linear(6, 3))
 
 
 def test_generator_is_frozen_copy_and_in_state_dict():

@@ -126,7 +126,10 @@ class M2mTranslator(nn.Module):
             if not ok:
                 raise ValueError(f"LTDET.M2M.{key} {why}, got {values[key]}")
         counts = torch.as_tensor(class_counts, dtype=torch.float32)
-        if counts.ndim != 1 or (counts <= 0).any():
+        if counts.ndim != 1:
+            raise ValueError(f"M2m class counts must be one count per class (shape [K]), got "
+                             f"shape {list(counts.shape)}")
+        if (counts <= 0).any():
             raise ValueError("M2m needs a positive training count for every class "
                              "(set LTDET.CLASS_STATS.FLOOR for classes without images)")
         self.register_buffer("counts", counts, persistent=False)
@@ -157,6 +160,14 @@ class M2mTranslator(nn.Module):
     def build_generator(self, classifier: nn.Module) -> None:
         """Create g with the classifier's shape (weights are set by ``init_generator`` or by
         loading a checkpoint)."""
+        outputs = getattr(classifier, "out_features", None)
+        if outputs is not None and outputs != self.counts.numel() + 1:
+            # Eq. 2 needs g's softmax over the K classes + background: a shorter count vector
+            # would silently treat the last classes' proposals as background.
+            raise ValueError(
+                f"M2m has {self.counts.numel()} class counts but the classifier scores {outputs} "
+                f"columns; it needs K + 1 (K classes and background), so {outputs - 1} counts. "
+                "Check MODEL.ROI_HEADS.NUM_CLASSES against the training set's categories")
         self.g = copy.deepcopy(classifier)
         for p in self.g.parameters():
             p.requires_grad_(False)
