@@ -28,6 +28,7 @@ the trained base). ``--weights`` (default: ``make demo``'s base model when it ex
 base checkpoint into every variant; without one the report says the weights are random.
 
 Targets, as ratios measured in the same run: decoupled/stock time <= 0.6x and peak memory
+<= 0.5x; decoupled_chunked/stock (TRUNK_CHUNK 1, which trades time for memory) peak memory
 <= 0.5x; balms/decoupled time <= 2.2x; balms/original time <= 0.7x.
 
     python benchmarks/bench_decoupled.py [--device cpu|cuda] [--iters N] [--warmup W]
@@ -101,7 +102,7 @@ DESCRIPTION = {
 # (numerator, denominator, time target, memory target); None = reported, no target.
 COMPARISONS = [
     ("decoupled", "stock", 0.6, 0.5),
-    ("decoupled_chunked", "stock", 0.6, 0.5),
+    ("decoupled_chunked", "stock", None, 0.5),  # trades time for memory: a memory target only
     ("balms", "decoupled", 2.2, None),
     ("balms", "original", 0.7, None),
     ("dbm_bs", "decoupled", None, None),
@@ -119,7 +120,7 @@ def _load_cfg(path: Path, device: str, batch: int, lvis_scale: bool):
     add_ltdet_config(cfg)
     cfg.merge_from_file(str(path))
     cfg.MODEL.DEVICE = device
-    cfg.MODEL.WEIGHTS = ""  # random init: the cost does not depend on the weights
+    cfg.MODEL.WEIGHTS = ""  # --weights loads a base model later; the default is random init
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.SOLVER.IMS_PER_BATCH = batch
     if lvis_scale:
@@ -525,7 +526,7 @@ def _ratio(num: List[float], den: List[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den))
 
 
-def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scale: bool = False,
+def measure(device: str, iters: int, batch: int, warmup: Optional[int] = None, lvis_scale: bool = False,
             seed: int = 0, variants: Sequence[str] = VARIANTS, weights: str = ""):
     """Time and peak memory of one training step of each variant in ``variants``.
 
@@ -536,6 +537,7 @@ def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scal
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    warmup = WARMUP if warmup is None else warmup  # read at call time (tests lower it)
     cuda = device.startswith("cuda")
     names = [v for v in VARIANTS if v in variants]
     # Building every variant is cheap; only the selected ones run.
@@ -598,7 +600,7 @@ def measure(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scal
     return rows, stats
 
 
-def run(device: str, iters: int, batch: int, warmup: int = WARMUP, lvis_scale: bool = False,
+def run(device: str, iters: int, batch: int, warmup: Optional[int] = None, lvis_scale: bool = False,
         seed: int = 0, variants: Sequence[str] = VARIANTS, weights: str = "") -> List[dict]:
     """One dict per comparison (time and memory ratios, with targets)."""
     return measure(device, iters, batch, warmup, lvis_scale, seed, variants, weights)[0]
