@@ -32,7 +32,7 @@ from typing import Dict, List, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from longtail import completed_run_dir  # noqa: E402  (the run its table reports)
+from longtail import completed_run_dir, default_data_root  # noqa: E402  (the run its table reports)
 
 VAL_JSON = os.path.join("ltdet_synthetic", "lvis_synthetic_val.json")
 
@@ -87,7 +87,8 @@ def main(argv: Sequence[str] = None) -> int:
                                                     "balanced_sigmoid"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--score", type=float, default=0.3)
-    p.add_argument("--data-root", default=os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    p.add_argument("--data-root", default=default_data_root(),
+                   help="DETECTRON2_DATASETS of the benchmark's runs (default: as longtail.py)")
     args = p.parse_args(argv)
     sys.path.insert(0, ROOT)
     import ltdet.compat

@@ -834,13 +834,18 @@ def plot_per_class(rows: List[dict], path: str) -> None:
 
 # ----------------------------------------------------------------------------- entry points
 
+def default_data_root() -> str:
+    """$DETECTRON2_DATASETS (default ./datasets) as seen from the repository root, like
+    tools/demo.py: the benchmark and its diagnostics read the same set wherever they run."""
+    data_root = os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    return data_root if os.path.isabs(data_root) else os.path.join(ROOT, data_root)
+
+
 def prepare_data(preset: str, out: str, data_root: Optional[str] = None) -> tuple:
     """Generate (idempotently) the synthetic set; returns (data root, generator info)."""
     if data_root is None:
         if preset == "default":
-            data_root = os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
-            if not os.path.isabs(data_root):  # as seen from the repository root, like tools/demo.py
-                data_root = os.path.join(ROOT, data_root)
+            data_root = default_data_root()
         else:  # never overwrite the shared default set: generate() replaces another preset
             data_root = os.path.join(os.path.abspath(out), "datasets", preset)
     data_root = os.path.abspath(data_root)

@@ -93,3 +93,17 @@ def test_main_scores_each_family_with_the_opposite_shift(tmp_path, monkeypatch, 
     assert script.main(args + ["--no-shift", "--opts", "TEST.DETECTIONS_PER_IMAGE", "7"]) == 0
     assert tables(capsys.readouterr().out)[0][0]["scored with"] == \
         "sigma(eta) TEST.DETECTIONS_PER_IMAGE 7"
+
+    # --data-root: the evaluation reads that set, not the one ltdet registered on import.
+    from detectron2.data import MetadataCatalog
+
+    from ltdet.data.lvis_format import register_lvis_format
+
+    names = ("ltdet_synthetic_train", "ltdet_synthetic_val")
+    before = {n: (MetadataCatalog.get(n).json_file, MetadataCatalog.get(n).image_root) for n in names}
+    try:
+        assert script.main(args + ["--data-root", str(tmp_path / "other")]) == 0
+        assert MetadataCatalog.get("ltdet_synthetic_val").json_file.startswith(str(tmp_path / "other"))
+    finally:  # the registrations the other tests use
+        for n, (json_file, image_root) in before.items():
+            register_lvis_format(n, json_file, image_root)
