@@ -35,8 +35,10 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.LOSS.FED_POWER = 0.5
     # Sigmoid heads: classifier bias initialised to -log((1-p)/p) (BALMS code, focal-loss style).
     cfg.LTDET.LOSS.SIGMOID_PRIOR_PROB = 0.001
-    # Class-balanced "effective number" weights (1-beta)/(1-beta^n_y) of dbm_cb; < 0 means
-    # beta = (n-1)/n with n the total training count (Jamal et al. 2020).
+    # Class-balanced "effective number" weights (1-beta)/(1-beta^n_y) of dbm_cb and of the
+    # two-component w_y; < 0 means beta = (n-1)/n with n the total training count (Jamal et al.
+    # 2020). The DBM paper leaves beta open; the DRW code it builds on (Cao et al. 2019) uses
+    # 0.9999.
     cfg.LTDET.LOSS.CB_BETA = -1.0
 
     # DBM losses dbm / dbm_bs / dbm_cb (Son et al. 2025): cosine classifier with scale s,
@@ -97,6 +99,14 @@ def add_ltdet_config(cfg: CN) -> None:
     # Classes with a single training image cannot be held out; True leaves them out of the
     # development set instead of failing.
     cfg.LTDET.TWO_COMPONENT.ALLOW_UNCOVERED = False
+    # Leave the development split out of this run's training images without the two-component
+    # weights, in any regime. Set it in the base model's config for Jamal et al.'s Algorithm 1
+    # (lines 1-5 pre-train on the training set minus D), so that the base model never sees the
+    # images whose loss later drives eps; the split depends only on DATASETS.TRAIN,
+    # DEV_IMAGES_PER_CLASS and ALLOW_UNCOVERED, so both stages hold out the same images.
+    # False (the shipped recipes): the base model is the one instance-balanced base that every
+    # decoupled method shares, and it has seen D.
+    cfg.LTDET.TWO_COMPONENT.HOLD_OUT_DEV = False
 
     # M2m (Kim et al. 2020) in feature space: translate frequent-class foreground RoI features
     # into rarer classes against the frozen base classifier g and add the accepted ones to the
@@ -114,7 +124,8 @@ def add_ltdet_config(cfg: CN) -> None:
     # lambda of Eq. 2, weight of the classifier-in-training's seed-class logit (M2m code: 0.5).
     cfg.LTDET.M2M.LAMBDA = 0.5
     # Gradient steps (M2m code: 10) of length STEP_SIZE * ||x0|| (relative: ours; the original
-    # stepped 0.1 in [0, 1] pixel space) from a random start at relative radius INIT_NOISE.
+    # stepped 0.1 in [0, 1] pixel space, a far smaller fraction of an image's norm than 0.1 is of
+    # a feature's) from a random start at relative radius INIT_NOISE.
     cfg.LTDET.M2M.NUM_STEPS = 10
     cfg.LTDET.M2M.STEP_SIZE = 0.1
     cfg.LTDET.M2M.INIT_NOISE = 0.05

@@ -284,6 +284,30 @@ def test_decoupled_two_component(base_model, tmp_path):
                          "DATASETS.TEST", ()))
 
 
+def test_base_model_can_hold_out_the_development_split(tiny_root, tmp_path):
+    """LTDET.TWO_COMPONENT.HOLD_OUT_DEV in a base config (Jamal et al., Algorithm 1: pre-train on
+    T = training set minus D): the base model's loader never yields a development image, and
+    they are the very images two-component fine-tuning holds out and draws its dev batches from."""
+    from ltdet.data import class_stats, training_class_stats
+    from ltdet.engine.trainer import _dev_dicts, _train_dicts
+
+    cfg = tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml",
+                   "LTDET.TWO_COMPONENT.HOLD_OUT_DEV", True, "DATASETS.TEST", (),
+                   "LTDET.TWO_COMPONENT.ALLOW_UNCOVERED", True)  # as two_component.yaml
+    fine_tune = tiny_cfg(tmp_path, "configs/synthetic/decoupled/two_component.yaml")
+    dev = {d["image_id"] for d in _dev_dicts(fine_tune)}
+    kept = {d["image_id"] for d in _train_dicts(cfg)}
+    assert dev and kept == {d["image_id"] for d in _train_dicts(fine_tune)} and not dev & kept
+    assert training_class_stats(cfg).image_counts.tolist() == \
+        training_class_stats(fine_tune).image_counts.tolist()
+    assert training_class_stats(cfg).num_images < class_stats(cfg.DATASETS.TRAIN).num_images
+
+    seed_all_rng(cfg.SEED)
+    trainer = Trainer(cfg)
+    seen = {x["image_id"] for _ in range(25) for x in next(trainer._trainer._data_loader_iter)}
+    assert seen <= kept and len(seen) > len(dev)
+
+
 def test_meta_lookahead_and_step_share_the_federated_draw(base_model, tmp_path, monkeypatch):
     """The federated loss's class subset is drawn once per iteration, so the meta look-ahead
     simulates the very step that follows (it drew a subset of its own before)."""

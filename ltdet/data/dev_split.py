@@ -63,12 +63,19 @@ def split_for_config(cfg, dicts: List[Dict]) -> Tuple[List[int], List[int]]:
                      seed=0, allow_uncovered=tc.ALLOW_UNCOVERED)
 
 
+def holds_out_dev(cfg) -> bool:
+    """Whether this run trains without the development split (two-component fine-tuning, or
+    any run with LTDET.TWO_COMPONENT.HOLD_OUT_DEV, such as the base model of Algorithm 1)."""
+    tc = cfg.LTDET.TWO_COMPONENT
+    return bool(tc.ENABLED or tc.HOLD_OUT_DEV)
+
+
 def training_class_stats(cfg) -> ClassStats:
-    """Class statistics of what the model trains on: ``class_stats(DATASETS.TRAIN)``, or with
-    LTDET.TWO_COMPONENT those of the images left after the development split (a class with 3
+    """Class statistics of what the model trains on: ``class_stats(DATASETS.TRAIN)``, or when
+    ``holds_out_dev(cfg)`` those of the images left after the development split (a class with 3
     images, 2 of them held out, trains on 1: its prior and class weight must say 1)."""
     stats = class_stats(cfg.DATASETS.TRAIN)
-    if not cfg.LTDET.TWO_COMPONENT.ENABLED:
+    if not holds_out_dev(cfg):
         return stats
     dicts = annotation_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     train, _ = split_for_config(cfg, dicts)

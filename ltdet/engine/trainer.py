@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import LongTailCheckpointer
 from ..data import class_stats, training_class_stats
-from ..data.dev_split import split_for_config
+from ..data.dev_split import holds_out_dev, split_for_config
 from ..data.lvis_format import shared_loads
 from ..data.positioned import build_positioned_train_loader
 from ..data.samplers import class_balanced_repeat_factors
@@ -58,10 +58,13 @@ def _all_train_dicts(cfg: CfgNode):
 
 
 def _train_dicts(cfg: CfgNode):
-    """Training images; with two-component weights, minus the held-out development split."""
+    """Training images; with two-component weights or TWO_COMPONENT.HOLD_OUT_DEV, minus the
+    held-out development split."""
     dicts = _all_train_dicts(cfg)
-    if cfg.LTDET.TWO_COMPONENT.ENABLED:
-        train, _ = split_for_config(cfg, dicts)
+    if holds_out_dev(cfg):
+        train, dev = split_for_config(cfg, dicts)
+        logging.getLogger(__name__).info(
+            "Development split: %d of %d training images held out", len(dev), len(dicts))
         dicts = [dicts[i] for i in train]
     return dicts
 

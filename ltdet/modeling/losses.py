@@ -414,8 +414,11 @@ def dbm_loss(
     proposal of class y the positive logit is ``s cos(theta_y + m_C[y] + 1[hard] m_I)`` with
     ``m_I = m_C[y] (1 - cos theta_y) / 2`` (Eqs. 7-8, differentiated as written) and
     "hard" meaning the largest cosine is not y's (Eq. 9); every other logit is ``s cos theta_j``.
-    With ``log_prior`` (DBM-BS, Eq. 11: Balanced Softmax's prior, Eq. 4) foreground proposals
-    add it to the K class logits.
+    With ``log_prior`` (DBM-BS, Eq. 11: Balanced Softmax's prior) foreground proposals add it to
+    the K class logits; it is ``softmax_log_prior``'s ``log(n_j / mean n)``, not Eq. 4's
+    ``log(n_j / sum n)``: against the unshifted background column the normaliser matters (see
+    ``balanced_softmax_loss``). ``theta_y + margin`` is capped at pi (the DBM code does not cap;
+    past pi the cosine would rise again and reward the hardest positives).
     Background: the background column never gets a margin or a prior, and background proposals
     take the plain scaled-cosine softmax, as in ``balanced_softmax_loss`` (A.2 remark).
     """
