@@ -156,6 +156,12 @@ def test_bad_input():
         make("balanced_softmax", class_counts=[1.0, 2.0])
     with pytest.raises(ValueError, match="needs per-class training counts"):
         make("balanced_sigmoid", class_counts=None)
+    # the image total only where a statistic is an image fraction
+    for name in ("balanced_sigmoid", "eql"):
+        with pytest.raises(ValueError, match="and the number of training images"):
+            make(name, num_images=None)
+    for name in ("balanced_softmax", "federated", "dbm", "dbm_bs", "dbm_cb"):
+        assert make(name, num_images=None).loss_name == name
     with pytest.raises(ValueError, match="zero count.*LTDET.CLASS_STATS.FLOOR"):
         make("balanced_softmax", class_counts=[3.0, 0.0, 1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="non-negative"):

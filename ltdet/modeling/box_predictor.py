@@ -101,11 +101,14 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
 
         stats: Dict[str, torch.Tensor] = {}
         if loss_name in _NEEDS_COUNTS:
-            if class_counts is None or (loss_name != "balanced_softmax" and num_images is None):
+            # Only image fractions (balanced sigmoid's prior, EQL's frequency) need the image total.
+            needs_images = loss_name in ("balanced_sigmoid", "eql")
+            if class_counts is None or (needs_images and num_images is None):
                 raise ValueError(
-                    f"loss {loss_name!r} needs per-class training counts (and the number of "
-                    "training images); with a config they come from DATASETS.TRAIN, otherwise "
-                    "pass class_counts= and num_images="
+                    f"loss {loss_name!r} needs per-class training counts"
+                    + (" and the number of training images" if needs_images else "")
+                    + "; with a config they come from DATASETS.TRAIN, otherwise pass class_counts="
+                    + (" and num_images=" if needs_images else "")
                 )
             floor = count_floor if count_floor > 0 else None
             # EQL's frequency is defined at zero (such a class is simply rare); priors, margins
