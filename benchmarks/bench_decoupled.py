@@ -61,8 +61,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without install
-# ltdet registers its datasets relative to $DETECTRON2_DATASETS (default ./datasets) on import.
-os.environ.setdefault("DETECTRON2_DATASETS", str(ROOT / "datasets"))
+# ltdet registers its datasets relative to $DETECTRON2_DATASETS on import; like longtail.py and
+# tools/demo.py, a relative value (or the default ./datasets) is seen from the repository root.
+_data = os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+os.environ["DETECTRON2_DATASETS"] = _data if os.path.isabs(_data) else str(ROOT / _data)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -32,7 +32,7 @@ from typing import Dict, List, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from longtail import completed_run_dir, default_data_root  # noqa: E402  (the run its table reports)
+from longtail import benchmark_data_root, completed_run_dir  # noqa: E402  (the run its table reports)
 
 VAL_JSON = os.path.join("ltdet_synthetic", "lvis_synthetic_val.json")
 
@@ -87,9 +87,12 @@ def main(argv: Sequence[str] = None) -> int:
                                                     "balanced_sigmoid"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--score", type=float, default=0.3)
-    p.add_argument("--data-root", default=default_data_root(),
-                   help="DETECTRON2_DATASETS of the benchmark's runs (default: as longtail.py)")
+    p.add_argument("--data-root", default=None,
+                   help="DETECTRON2_DATASETS of the benchmark's runs (default: the one the table "
+                        "in --out records, or where longtail.py puts its preset's set)")
     args = p.parse_args(argv)
+    if args.data_root is None:
+        args.data_root = benchmark_data_root(args.out)
     sys.path.insert(0, ROOT)
     import ltdet.compat
 

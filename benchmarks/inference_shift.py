@@ -33,7 +33,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from longtail import completed_run_dir, default_data_root  # noqa: E402  (the run its table reports)
+from longtail import benchmark_data_root, completed_run_dir  # noqa: E402  (the run its table reports)
 sys.path.insert(0, ROOT)
 
 BALANCED = ("balanced_sigmoid", "balms_sigmoid")
@@ -101,9 +101,12 @@ def main(argv: Sequence[str] = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--no-shift", action="store_true", help="score as trained")
     p.add_argument("--opts", nargs="*", default=[], help="test-time config overrides KEY VALUE")
-    p.add_argument("--data-root", default=default_data_root(),
-                   help="DETECTRON2_DATASETS of the benchmark's runs (default: as longtail.py)")
+    p.add_argument("--data-root", default=None,
+                   help="DETECTRON2_DATASETS of the benchmark's runs (default: the one the table "
+                        "in --out records, or where longtail.py puts its preset's set)")
     args = p.parse_args(argv)
+    if args.data_root is None:
+        args.data_root = benchmark_data_root(args.out)
     import ltdet  # noqa: F401  (datasets, heads)
     from ltdet.data.builtin import datasets_root, register_all
 

@@ -673,7 +673,7 @@ def write_results(runs: List[Run], out: str, command: str, settings: dict,
             for i, (_, t, k) in enumerate(METRICS):
                 n = sum(math.isfinite(_metric(r.metrics, t, k)) for r in row["good"])
                 if 0 < n < len(row["good"]):
-                    cells[i] += f" ({n} seeds)"
+                    cells[i] += f" ({n} seed{'s' * (n > 1)})"
         else:
             cells = ["—"] * len(labels)
         lines.append(f"| {row['method']} | " + " | ".join(cells)
@@ -839,6 +839,30 @@ def default_data_root() -> str:
     tools/demo.py: the benchmark and its diagnostics read the same set wherever they run."""
     data_root = os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
     return data_root if os.path.isabs(data_root) else os.path.join(ROOT, data_root)
+
+
+def benchmark_data_root(out: str) -> str:
+    """The data root the benchmark table in ``out`` was made with, for the diagnostics that
+    re-evaluate its runs: the ``data_root`` its results.md records when that folder exists here,
+    else where ``prepare_data`` puts the recorded preset's set by default."""
+    settings = {}
+    try:
+        with open(os.path.join(out, "results.md")) as f:
+            line = next((ln for ln in f if ln.startswith("* settings: ")), "")
+    except OSError:
+        line = ""
+    if "data_root=" in line:  # the last setting: the rest of the line, commas included
+        head, settings["data_root"] = line.rstrip("\n").split("data_root=", 1)
+        for item in head[len("* settings: "):].split(", "):
+            key, _, value = item.partition("=")
+            settings[key] = value
+    recorded = settings.get("data_root", "")
+    if recorded and os.path.isdir(recorded):
+        return recorded
+    preset = settings.get("preset", "default")
+    if preset == "default":
+        return default_data_root()
+    return os.path.join(os.path.abspath(out), "datasets", preset)
 
 
 def prepare_data(preset: str, out: str, data_root: Optional[str] = None) -> tuple:

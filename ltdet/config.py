@@ -8,7 +8,8 @@ def add_ltdet_config(cfg: CN) -> None:
 
     # Per-class training statistics consumed by the balanced losses and samplers, computed from
     # the annotations of DATASETS.TRAIN, summed over its sets (ltdet.data.class_stats); with
-    # LTDET.TWO_COMPONENT, of the images left after the development split.
+    # LTDET.TWO_COMPONENT (ENABLED or HOLD_OUT_DEV), of the images left after the development
+    # split.
     cfg.LTDET.CLASS_STATS = CN()
     # "image_count" (images containing the class; the original BALMS code) or "instance_count",
     # for the softmax-family losses (Balanced Softmax, DBM), M2m and the two-component w_y
@@ -102,8 +103,10 @@ def add_ltdet_config(cfg: CN) -> None:
     # Leave the development split out of this run's training images without the two-component
     # weights, in any regime. Set it in the base model's config for Jamal et al.'s Algorithm 1
     # (lines 1-5 pre-train on the training set minus D), so that the base model never sees the
-    # images whose loss later drives eps; the split depends only on DATASETS.TRAIN,
-    # DEV_IMAGES_PER_CLASS and ALLOW_UNCOVERED, so both stages hold out the same images.
+    # images whose loss later drives eps. The split depends on the training images (DATASETS.TRAIN,
+    # DATALOADER.FILTER_EMPTY_ANNOTATIONS) and DEV_IMAGES_PER_CLASS (ALLOW_UNCOVERED only decides
+    # whether an uncovered class is an error): with those equal, both stages hold out the same
+    # images (each logs a digest of the held-out ids to compare).
     # False (the shipped recipes): the base model is the one instance-balanced base that every
     # decoupled method shares, and it has seen D.
     cfg.LTDET.TWO_COMPONENT.HOLD_OUT_DEV = False

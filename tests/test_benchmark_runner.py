@@ -146,6 +146,7 @@ def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
     assert "| base_softmax_rfs |" in summary
     for name in ("groups.png", "per_class.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000
+    assert lt.benchmark_data_root(out) == data_root  # what the diagnostics will evaluate on
 
     # Re-run: only the failed runs run again; then a changed override runs everything again.
     runner2 = FakeRunner()
@@ -188,7 +189,7 @@ def test_unreadable_or_partial_metrics_are_not_reported_as_complete(data_root, t
     md = open(os.path.join(out, "results.md")).read().split("## Per seed")[0]
     assert "| softmax | 17.0 | 12.0 | 18.0 | n/a | 20.0 | 1/2 | 1/2 seeds ok; seed 1 failed |" in md
     # box AP of balanced_softmax from seed 1 only (10 + 2 + 16 + 3), said so
-    assert "| balanced_softmax | 27.0 ± 1.4 | 22.0 ± 1.4 | 28.0 ± 1.4 | n/a | 31.0 (1 seeds) | 2/2 | ok |" in md
+    assert "| balanced_softmax | 27.0 ± 1.4 | 22.0 ± 1.4 | 28.0 ± 1.4 | n/a | 31.0 (1 seed) | 2/2 | ok |" in md
 
     # A cached run whose metrics were damaged since is trained again, not reported as cached.
     sm0 = next(r for r in res["runs"] if (r.name, r.seed) == ("softmax", 0))
@@ -380,3 +381,25 @@ def test_per_class_dodge_never_crosses_a_group_line():
     assert 10.5 < lt._within_group(11, 10.2) < 11  # a common one right of it
     assert 100.5 < lt._within_group(105, 95.0) < 105
     assert lt._within_group(240, 250.0) == 250.0  # frequent: no upper edge
+
+
+def test_diagnostics_find_the_data_root_the_table_was_made_with(tmp_path):
+    """inference_shift.py / false_positives.py default to the set the table in --out records
+    (a path with ", " in it included), else to where longtail.py puts the recorded preset's."""
+    def table(settings):
+        out = tmp_path / f"t{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        (out / "results.md").write_text(f"# x\n\n* settings: {settings}\n* written: now\n")
+        return str(out)
+
+    odd = tmp_path / "data, odd"
+    odd.mkdir()
+    out = table(f"preset=tiny, seeds=0, iters_scale=1.0, extra_opts=none, data_root={odd}")
+    assert lt.benchmark_data_root(out) == str(odd)
+    gone = str(tmp_path / "moved")
+    out = table(f"preset=tiny, seeds=0, iters_scale=1.0, extra_opts=none, data_root={gone}")
+    assert lt.benchmark_data_root(out) == os.path.join(out, "datasets", "tiny")
+    out = table(f"preset=default, seeds=0, iters_scale=1.0, extra_opts=none, data_root={gone}")
+    assert lt.benchmark_data_root(out) == lt.default_data_root()
+    assert lt.benchmark_data_root(str(tmp_path / "no_table")) == lt.default_data_root()
+    assert os.path.isabs(lt.default_data_root())

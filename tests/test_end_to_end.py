@@ -16,6 +16,7 @@ from ltdet.data.builtin import SYNTHETIC_DIR, register_all
 from ltdet.data.lvis_format import _STATS_CACHE
 from ltdet.data.synthetic import generate
 from ltdet.engine import Trainer
+from ltdet.engine.hooks import MetaWeightsHook
 from ltdet.modeling import losses as L
 
 from .conftest import handmade  # noqa: F401 (fixture)
@@ -306,6 +307,19 @@ def test_base_model_can_hold_out_the_development_split(tiny_root, tmp_path):
     trainer = Trainer(cfg)
     seen = {x["image_id"] for _ in range(25) for x in next(trainer._trainer._data_loader_iter)}
     assert seen <= kept and len(seen) > len(dev)
+
+    # The per-class AP table and the Meta Reweigher's plot put AP / weights against the counts
+    # of the images trained on, not of the whole set.
+    held = training_class_stats(cfg).image_counts.tolist()
+    full = class_stats(cfg.DATASETS.TRAIN).image_counts.tolist()
+    for c, want in ((cfg, held), (tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml"), full)):
+        evaluator = Trainer.build_evaluator(c, "ltdet_synthetic_val", str(tmp_path / "eval"))
+        assert evaluator._train_stats(8).image_counts.tolist() == want
+    balms = tiny_cfg(tmp_path, "configs/synthetic/decoupled/balms.yaml", "DATASETS.TEST", (),
+                     "LTDET.TWO_COMPONENT.HOLD_OUT_DEV", True,
+                     "LTDET.TWO_COMPONENT.ALLOW_UNCOVERED", True)
+    (hook,) = [h for h in Trainer(balms)._hooks if isinstance(h, MetaWeightsHook)]
+    assert hook.stats.image_counts.tolist() == held != full
 
 
 def test_meta_lookahead_and_step_share_the_federated_draw(base_model, tmp_path, monkeypatch):

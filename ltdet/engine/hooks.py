@@ -8,7 +8,7 @@ import numpy as np
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from ..data import class_stats
+from ..data import ClassStats, class_stats
 from ..evaluation.per_class import plot_class_weights
 
 
@@ -17,13 +17,15 @@ class MetaWeightsHook(HookBase):
     min/mean/max and the mean per LVIS group) and, after training, writes
     ``meta_class_weights.csv`` and ``meta_class_weights.png`` (weight against class frequency)."""
 
-    def __init__(self, reweigher, train_dataset: Union[str, Sequence[str]], output_dir: str,
-                 period: int = 20):
+    def __init__(self, reweigher, train_dataset: Union[str, Sequence[str], ClassStats],
+                 output_dir: str, period: int = 20):
         if period < 1:
             raise ValueError(f"LTDET.META.LOG_PERIOD must be >= 1 (iterations between class-weight "
                              f"logs), got {period}")
         self.reweigher, self.period, self.output_dir = reweigher, period, output_dir
-        self.stats = class_stats(train_dataset)
+        # the statistics of the images trained on (the Trainer passes training_class_stats)
+        self.stats = (train_dataset if isinstance(train_dataset, ClassStats)
+                      else class_stats(train_dataset))
 
     def _weights(self) -> np.ndarray:
         return self.reweigher.class_weights().detach().cpu().numpy()

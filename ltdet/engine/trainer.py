@@ -1,6 +1,8 @@
 """detectron2's DefaultTrainer with ltdet's evaluator, checks and CPU-distributed support."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import weakref
@@ -63,8 +65,11 @@ def _train_dicts(cfg: CfgNode):
     dicts = _all_train_dicts(cfg)
     if holds_out_dev(cfg):
         train, dev = split_for_config(cfg, dicts)
+        # the digest lets a user check that the base model and the fine-tuning held out the same
+        ids = ",".join(str(dicts[i]["image_id"]) for i in dev)
         logging.getLogger(__name__).info(
-            "Development split: %d of %d training images held out", len(dev), len(dicts))
+            "Development split: %d of %d training images held out (image ids sha1 %s)",
+            len(dev), len(dicts), hashlib.sha1(ids.encode()).hexdigest()[:12])
         dicts = [dicts[i] for i in train]
     return dicts
 
@@ -302,6 +307,8 @@ class Trainer(DefaultTrainer):
             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             train_dataset=cfg.DATASETS.TRAIN or None,
             per_class=cfg.LTDET.EVAL.PER_CLASS,
+            # held-out development images are not training images (read only when needed)
+            train_stats=functools.partial(training_class_stats, cfg) if holds_out_dev(cfg) else None,
         )
 
     @classmethod
@@ -333,7 +340,7 @@ class Trainer(DefaultTrainer):
             hooks.insert(at, self._rng_hook)
         if getattr(self, "reweigher", None) is not None:
             # before the writers (last in the list), so its scalars are written with the step's
-            hooks.insert(-1, MetaWeightsHook(self.reweigher, self.cfg.DATASETS.TRAIN,
+            hooks.insert(-1, MetaWeightsHook(self.reweigher, training_class_stats(self.cfg),
                                              self.cfg.OUTPUT_DIR, self.cfg.LTDET.META.LOG_PERIOD))
         return hooks
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from detectron2.evaluation import LVISEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
-from ..data.lvis_format import class_stats
+from ..data.lvis_format import ClassStats, class_stats
 from .per_class import per_class_ap, plot_per_class_ap, write_per_class_csv
 
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
@@ -44,10 +44,13 @@ class LongTailLVISEvaluator(LVISEvaluator):
 
     def __init__(self, dataset_name: str, tasks=None, distributed: bool = True,
                  output_dir: Optional[str] = None, *, max_dets_per_image: Optional[int] = None,
-                 train_dataset: Union[str, Sequence[str], None] = None, per_class: bool = True):
+                 train_dataset: Union[str, Sequence[str], None] = None, per_class: bool = True,
+                 train_stats: Optional[Callable[[], ClassStats]] = None):
         super().__init__(dataset_name, tasks, distributed, output_dir,
                          max_dets_per_image=max_dets_per_image)
         self._train_dataset = train_dataset
+        # overrides class_stats(train_dataset): e.g. the images left after a development split
+        self._train_stats_fn = train_stats
         self._per_class = per_class
         if self._do_evaluation:
             check_lvis_fields(self._lvis_api.dataset, self._metadata.get("json_file", dataset_name))
@@ -109,7 +112,8 @@ class LongTailLVISEvaluator(LVISEvaluator):
         if not self._train_dataset:
             return None
         try:
-            stats = class_stats(self._train_dataset)
+            stats = (self._train_stats_fn() if self._train_stats_fn is not None
+                     else class_stats(self._train_dataset))
             if stats.num_classes != num_classes:
                 raise ValueError(f"training set(s) {self._train_dataset} have {stats.num_classes} "
                                  f"classes but the evaluated json has {num_classes}; they must "
