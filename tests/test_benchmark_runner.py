@@ -93,6 +93,8 @@ def test_real_tiny_run_and_cache(data_root, tmp_path):
         text = f.read()
     assert os.path.join(runs["base_softmax_rfs"].out_dir, "model_final.pth") in text
     assert "SEED: 0" in text
+    with open(os.path.join(softmax.out_dir, "log.txt")) as f:  # ltdet's own INFO lines too
+        assert "Decoupled regime: training only ['roi_heads.box_predictor.cls_score" in f.read()
     rows = _read_csv(os.path.join(out, "results.csv"))
     assert [(r["method"], r["status"]) for r in rows] == [
         ("base_softmax_rfs", "ok"), ("softmax", "ok"), ("planned", "not implemented")]

@@ -11,6 +11,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ltdet.checkpoint import LongTailCheckpointer
 from ltdet.config import add_ltdet_config, merge_config
@@ -23,6 +24,9 @@ def setup(args):
     merge_config(cfg, args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # detectron2 sets up its own loggers only; ltdet's INFO lines (frozen parameters, the
+    # development split, EQL's suppressed classes) go to the console and log.txt as in its projects
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ltdet")
     return cfg
 
 
