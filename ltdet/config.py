@@ -95,7 +95,9 @@ def add_ltdet_config(cfg: CN) -> None:
     # mean-reduced losses the eps gradient scales with lr / N, and tau = 1 gave mean |eps| ~ 1e-4
     # on the synthetic set (w_y ~ 1), so the default makes eps a visible correction.
     cfg.LTDET.TWO_COMPONENT.EPS_LR = 1000.0
-    # Development images per class (the paper's ImageNet-LT dev set: 10 per class).
+    # Development images per class. The paper holds out 10 per class from CIFAR-LT's training
+    # set (ImageNet-LT and Places-LT take 10 from their validation sets), 5 from iNat 2017's and 2
+    # from iNat 2018's; 2 follows iNat 2018, the naturally long-tailed set held out of training.
     cfg.LTDET.TWO_COMPONENT.DEV_IMAGES_PER_CLASS = 2
     # Classes with a single training image cannot be held out; True leaves them out of the
     # development set instead of failing.
