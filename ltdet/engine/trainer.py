@@ -307,8 +307,8 @@ class Trainer(DefaultTrainer):
             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             train_dataset=cfg.DATASETS.TRAIN or None,
             per_class=cfg.LTDET.EVAL.PER_CLASS,
-            # held-out development images are not training images (read only when needed)
-            train_stats=functools.partial(training_class_stats, cfg) if holds_out_dev(cfg) else None,
+            # the images trained on (without a held-out development split); read only when needed
+            train_stats=functools.partial(training_class_stats, cfg),
         )
 
     @classmethod
