@@ -302,6 +302,7 @@ def test_base_model_can_hold_out_the_development_split(tiny_root, tmp_path):
     assert training_class_stats(cfg).image_counts.tolist() == \
         training_class_stats(fine_tune).image_counts.tolist()
     assert training_class_stats(cfg).num_images < class_stats(cfg.DATASETS.TRAIN).num_images
+    assert training_class_stats(cfg) is training_class_stats(cfg)  # computed once, then cached
 
     seed_all_rng(cfg.SEED)
     trainer = Trainer(cfg)

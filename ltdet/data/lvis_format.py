@@ -221,7 +221,7 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="lvis")
 
 
-_STATS_CACHE: Dict[Union[str, Tuple[str, ...]], ClassStats] = {}
+_STATS_CACHE: Dict[Union[str, tuple], ClassStats] = {}  # names, or a tuple with them on top
 
 
 def class_stats(datasets: Union[str, Sequence[str]]) -> ClassStats:
