@@ -31,8 +31,8 @@ per method x seed), ``groups.png`` (mask APr/APc/APf per method with std error b
 Presets other than "default" get ``MODEL.ROI_HEADS.NUM_CLASSES`` and the input size of the
 generated set and their data under ``OUT/datasets/<preset>`` (``--data-root`` to change; the
 default preset uses ``$DETECTRON2_DATASETS``, default ./datasets, like tools/demo.py).
-LVIS reports -100 for a frequency group with no class (the tiny preset has no frequent class):
-shown as n/a.
+A frequency group with no class (the tiny preset has no frequent class) has no AP: NaN from
+ltdet's evaluator, -100 in metrics written before it mapped lvis-api's -1 to NaN; shown as n/a.
 """
 from __future__ import annotations
 
@@ -519,7 +519,8 @@ def execute(runs: List[Run], runner: Runner = subprocess_runner, log=_print,
 # ----------------------------------------------------------------------------- results
 
 def _metric(metrics: Optional[dict], task: str, key: str) -> float:
-    """A metric in percent; NaN when absent or -100 (LVIS: no class in that group)."""
+    """A metric in percent; NaN when absent, NaN or -100 (no class in that group; older
+    metrics files carry lvis-api's -1 scaled to -100)."""
     try:
         v = float(metrics[task][key])
     except (TypeError, KeyError, ValueError):

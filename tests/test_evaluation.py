@@ -70,9 +70,12 @@ def test_per_class_ap_covers_every_object_size(tmp_path):
     assert math.isclose(ev.get_results()["APs"], 1.0) and math.isclose(ev.get_results()["APm"], 1.0)
 
 
-def test_evaluator_maps_contiguous_ids_back_to_the_jsons(handmade, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("loaded", [True, False])
+def test_evaluator_maps_contiguous_ids_back_to_the_jsons(handmade, tmp_path, loaded):  # noqa: F811
     """The handmade json's category ids are 3, 7, 9: a detection of contiguous class 1 is a
-    "pear" (id 7). Exact boxes on all 12 pears give pear AP 100 and nothing to the others."""
+    "pear" (id 7). Exact boxes on all 12 pears give pear AP 100 and nothing to the others.
+    The same when the evaluator is used before the dataset was loaded (no id map in the
+    metadata yet). All three classes are rare: APc and APf have no data, NaN (not -100)."""
     import csv
 
     from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -83,7 +86,9 @@ def test_evaluator_maps_contiguous_ids_back_to_the_jsons(handmade, tmp_path):  #
     name = "test_eval_handmade"
     register_lvis_format(name, handmade["json"], handmade["root"])
     try:
-        DatasetCatalog.get(name)  # sets the id mapping in the metadata, as training does
+        if loaded:
+            DatasetCatalog.get(name)  # sets the id mapping in the metadata, as training does
+        assert MetadataCatalog.get(name).get("thing_dataset_id_to_contiguous_id") is None or loaded
         ev = LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False,
                                    output_dir=str(tmp_path))
         pears = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
@@ -101,6 +106,10 @@ def test_evaluator_maps_contiguous_ids_back_to_the_jsons(handmade, tmp_path):  #
     assert rows["pear"]["AP_bbox"] == "100.00"
     assert rows["apple"]["AP_bbox"] == "0.00" and rows["quince"]["AP_bbox"] == "0.00"
     assert math.isclose(results["bbox"]["AP"], 100 / 3)  # lvis-api's mean over the 3 classes
+    assert math.isclose(results["bbox"]["APr"], 100 / 3)
+    assert math.isnan(results["bbox"]["APc"]) and math.isnan(results["bbox"]["APf"])
+    saved = json.loads((tmp_path / "lvis_metrics.json").read_text())
+    assert math.isnan(saved["bbox"]["APf"])
 
 
 def test_evaluator_refuses_a_json_lvis_api_cannot_evaluate(handmade, tmp_path):  # noqa: F811

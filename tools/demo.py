@@ -51,7 +51,7 @@ def table(results: dict) -> str:
     head = "| run | mask AP | APr | APc | APf | box AP |"
     lines = [head, "|" + "---|" * 6]
     for name, res in results.items():
-        # lvis-api reports -100 for a group without classes (e.g. no frequent class)
+        # a group without classes (e.g. no frequent class) has no AP: NaN (-100 in older files)
         cells = [f"{res[task][m]:.1f}" if res[task][m] >= 0 else "n/a" for task, m in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

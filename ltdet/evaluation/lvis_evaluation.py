@@ -57,11 +57,17 @@ class LongTailLVISEvaluator(LVISEvaluator):
 
     def _eval_predictions(self, predictions):
         results = list(itertools.chain(*[x["instances"] for x in predictions]))
-        # Contiguous ids back to the json's category ids.
+        # Contiguous ids back to the json's category ids. The metadata's map is set only once
+        # the dataset has been loaded; ltdet's contiguous ids are the json's ids in sorted order,
+        # so lvis-api's own category list gives the same map (detectron2's "+ 1" would silently
+        # drop every detection of a json with non-contiguous ids).
         id_map = self._metadata.get("thing_dataset_id_to_contiguous_id")
-        to_json = {v: k for k, v in id_map.items()} if id_map else None
+        if id_map:
+            to_json = {v: k for k, v in id_map.items()}
+        else:
+            to_json = dict(enumerate(sorted(self._lvis_api.get_cat_ids())))
         for r in results:
-            r["category_id"] = to_json[r["category_id"]] if to_json else r["category_id"] + 1
+            r["category_id"] = to_json[r["category_id"]]
         if self._output_dir:
             with open(os.path.join(self._output_dir, "lvis_instances_results.json"), "w") as f:
                 json.dump(results, f)
@@ -84,7 +90,10 @@ class LongTailLVISEvaluator(LVISEvaluator):
             ev.run()
             ev.print_results()
             res = ev.get_results()
-            self._results[task] = {m: float(res[m] * 100) for m in METRICS}
+            # lvis-api's -1 means "no data" (a frequency group or size range without ground
+            # truth): NaN, as per-class AP has it, not an AP of -100 that would enter averages
+            self._results[task] = {m: float(res[m] * 100) if res[m] >= 0 else float("nan")
+                                   for m in METRICS}
             self._logger.info(f"Evaluation results for {task}:\n"
                               + create_small_table(self._results[task]))
             per_class[task] = per_class_ap(ev)
