@@ -258,3 +258,43 @@ def test_segm_sizes_come_from_the_mask_not_the_box(tmp_path):
         MetadataCatalog.remove(name)
     assert math.isclose(res["APs"], 50.0, abs_tol=1e-9)
     assert math.isclose(res["AP"], 50.0, abs_tol=1e-9)
+
+
+def test_trainer_scores_each_images_top_300_detections(handmade, tmp_path, caplog):  # noqa: F811
+    """LVIS AP counts an image's 300 best detections whatever TEST.DETECTIONS_PER_IMAGE is (the
+    LVIS protocol; 1000 used to be passed on to lvis-api). Image 1's exact pear box scores below
+    300 apple false positives there, so it is not counted: pear AP is below 100 (11 of 12 pears),
+    and the config gets a warning."""
+    import csv
+
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet.config import add_ltdet_config
+    from ltdet.data import register_lvis_format
+    from ltdet.engine import Trainer
+
+    name = "test_eval_handmade_maxdets"
+    register_lvis_format(name, handmade["json"], handmade["root"])
+    cfg = get_cfg()
+    add_ltdet_config(cfg)
+    cfg.MODEL.MASK_ON = False
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.TEST.DETECTIONS_PER_IMAGE = 1000
+    try:
+        with caplog.at_level("WARNING"):
+            ev = Trainer.build_evaluator(cfg, name, str(tmp_path))
+        assert "top 300" in caplog.text
+        pears = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"],
+                  "score": 0.5 if a["image_id"] == 1 else 0.9}
+                 for a in handmade["anns"] if a["category_id"] == 7]
+        junk = [{"image_id": 1, "category_id": 0, "bbox": [20.0, 20.0, 5.0, 5.0 + i / 100],
+                 "score": 0.99} for i in range(300)]
+        ev.reset()
+        ev._predictions = [{"image_id": 1, "instances": junk + pears}]
+        ev.evaluate()
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "per_class_ap.csv"))}
+    assert 80 < float(rows["pear"]["AP_bbox"]) < 100

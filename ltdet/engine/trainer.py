@@ -27,6 +27,7 @@ from ..data.lvis_format import shared_loads
 from ..data.positioned import build_positioned_train_loader
 from ..data.samplers import class_balanced_repeat_factors
 from ..evaluation import LongTailLVISEvaluator
+from ..evaluation.lvis_evaluation import LVIS_MAX_DETS
 from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights, validate_counts
 from ..modeling.m2m import M2mTranslator
 from ..modeling.meta_reweigher import MetaReweigher
@@ -300,11 +301,16 @@ class Trainer(DefaultTrainer):
                              f"evaluator_type {meta.get('evaluator_type')!r}")
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         os.makedirs(output_folder, exist_ok=True)
+        if cfg.TEST.DETECTIONS_PER_IMAGE > LVIS_MAX_DETS:
+            logging.getLogger(__name__).warning(
+                "TEST.DETECTIONS_PER_IMAGE = %d, but LVIS AP counts only each image's top %d "
+                "detections (the LVIS protocol, as detectron2 evaluates it): the rest are written "
+                "to the results json and not scored", cfg.TEST.DETECTIONS_PER_IMAGE, LVIS_MAX_DETS)
         return LongTailLVISEvaluator(
             dataset_name,
             ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
             output_dir=output_folder,
-            max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            max_dets_per_image=LVIS_MAX_DETS,
             train_dataset=cfg.DATASETS.TRAIN or None,
             per_class=cfg.LTDET.EVAL.PER_CLASS,
             # the images trained on (without a held-out development split); read only when needed

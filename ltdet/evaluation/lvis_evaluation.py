@@ -14,6 +14,8 @@ from ..data.lvis_format import ClassStats, class_stats
 from .per_class import per_class_ap, plot_per_class_ap, write_per_class_csv
 
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
+# LVIS AP counts each image's top 300 detections (Gupta et al. 2019; lvis-api's default)
+LVIS_MAX_DETS = 300
 
 
 def check_lvis_fields(data: dict, source: str) -> None:
@@ -85,7 +87,7 @@ class LongTailLVISEvaluator(LVISEvaluator):
             dets = results
             if task == "segm":  # let mask AP use the mask area for size ranges (as detectron2)
                 dets = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-            lvis_dt = LVISResults(self._lvis_api, dets, max_dets=self._max_dets_per_image or 300)
+            lvis_dt = LVISResults(self._lvis_api, dets, max_dets=self._max_dets_per_image or LVIS_MAX_DETS)
             ev = LVISEval(self._lvis_api, lvis_dt, task)
             ev.run()
             ev.print_results()
