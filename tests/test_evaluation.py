@@ -124,10 +124,13 @@ def test_evaluator_refuses_a_json_lvis_api_cannot_evaluate(handmade, tmp_path): 
 
     data = json.loads(open(handmade["json"]).read())
     cases = {"neg": ("neg_category_ids", None), "nonex": ("not_exhaustive_category_ids", None),
-             "freq": (None, "frequency")}
+             "freq": (None, "frequency"), "area": ("area", None)}
     for tag, (img_key, cat_key) in cases.items():
         broken = copy.deepcopy(data)
-        if img_key:
+        if img_key == "area":
+            del broken["annotations"][130]["area"]
+            img_key = r"'area' \(ids \[131\]"
+        elif img_key:
             del broken["images"][4][img_key]
         if cat_key:
             broken["categories"][1][cat_key] = "common"

@@ -20,16 +20,22 @@ LVIS_MAX_DETS = 300
 
 def check_lvis_fields(data: dict, source: str) -> None:
     """lvis-api's evaluation reads every image's ``neg_category_ids`` and
-    ``not_exhaustive_category_ids`` and every category's ``frequency`` (r/c/f): without them it
-    fails with a bare KeyError, and only after the whole inference pass. Check them up front."""
+    ``not_exhaustive_category_ids``, every annotation's ``area`` and every category's
+    ``frequency`` (r/c/f): without them it fails with a bare KeyError, and only after the whole
+    inference pass. Check them up front."""
     images = data.get("images", [])
     missing = [k for k in ("neg_category_ids", "not_exhaustive_category_ids")
                if any(k not in img for img in images)]
+    no_area = [a.get("id") for a in data.get("annotations", []) if "area" not in a]
     bad = [c.get("id") for c in data.get("categories", []) if c.get("frequency") not in ("r", "c", "f")]
-    if missing or bad:
+    if missing or no_area or bad:
         what = []
         if missing:
             what.append(f"images without {' / '.join(missing)}")
+        if no_area:
+            what.append(f"annotations without an 'area' (ids {no_area[:5]}"
+                        f"{' ...' if len(no_area) > 5 else ''}; lvis-api uses it for the size "
+                        "ranges and to ignore empty objects: the mask's pixel area)")
         if bad:
             what.append(f"categories without a 'frequency' of 'r', 'c' or 'f' (ids {bad[:5]}"
                         f"{' ...' if len(bad) > 5 else ''})")
