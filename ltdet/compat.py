@@ -7,6 +7,8 @@ ltdet runs on whatever detectron2 the user has. Two kinds of fixes live here:
   detectron2 is importable and the official source is unreachable. Run as
   ``python ltdet/compat.py patch-sdist DIR`` (this file imports nothing from ltdet or detectron2,
   so it works before either is installed).
+* ``set_data_loader_iter()``: the one detectron2 internal whose form changed after v0.6 and that
+  ltdet sets (the training step's data iterator, replaced on resume).
 * ``apply_runtime_fixes()``: aliases for names that newer numpy / Pillow removed but that old code
   still uses at run time: lvis-api 0.5.3 (the newest release) and a user's own detectron2 0.6
   build. Applied once, when ``ltdet`` is imported; each alias is only added when missing.
@@ -130,6 +132,19 @@ def apply_runtime_fixes() -> None:
 
     if not hasattr(Image, "LINEAR"):
         Image.LINEAR = Image.BILINEAR
+
+
+def set_data_loader_iter(trainer, iterator) -> None:
+    """Make a detectron2 ``SimpleTrainer`` draw its next batches from ``iterator``.
+
+    detectron2 v0.6 keeps the iterator in the attribute ``_data_loader_iter``; later detectron2
+    (the official source that tools/install.sh builds when GitHub answers) turned that name into
+    a read-only property that creates ``_data_loader_iter_obj`` lazily, so assigning to it raises
+    AttributeError."""
+    if isinstance(getattr(type(trainer), "_data_loader_iter", None), property):
+        trainer._data_loader_iter_obj = iterator
+    else:
+        trainer._data_loader_iter = iterator
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import LongTailCheckpointer
+from ..compat import set_data_loader_iter
 from ..data import class_stats, training_class_stats
 from ..data.dev_split import holds_out_dev, split_for_config
 from ..data.lvis_format import shared_loads
@@ -255,7 +256,7 @@ class Trainer(DefaultTrainer):
                 step.data_loader = self.build_train_loader(
                     cfg, skip=self.start_iter * cfg.SOLVER.IMS_PER_BATCH // world,
                     seed=self.data_seeds[0])
-                step._data_loader_iter = iter(step.data_loader)
+                set_data_loader_iter(step, iter(step.data_loader))
                 if getattr(step, "meta_steps_per_iter", 0):
                     meta_steps = (self.start_iter if step.two_component is not None
                                   else -(-self.start_iter // step.meta_interval))
@@ -269,7 +270,7 @@ class Trainer(DefaultTrainer):
         # Start the data streams at construction, so that their RNG draws happen before the
         # state a checkpoint saves (or before the restored one is put back): resume is exact.
         step = self._trainer
-        step._data_loader_iter = _primed(iter(step.data_loader))
+        set_data_loader_iter(step, _primed(iter(step.data_loader)))
         if getattr(step, "_meta_iter", None) is not None:
             step._meta_iter = _primed(step._meta_iter)
 
