@@ -301,3 +301,29 @@ def test_trainer_scores_each_images_top_300_detections(handmade, tmp_path, caplo
         MetadataCatalog.remove(name)
     rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "per_class_ap.csv"))}
     assert 80 < float(rows["pear"]["AP_bbox"]) < 100
+
+
+def test_plots_leave_the_callers_pyplot_alone(tmp_path):
+    """The per-class and class-weight plots are drawn outside pyplot: a caller's backend and
+    open figures stay as they were (matplotlib.use('Agg') used to switch the backend, which
+    closes every open pyplot figure). Classes without a training image are marked apart."""
+    import matplotlib.pyplot as plt
+
+    from ltdet.evaluation.per_class import plot_class_weights, plot_per_class_ap
+
+    old = plt.get_backend()
+    plt.switch_backend("svg")
+    try:
+        mine = plt.figure()
+        counts = np.array([0, 5, 200, 30])
+        fig = plot_per_class_ap(str(tmp_path / "ap.png"), {"bbox": np.array([0.5, np.nan, 0.9, 0.1])},
+                                counts)
+        plot_class_weights(str(tmp_path / "w.png"), np.array([0.4, 0.5, 0.6, 0.7]), counts)
+        assert plt.get_backend() == "svg" and plt.get_fignums() == [mine.number]
+    finally:
+        plt.close("all")
+        plt.switch_backend(old)
+    for name in ("ap.png", "w.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["rare", "common", "frequent", "no training image"]

@@ -44,41 +44,44 @@ def write_per_class_csv(
                        + [f"{100 * ap[t][k]:.2f}" if np.isfinite(ap[t][k]) else "" for t in tasks])
 
 
-def plot_per_class_ap(path: str, ap: Dict[str, np.ndarray], image_counts: np.ndarray) -> None:
-    """Scatter of per-class AP against training image count (log scale), coloured by group."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_per_class_ap(path: str, ap: Dict[str, np.ndarray], image_counts: np.ndarray):
+    """Scatter of per-class AP against training image count (log scale), coloured by the LVIS
+    group of that count (<= 10 rare, <= 100 common). APr groups by the evaluated json's
+    ``frequency`` field instead, which can differ (a held-out development split, another
+    training set). Classes without a training image are drawn at 1 with an x. Returns the
+    (pyplot-free) matplotlib Figure."""
     tasks = sorted(ap)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    counts = np.maximum(np.asarray(image_counts), 1)
-    groups = [frequency_group(int(n)) for n in image_counts]
+    fig = _figure(figsize=(5 * len(tasks), 4))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
+    image_counts = np.asarray(image_counts)
+    counts = np.maximum(image_counts, 1)
+    groups = np.array([frequency_group(int(n)) for n in image_counts])
     for ax, task in zip(axes[0], tasks):
+        shown = np.isfinite(ap[task])
         for g, label in (("r", "rare"), ("c", "common"), ("f", "frequent")):
-            sel = np.array([x == g for x in groups]) & np.isfinite(ap[task])
+            sel = (groups == g) & shown & (image_counts > 0)
             ax.scatter(counts[sel], 100 * ap[task][sel], c=GROUP_COLORS[g], label=label, s=18)
+        unseen = shown & (image_counts == 0)
+        if unseen.any():
+            ax.scatter(counts[unseen], 100 * ap[task][unseen], c=GROUP_COLORS["r"], marker="x",
+                       label="no training image", s=24)
         ax.set_xscale("log")
         ax.set_xlabel("training images containing the class")
         ax.set_ylabel(f"{task} AP")
         ax.set_ylim(-2, 102)
         ax.axvline(10.5, color="gray", lw=0.5, ls="--")
         ax.axvline(100.5, color="gray", lw=0.5, ls="--")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right", fontsize=8, title="group by training images",
+                  title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def plot_class_weights(path: str, weights: np.ndarray, image_counts: np.ndarray) -> None:
+def plot_class_weights(path: str, weights: np.ndarray, image_counts: np.ndarray):
     """Learned Meta Reweigher class weight against training image count (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = _figure(figsize=(5, 4))
+    ax = fig.subplots()
     counts = np.maximum(np.asarray(image_counts), 1)
     colors = [GROUP_COLORS[frequency_group(int(n))] for n in image_counts]
     ax.scatter(counts, weights, c=colors, s=18)
@@ -88,4 +91,12 @@ def plot_class_weights(path: str, weights: np.ndarray, image_counts: np.ndarray)
     ax.set_ylabel("learned class weight sigmoid(w_c)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def _figure(**kwargs):
+    """A figure outside pyplot: a library must not switch the caller's backend (pyplot's
+    switch closes every open figure) nor keep figures alive in pyplot's registry."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
