@@ -104,6 +104,7 @@ def test_evaluator_maps_contiguous_ids_back_to_the_jsons(handmade, tmp_path, loa
     assert {d["category_id"] for d in saved} == {7}
     rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "per_class_ap.csv"))}
     assert rows["pear"]["AP_bbox"] == "100.00"
+    assert (rows["pear"]["class_id"], rows["pear"]["category_id"]) == ("1", "7")
     assert rows["apple"]["AP_bbox"] == "0.00" and rows["quince"]["AP_bbox"] == "0.00"
     assert math.isclose(results["bbox"]["AP"], 100 / 3)  # lvis-api's mean over the 3 classes
     assert math.isclose(results["bbox"]["APr"], 100 / 3)

@@ -118,7 +118,8 @@ class LongTailLVISEvaluator(LVISEvaluator):
         freq = [cats[c].get("frequency", "") for c in cat_ids]
         stats = self._train_stats(len(cat_ids))
         out = self._output_dir
-        write_per_class_csv(os.path.join(out, "per_class_ap.csv"), names, per_class, stats, freq)
+        write_per_class_csv(os.path.join(out, "per_class_ap.csv"), names, per_class, stats, freq,
+                            category_ids=list(cat_ids))
         if stats is not None:
             plot_per_class_ap(os.path.join(out, "per_class_ap.png"), per_class, stats.image_counts)
         self._logger.info("Per-class AP written to %s/per_class_ap.{csv,png}", out)

@@ -29,18 +29,20 @@ def write_per_class_csv(
     ap: Dict[str, np.ndarray],
     train_stats: Optional[ClassStats],
     eval_frequency: List[str],
+    category_ids: Optional[List[int]] = None,
 ) -> None:
-    """One row per class: ids, name, LVIS group of the evaluated json, training counts, AP per
-    task (percent)."""
+    """One row per class: ids (``class_id`` the model's contiguous index, ``category_id`` the
+    json's id), name, LVIS group of the evaluated json, training counts, AP per task (percent)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         tasks = sorted(ap)
-        w.writerow(["class_id", "name", "frequency", "train_image_count", "train_instance_count"]
-                   + [f"AP_{t}" for t in tasks])
+        w.writerow(["class_id", "category_id", "name", "frequency", "train_image_count",
+                    "train_instance_count"] + [f"AP_{t}" for t in tasks])
         for k, name in enumerate(names):
             counts = ("", "") if train_stats is None else (
                 int(train_stats.image_counts[k]), int(train_stats.instance_counts[k]))
-            w.writerow([k, name, eval_frequency[k], *counts]
+            cat = "" if category_ids is None else int(category_ids[k])
+            w.writerow([k, cat, name, eval_frequency[k], *counts]
                        + [f"{100 * ap[t][k]:.2f}" if np.isfinite(ap[t][k]) else "" for t in tasks])
 
 
