@@ -16,8 +16,11 @@ def add_ltdet_config(cfg: CN) -> None:
     # (Jamal et al.'s n_y); the sigmoid-family losses always use image counts (fractions of the
     # annotated training images).
     cfg.LTDET.CLASS_STATS.SOURCE = "image_count"
-    # Count given to classes with no training image. 0 = such classes are an error for the losses
-    # whose statistics need a count (log 0 in priors, margins, federated weights); EQL accepts them.
+    # Floor of every count: counts below FLOOR are raised to it, so classes with no training image
+    # get FLOOR (and with FLOOR > 1 so do the rarest classes). 0 = no floor: classes without an
+    # image are an error for the losses whose statistics need a count (log 0 in priors, margins,
+    # federated weights); EQL accepts them. (Not in the papers; must be >= 0.) The class-balanced
+    # meta sampler cannot draw a class without images whatever FLOOR is.
     cfg.LTDET.CLASS_STATS.FLOOR = 0.0
 
     # Box classification loss of the LongTail ROI heads (ltdet.modeling.losses).
@@ -37,9 +40,10 @@ def add_ltdet_config(cfg: CN) -> None:
     # Sigmoid heads: classifier bias initialised to -log((1-p)/p) (BALMS code, focal-loss style).
     cfg.LTDET.LOSS.SIGMOID_PRIOR_PROB = 0.001
     # Class-balanced "effective number" weights (1-beta)/(1-beta^n_y) of dbm_cb and of the
-    # two-component w_y; < 0 means beta = (n-1)/n with n the total training count (Jamal et al.
-    # 2020). The DBM paper leaves beta open; the DRW code it builds on (Cao et al. 2019) uses
-    # 0.9999.
+    # two-component w_y; < 0 means beta = (n-1)/n with n the sum of the per-class counts of
+    # CLASS_STATS.SOURCE (Jamal et al. 2020: the number of training samples; with image counts an
+    # image with several classes counts once per class). The DBM paper leaves beta open; the DRW
+    # code it builds on (Cao et al. 2019) uses 0.9999.
     cfg.LTDET.LOSS.CB_BETA = -1.0
 
     # DBM losses dbm / dbm_bs / dbm_cb (Son et al. 2025): cosine classifier with scale s,
@@ -57,7 +61,8 @@ def add_ltdet_config(cfg: CN) -> None:
     # (e.g. its weight alone): the decoupled step computes no other loss and no trunk gradient.
     cfg.LTDET.DECOUPLED.TRAINABLE = ["roi_heads.box_predictor.cls_score.*"]
     # Images per forward of the frozen trunk during fine-tuning; 0 = the whole per-GPU batch
-    # (fastest on a GPU; on a CPU one image at a time measured faster). The trunk's activations
+    # (fastest on a GPU; on a CPU at R50 / 800 px one image at a time measured faster, on the
+    # synthetic 128 px model slower: README "Frozen trunk in chunks"). The trunk's activations
     # are most of the step's memory: a small chunk keeps them independent of the batch size,
     # with the same features (not in the paper; ltdet's option).
     # For memory-short machines: on an H200, R50-FPN 800 px, 8 images, 1 at a time took 2.2x the

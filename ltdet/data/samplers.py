@@ -31,8 +31,8 @@ def class_balanced_repeat_factors(dataset_dicts: List[Dict], num_classes: int,
     if missing and not allow_missing:
         raise ValueError(
             f"class-balanced meta sampler: classes {missing[:10]} have no training image, so no "
-            "balanced batch can contain them; remove them from the dataset or disable "
-            "LTDET.META.ENABLED"
+            "balanced batch can contain them (LTDET.CLASS_STATS.FLOOR only floors the losses' "
+            "counts); remove them from the dataset or disable LTDET.META.ENABLED"
         )
     return torch.tensor([max((1.0 / (num_classes * freq[c]) for c in cs), default=0.0)
                          for cs in classes], dtype=torch.float32)
