@@ -1,5 +1,5 @@
 """detectron2's checkpointer with an explained error for softmax/sigmoid classifier mix-ups."""
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -32,10 +32,16 @@ def check_classifier_shape(model_state: Dict[str, torch.Tensor],
         )
 
 
+DECOUPLED = ("the decoupled regime (LTDET.DECOUPLED.ENABLED) fine-tunes a base model",
+             "the base model's model_final.pth")
+EVAL_ONLY = ("--eval-only evaluates a trained model", "the trained model's model_final.pth")
+
+
 def check_complete(model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, torch.Tensor],
-                   path: str = "the checkpoint") -> None:
+                   path: str = "the checkpoint", purpose: Tuple[str, str] = DECOUPLED) -> None:
     """Raise unless every model tensor is in the checkpoint with the same shape (a decoupled
-    fine-tuning must start from a base model of this exact architecture)."""
+    fine-tuning must start from a base model of this exact architecture; an evaluation must not
+    run on freshly initialised layers)."""
     missing = [k for k in model_state if k not in ckpt_state]
     mismatched = [f"{k}: checkpoint {tuple(ckpt_state[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in model_state.items()
@@ -43,31 +49,32 @@ def check_complete(model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, t
     if missing or mismatched:
         raise ValueError(
             f"{path} is not a base model of this architecture: {len(missing)} missing keys "
-            f"{missing[:8]}, {len(mismatched)} shape mismatches {mismatched[:8]}. The decoupled "
-            "regime fine-tunes a model trained with the same config (MODEL.WEIGHTS = its "
-            "model_final.pth)."
+            f"{missing[:8]}, {len(mismatched)} shape mismatches {mismatched[:8]}. {purpose[0]} "
+            f"trained with the same config: MODEL.WEIGHTS = {purpose[1]}."
         )
 
 
 class LongTailCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that explains classifier mix-ups and, with ``require_complete``,
-    refuses checkpoints that do not cover the whole model."""
+    refuses checkpoints that do not cover the whole model; ``purpose`` (DECOUPLED or EVAL_ONLY)
+    says why in the error."""
 
-    def __init__(self, model, save_dir="", *, require_complete: bool = False, **checkpointables):
+    def __init__(self, model, save_dir="", *, require_complete: bool = False,
+                 purpose: Tuple[str, str] = DECOUPLED, **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
         self.require_complete = require_complete
+        self.purpose = purpose
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         # fvcore treats an empty path as "nothing to load": a decoupled run would then train a
-        # classifier on a randomly initialised frozen trunk.
+        # classifier on a randomly initialised frozen trunk, an evaluation score one.
         if self.require_complete and not path and not (resume and self.has_checkpoint()):
-            raise ValueError("the decoupled regime (LTDET.DECOUPLED.ENABLED) fine-tunes a base "
-                             "model, but MODEL.WEIGHTS is empty: set it to the base model's "
-                             "model_final.pth")
+            raise ValueError(f"{self.purpose[0]}, but MODEL.WEIGHTS is empty: set it to "
+                             f"{self.purpose[1]}")
         return super().resume_or_load(path, resume=resume)
 
     def _load_model(self, checkpoint):
         check_classifier_shape(self.model.state_dict(), checkpoint["model"])
         if self.require_complete:
-            check_complete(self.model.state_dict(), checkpoint["model"])
+            check_complete(self.model.state_dict(), checkpoint["model"], purpose=self.purpose)
         return super()._load_model(checkpoint)

@@ -654,3 +654,106 @@ def test_evaluating_during_training_changes_no_training_draw(base_model, tmp_pat
     torch.testing.assert_close(evaluating.reweigher.logits, quiet.reweigher.logits, rtol=0, atol=0)
     torch.testing.assert_close(evaluating.model.roi_heads.box_predictor.cls_score.weight,
                                quiet.model.roi_heads.box_predictor.cls_score.weight, rtol=0, atol=0)
+
+
+def _train_net(*argv):
+    """tools/train_net.py's main, in this process (its launch would start nothing more)."""
+    import importlib.util
+
+    from detectron2.engine import default_argument_parser
+
+    spec = importlib.util.spec_from_file_location("ltdet_train_net", os.path.join(REPO, "tools", "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(default_argument_parser().parse_args([str(a) for a in argv]))
+
+
+def _tiny_opts(out_dir, *opts):
+    cfg = tiny_cfg(out_dir)
+    return ["MODEL.ROI_HEADS.NUM_CLASSES", 8, "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 64,
+            "OUTPUT_DIR", out_dir, "SEED", 1, "DATASETS.TEST", str(cfg.DATASETS.TEST), *opts]
+
+
+def test_eval_only_checks_before_inference(base_model, handmade, tmp_path):  # noqa: F811
+    """tools/train_net.py --eval-only evaluates the trained model; it refuses, before any
+    inference, an empty MODEL.WEIGHTS (it used to score freshly initialised layers), a checkpoint
+    that does not cover the model, and a test set of another category list (it used to end in a
+    KeyError after the whole inference pass)."""
+    from detectron2.data import DatasetCatalog
+
+    from ltdet.data import register_lvis_format
+
+    base_dir, base_results = base_model
+    config = os.path.join(REPO, "configs/synthetic/base_softmax_rfs.yaml")
+    weights = base_dir / "model_final.pth"
+    res = _train_net("--eval-only", "--config-file", config,
+                     *_tiny_opts(tmp_path / "ok", "MODEL.WEIGHTS", weights))
+    assert res["segm"]["AP"] == pytest.approx(base_results["segm"]["AP"], abs=1e-6)
+    with pytest.raises(ValueError, match="--eval-only evaluates a trained model, but MODEL.WEIGHTS "
+                                         "is empty"):
+        _train_net("--eval-only", "--config-file", config, *_tiny_opts(tmp_path / "empty"))
+    partial = tmp_path / "partial.pth"
+    state = torch.load(weights, map_location="cpu", weights_only=False)
+    state["model"] = {k: v for k, v in state["model"].items() if "box_predictor" not in k}
+    torch.save(state, partial)
+    with pytest.raises(ValueError, match="missing keys.*box_predictor.*--eval-only evaluates"):
+        _train_net("--eval-only", "--config-file", config,
+                   *_tiny_opts(tmp_path / "partial", "MODEL.WEIGHTS", partial))
+    name = "test_eval_only_three_classes"
+    register_lvis_format(name, handmade["json"], handmade["root"])
+    try:
+        with pytest.raises(ValueError, match=f"test set {name} has 3 classes but "
+                                             "MODEL.ROI_HEADS.NUM_CLASSES = 8"):
+            _train_net("--eval-only", "--config-file", config,
+                       *_tiny_opts(tmp_path / "three", "MODEL.WEIGHTS", weights,
+                                   "DATASETS.TEST", f"('{name}',)"))
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_check_config_refuses_ignored_or_invalid_ltdet_options(handmade, tmp_path):  # noqa: F811
+    """LTDET options that no component would honour, each refused with the key to change: a loss
+    or decoupled regime under detectron2's own ROI heads (which never read LTDET), a negative
+    FLOOR, a misspelt count SOURCE, no federated classes, a negative eps step; and a test json
+    lvis-api cannot evaluate, at start-up rather than after training."""
+    import copy
+
+    from detectron2.data import DatasetCatalog
+
+    from ltdet.data import register_lvis_format
+    from ltdet.engine import check_config
+
+    def cfg(*opts):
+        c = tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml", "DATASETS.TEST", ())
+        c.merge_from_list(list(opts))
+        return c
+
+    check_config(cfg(), training=False)
+    check_config(cfg("MODEL.ROI_HEADS.NAME", "StandardROIHeads"), training=False)  # plain softmax
+    bad = [
+        (("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "LTDET.LOSS.NAME", "balanced_softmax"),
+         "'StandardROIHeads' is not one of ltdet's ROI heads.*LongTailROIHeads"),
+        (("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "LTDET.DECOUPLED.ENABLED", True),
+         "LTDET.LOSS and LTDET.DECOUPLED would have no effect"),
+        (("LTDET.CLASS_STATS.FLOOR", -1.0), "FLOOR must be >= 0"),
+        (("LTDET.CLASS_STATS.SOURCE", "image_counts"), "SOURCE = 'image_counts' is not valid"),
+        (("LTDET.LOSS.FED_NUM_CLASSES", 0), "FED_NUM_CLASSES must be >= 1"),
+        (("LTDET.TWO_COMPONENT.EPS_LR", -1.0), "EPS_LR must be >= 0"),
+    ]
+    for opts, match in bad:
+        with pytest.raises(ValueError, match=match):
+            check_config(cfg(*opts), training=False)
+    data = json.loads(open(handmade["json"]).read())
+    broken = copy.deepcopy(data)
+    del broken["categories"][0]["frequency"]
+    path = tmp_path / "no_frequency.json"
+    path.write_text(json.dumps(broken))
+    name = "test_check_config_no_frequency"
+    register_lvis_format(name, str(path), handmade["root"])
+    try:
+        with pytest.raises(ValueError, match="cannot be evaluated with LVIS AP.*'frequency'.*ids \\[3\\]"):
+            check_config(cfg("MODEL.ROI_HEADS.NUM_CLASSES", 3, "DATASETS.TEST", (name,)), training=False)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -13,9 +13,9 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ltdet.checkpoint import LongTailCheckpointer
+from ltdet.checkpoint import EVAL_ONLY, LongTailCheckpointer
 from ltdet.config import add_ltdet_config, merge_config
-from ltdet.engine import Trainer, launch
+from ltdet.engine import Trainer, check_config, launch
 
 
 def setup(args):
@@ -33,10 +33,11 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        check_config(cfg, training=False)
         model = Trainer.build_model(cfg)
-        LongTailCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        # every layer from the checkpoint: no AP of a freshly initialised classifier
+        LongTailCheckpointer(model, save_dir=cfg.OUTPUT_DIR, require_complete=True,
+                             purpose=EVAL_ONLY).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

@@ -52,10 +52,13 @@ class ClassStats:
 
     def counts(self, source: str) -> np.ndarray:
         """``source`` is "image_count" or "instance_count" (LTDET.CLASS_STATS.SOURCE)."""
-        if source == "image_count":
-            return self.image_counts
-        if source == "instance_count":
-            return self.instance_counts
+        check_count_source(source)
+        return self.image_counts if source == "image_count" else self.instance_counts
+
+
+def check_count_source(source: str) -> None:
+    """Raise unless ``source`` names a count of ClassStats (LTDET.CLASS_STATS.SOURCE)."""
+    if source not in ("image_count", "instance_count"):
         raise ValueError(
             f"LTDET.CLASS_STATS.SOURCE = {source!r} is not valid: use 'image_count' or "
             "'instance_count'"
@@ -80,6 +83,34 @@ def _read_json(json_file: str) -> dict:
             "an LVIS-format json has 'images', 'annotations' and 'categories'"
         )
     return data
+
+
+def lvis_eval_problems(data: dict) -> List[str]:
+    """What lvis-api's evaluation needs and an LVIS-format json lacks (empty: nothing): every
+    image's ``neg_category_ids`` and ``not_exhaustive_category_ids``, every annotation's
+    ``area`` and every category's ``frequency`` (r/c/f)."""
+    images = data.get("images", [])
+    missing = [k for k in ("neg_category_ids", "not_exhaustive_category_ids")
+               if any(k not in img for img in images)]
+    no_area = [a.get("id") for a in data.get("annotations", []) if "area" not in a]
+    bad = [c.get("id") for c in data.get("categories", []) if c.get("frequency") not in ("r", "c", "f")]
+    what = []
+    if missing:
+        what.append(f"images without {' / '.join(missing)}")
+    if no_area:
+        what.append(f"annotations without an 'area' (ids {no_area[:5]}"
+                    f"{' ...' if len(no_area) > 5 else ''}; lvis-api uses it for the size "
+                    "ranges and to ignore empty objects: the mask's pixel area)")
+    if bad:
+        what.append(f"categories without a 'frequency' of 'r', 'c' or 'f' (ids {bad[:5]}"
+                    f"{' ...' if len(bad) > 5 else ''})")
+    return what
+
+
+def lvis_eval_error(problems: List[str], source: str) -> str:
+    return (f"{source} cannot be evaluated with LVIS AP: {'; '.join(problems)}. LVIS-format jsons "
+            "carry them (a COCO json does not): add the image lists (empty lists if annotation is "
+            "not federated), the areas and each category's training frequency group")
 
 
 def _image_path(img: dict, image_root: str) -> str:
@@ -111,6 +142,8 @@ def load_lvis_format_json(
         MetadataCatalog.get(dataset_name).set(
             thing_classes=[c.get("name", str(c["id"])) for c in cats],
             thing_dataset_id_to_contiguous_id=id_map,
+            # read by check_config for test sets: refused at start-up, not after training
+            lvis_eval_problems=lvis_eval_problems(data),
         )
     anns_per_image: Dict[int, List[dict]] = {img["id"]: [] for img in data["images"]}
     for ann in data["annotations"]:

@@ -15,6 +15,7 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSample
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.defaults import AMPTrainer
+from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from detectron2.utils.logger import setup_logger
@@ -24,36 +25,70 @@ from ..checkpoint import LongTailCheckpointer
 from ..compat import set_data_loader_iter
 from ..data import class_stats, training_class_stats
 from ..data.dev_split import holds_out_dev, split_for_config
-from ..data.lvis_format import shared_loads
+from ..data.lvis_format import check_count_source, lvis_eval_error, shared_loads
 from ..data.positioned import build_positioned_train_loader
 from ..data.samplers import class_balanced_repeat_factors
 from ..evaluation import LongTailLVISEvaluator
 from ..evaluation.lvis_evaluation import LVIS_MAX_DETS
-from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights, validate_counts
+from ..modeling.class_counts import config_class_counts, count_floor
+from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights
 from ..modeling.m2m import M2mTranslator
 from ..modeling.meta_reweigher import MetaReweigher
+from ..modeling.roi_heads import LongTailROIHeads
 from . import rng_state
 from .decoupled import DecoupledTrainStep, freeze_except
 from .hooks import MetaWeightsHook
 
 
-def check_config(cfg: CfgNode) -> None:
-    """Fail early, with the fix, on a config that does not match its datasets."""
-    train = ", ".join(cfg.DATASETS.TRAIN)
-    stats = class_stats(cfg.DATASETS.TRAIN)  # raises for unregistered names and broken files
-    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != stats.num_classes:
-        raise ValueError(
-            f"MODEL.ROI_HEADS.NUM_CLASSES = {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but dataset {train} "
-            f"has {stats.num_classes} classes; set MODEL.ROI_HEADS.NUM_CLASSES {stats.num_classes}"
-        )
+def check_config(cfg: CfgNode, *, training: bool = True) -> None:
+    """Fail early, with the fix, on a config that does not match its datasets or ignores its own
+    LTDET options. ``training=False`` (``--eval-only``) leaves the training sets unread."""
+    _check_ltdet_options(cfg)
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if training:
+        train = ", ".join(cfg.DATASETS.TRAIN)
+        stats = class_stats(cfg.DATASETS.TRAIN)  # raises for unregistered names and broken files
+        if num_classes != stats.num_classes:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.NUM_CLASSES = {num_classes} but dataset {train} has "
+                f"{stats.num_classes} classes; set MODEL.ROI_HEADS.NUM_CLASSES {stats.num_classes}"
+            )
     for name in cfg.DATASETS.TEST:
         meta = MetadataCatalog.get(name)
         if meta.get("evaluator_type") == "lvis" and meta.get("thing_classes") is None:
             class_stats(name)  # loads it: fills its class list
-        n = len(MetadataCatalog.get(name).get("thing_classes", []))
-        if n and n != stats.num_classes:
-            raise ValueError(f"test set {name} has {n} classes, training set {train} has "
-                             f"{stats.num_classes}: they must share one category list")
+        meta = MetadataCatalog.get(name)
+        n = len(meta.get("thing_classes", []))
+        if n and n != num_classes:
+            raise ValueError(
+                f"test set {name} has {n} classes, training set {train} has {num_classes}: they "
+                "must share one category list" if training else
+                f"test set {name} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES = {num_classes}: "
+                "evaluate with the config the model was trained with, on a test set of its "
+                "category list")
+        # recorded when ltdet loaded the json: refused now, not after a whole training run
+        problems = meta.get("lvis_eval_problems", None)
+        if problems:
+            raise ValueError(lvis_eval_error(problems, meta.get("json_file", name)))
+
+
+def _check_ltdet_options(cfg: CfgNode) -> None:
+    """LTDET values that would be ignored or that no component accepts."""
+    head = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
+    if ((cfg.LTDET.LOSS.NAME != "softmax" or cfg.LTDET.DECOUPLED.ENABLED)
+            and not (isinstance(head, type) and issubclass(head, LongTailROIHeads))):
+        raise ValueError(
+            f"MODEL.ROI_HEADS.NAME = {cfg.MODEL.ROI_HEADS.NAME!r} is not one of ltdet's ROI heads, "
+            "so LTDET.LOSS and LTDET.DECOUPLED would have no effect: set MODEL.ROI_HEADS.NAME "
+            "LongTailROIHeads (configs/Base-LTDet-RCNN-FPN.yaml does), or subclass it")
+    count_floor(cfg.LTDET.CLASS_STATS.FLOOR)
+    check_count_source(cfg.LTDET.CLASS_STATS.SOURCE)
+    if cfg.LTDET.LOSS.FED_NUM_CLASSES < 1:
+        raise ValueError(f"LTDET.LOSS.FED_NUM_CLASSES must be >= 1 (classes per step of the "
+                         f"federated loss; Zhou et al.: 50), got {cfg.LTDET.LOSS.FED_NUM_CLASSES}")
+    if cfg.LTDET.TWO_COMPONENT.EPS_LR < 0:
+        raise ValueError(f"LTDET.TWO_COMPONENT.EPS_LR must be >= 0 (the step size of the eps "
+                         f"descent), got {cfg.LTDET.TWO_COMPONENT.EPS_LR}")
 
 
 def _all_train_dicts(cfg: CfgNode):
@@ -182,10 +217,7 @@ class Trainer(DefaultTrainer):
                 raise ValueError("LTDET.TWO_COMPONENT and LTDET.META are alternatives (Jamal et "
                                  "al. vs BALMS meta weights): enable one")
             # w_y from the images left for training, counted as the losses count (SOURCE, FLOOR)
-            floor = cfg.LTDET.CLASS_STATS.FLOOR
-            counts = validate_counts(training_class_stats(cfg).counts(cfg.LTDET.CLASS_STATS.SOURCE),
-                                     cfg.MODEL.ROI_HEADS.NUM_CLASSES, "two-component class counts",
-                                     floor=floor if floor > 0 else None)
+            counts = config_class_counts(cfg, "two-component class counts")
             beta = cfg.LTDET.LOSS.CB_BETA if cfg.LTDET.LOSS.CB_BETA >= 0 else None
             class_weights = effective_number_weights(counts, beta).float()
             return DecoupledTrainStep(

@@ -10,7 +10,7 @@ from detectron2.evaluation import LVISEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
-from ..data.lvis_format import ClassStats, class_stats
+from ..data.lvis_format import ClassStats, class_stats, lvis_eval_error, lvis_eval_problems
 from .per_class import per_class_ap, plot_per_class_ap, write_per_class_csv
 
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
@@ -19,30 +19,11 @@ LVIS_MAX_DETS = 300
 
 
 def check_lvis_fields(data: dict, source: str) -> None:
-    """lvis-api's evaluation reads every image's ``neg_category_ids`` and
-    ``not_exhaustive_category_ids``, every annotation's ``area`` and every category's
-    ``frequency`` (r/c/f): without them it fails with a bare KeyError, and only after the whole
-    inference pass. Check them up front."""
-    images = data.get("images", [])
-    missing = [k for k in ("neg_category_ids", "not_exhaustive_category_ids")
-               if any(k not in img for img in images)]
-    no_area = [a.get("id") for a in data.get("annotations", []) if "area" not in a]
-    bad = [c.get("id") for c in data.get("categories", []) if c.get("frequency") not in ("r", "c", "f")]
-    if missing or no_area or bad:
-        what = []
-        if missing:
-            what.append(f"images without {' / '.join(missing)}")
-        if no_area:
-            what.append(f"annotations without an 'area' (ids {no_area[:5]}"
-                        f"{' ...' if len(no_area) > 5 else ''}; lvis-api uses it for the size "
-                        "ranges and to ignore empty objects: the mask's pixel area)")
-        if bad:
-            what.append(f"categories without a 'frequency' of 'r', 'c' or 'f' (ids {bad[:5]}"
-                        f"{' ...' if len(bad) > 5 else ''})")
-        raise ValueError(
-            f"{source} cannot be evaluated with LVIS AP: {'; '.join(what)}. LVIS-format jsons carry "
-            "them (a COCO json does not): add the image lists (empty lists if annotation is not "
-            "federated) and each category's training frequency group")
+    """Raise, naming what is missing, unless lvis-api can evaluate against ``data`` (an
+    LVIS-format json's contents): its KeyError would come only after the whole inference pass."""
+    problems = lvis_eval_problems(data)
+    if problems:
+        raise ValueError(lvis_eval_error(problems, source))
 
 
 class LongTailLVISEvaluator(LVISEvaluator):

@@ -15,6 +15,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_c
 from torch import nn
 from torch.nn import functional as F
 
+from .class_counts import count_floor as _count_floor
 from . import losses as L
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
                     + "; with a config they come from DATASETS.TRAIN, otherwise pass class_counts="
                     + (" and num_images=" if needs_images else "")
                 )
-            floor = count_floor if count_floor > 0 else None
+            floor = _count_floor(count_floor)
             # EQL's frequency is defined at zero (such a class is simply rare); priors, margins
             # and the federated sampling weights are not.
             counts = L.validate_counts(class_counts, self.num_classes, floor=floor,

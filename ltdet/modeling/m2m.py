@@ -143,16 +143,10 @@ class M2mTranslator(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        from ..data import training_class_stats
-
-        from .losses import validate_counts
+        from .class_counts import config_class_counts
 
         c = cfg.LTDET.M2M
-        floor = cfg.LTDET.CLASS_STATS.FLOOR
-        # the losses' check: zero-count classes are an error naming LTDET.CLASS_STATS.FLOOR
-        counts = validate_counts(training_class_stats(cfg).counts(cfg.LTDET.CLASS_STATS.SOURCE),
-                                 cfg.MODEL.ROI_HEADS.NUM_CLASSES, "M2m class counts",
-                                 floor=floor if floor > 0 else None)
+        counts = config_class_counts(cfg, "M2m class counts")
         return dict(class_counts=counts, attempts_per_image=c.ATTEMPTS_PER_IMAGE, beta=c.BETA,
                     gamma=c.GAMMA, lam=c.LAMBDA, step_size=c.STEP_SIZE, num_steps=c.NUM_STEPS,
                     init_noise=c.INIT_NOISE)
