@@ -228,6 +228,27 @@ def test_base_training_resume_is_exact(tiny_root, tmp_path, monkeypatch, lazy_it
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_construction_draws_the_same_on_every_detectron2(tiny_root, tmp_path, monkeypatch):
+    """Without aspect-ratio grouping the train loader is a torch DataLoader, whose iterator draws
+    from the global RNG when it starts. detectron2 0.6's training step started one in __init__,
+    later versions lazily: ltdet must leave the RNG where the other version does, or the same
+    config trains differently on the two."""
+    from detectron2.utils.env import seed_all_rng
+
+    from ltdet.engine import trainer as trainer_module
+
+    states = []
+    for step_class in (SimpleTrainer, _LazyIterSimpleTrainer):
+        monkeypatch.setattr(trainer_module, "SimpleTrainer", step_class)
+        cfg = tiny_cfg(tmp_path / step_class.__name__, "configs/synthetic/base_softmax_rfs.yaml",
+                       "DATALOADER.ASPECT_RATIO_GROUPING", False, "DATASETS.TEST", ())
+        seed_all_rng(cfg.SEED)
+        trainer = Trainer(cfg)
+        assert type(trainer._trainer) is step_class
+        states.append(torch.get_rng_state())
+    assert torch.equal(states[0], states[1])
+
+
 def test_decoupled_bad_input(base_model, tmp_path):
     base_dir, _ = base_model
     with pytest.raises(ValueError, match="matches no parameter"):
@@ -500,12 +521,18 @@ def test_train_and_meta_loaders_draw_with_the_configured_factors(tiny_root, tmp_
     from ltdet.data.samplers import class_balanced_repeat_factors
     from ltdet.engine import trainer as trainer_module
 
-    seen = []
+    seen, factor_kwargs = [], []
+    stock = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency
 
     class Recording(RepeatFactorTrainingSampler):
         def __init__(self, repeat_factors, **kwargs):
             seen.append(repeat_factors.clone())
             super().__init__(repeat_factors, **kwargs)
+
+        @staticmethod
+        def repeat_factors_from_category_frequency(dataset_dicts, repeat_thresh, **kwargs):
+            factor_kwargs.append(kwargs)
+            return stock(dataset_dicts, repeat_thresh)
 
     monkeypatch.setattr(trainer_module, "RepeatFactorTrainingSampler", Recording)
     cfg = tiny_cfg(tmp_path)
@@ -516,6 +543,10 @@ def test_train_and_meta_loaders_draw_with_the_configured_factors(tiny_root, tmp_
     assert torch.equal(seen[0], want) and want.max() > 1  # some images do repeat
     Trainer.build_meta_loader(cfg, seed=0)
     torch.testing.assert_close(seen[1], class_balanced_repeat_factors(dicts, 8))
+    # detectron2 after v0.6's DATALOADER.REPEAT_SQRT is passed on where the config has it
+    cfg.DATALOADER.REPEAT_SQRT = False
+    Trainer.build_train_loader(cfg, seed=0)
+    assert factor_kwargs == [{}, {"sqrt": False}]
 
 
 def test_trainer_errors_name_the_fix(base_model, handmade, tmp_path):  # noqa: F811

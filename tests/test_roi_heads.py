@@ -176,6 +176,13 @@ def test_bad_input():
     assert eql.class_freq.tolist() == pytest.approx([3 / 500, 0.0, 1 / 500, 1 / 500, 1 / 500])
     with pytest.raises(ValueError, match="length num_classes=5"):
         make("eql", class_counts=[1.0, 2.0])
+    with pytest.raises(ValueError, match="FLOOR must be >= 0"):
+        make("balanced_softmax", count_floor=-1.0)
+    # detectron2 after v0.6's own options (MODEL.ROI_BOX_HEAD) would be ignored: refused
+    for key, name in (("use_sigmoid_ce", "sigmoid"), ("use_fed_loss", "federated")):
+        with pytest.raises(ValueError, match=f"{key.upper()} is detectron2's own option.*"
+                                             f"LTDET.LOSS.NAME {name}"):
+            make("softmax", **{key: True})
 
 
 def test_softmax_checkpoint_into_sigmoid_head_is_explained():

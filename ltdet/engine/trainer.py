@@ -185,11 +185,15 @@ class Trainer(DefaultTrainer):
             if cfg.LTDET.M2M.ENABLED:
                 self.m2m = self.build_m2m(cfg, model)
                 extra["m2m"] = self.m2m
-            self._trainer = self.build_decoupled_step(cfg, model, data_loader, optimizer)
+            self._trainer = self.build_decoupled_step(cfg, model, (), optimizer)
         else:
             model = create_ddp_model(model, broadcast_buffers=False)
             self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-                model, data_loader, optimizer)
+                model, (), optimizer)
+        # The loader is handed over only now: detectron2 0.6's step starts an iterator in its
+        # __init__ (a torch DataLoader's draws from the global RNG, and its workers), later
+        # versions lazily; _prime_data starts the one stream at the same point on both.
+        self._trainer.data_loader = data_loader
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # Decoupled fine-tuning must start from a complete base model of this architecture.
         self.checkpointer = LongTailCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
@@ -248,8 +252,12 @@ class Trainer(DefaultTrainer):
         if name == "TrainingSampler":
             sampler = TrainingSampler(len(dicts), seed=seed)
         elif name == "RepeatFactorTrainingSampler":
+            # detectron2 after v0.6 has DATALOADER.REPEAT_SQRT (False: factors t/f, not
+            # sqrt(t/f)); v0.6 has neither the key nor the argument and always takes the root
+            sqrt = ({"sqrt": cfg.DATALOADER.REPEAT_SQRT} if "REPEAT_SQRT" in cfg.DATALOADER
+                    else {})
             factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-                dicts, cfg.DATALOADER.REPEAT_THRESHOLD)
+                dicts, cfg.DATALOADER.REPEAT_THRESHOLD, **sqrt)
             sampler = RepeatFactorTrainingSampler(factors, seed=seed)
         else:
             raise ValueError(f"DATALOADER.SAMPLER_TRAIN {name!r} is not supported by ltdet's "
@@ -309,8 +317,10 @@ class Trainer(DefaultTrainer):
     def state_dict(self):
         # detectron2 0.6's DefaultTrainer saves neither the optimizer nor the RNG state; both
         # are needed for --resume to continue exactly (ROI sampling and augmentation draw from
-        # the global RNGs).
-        ret = super().state_dict()
+        # the global RNGs). TrainerBase's, not DefaultTrainer's: later detectron2 added its own
+        # (saving and loading "_trainer" unconditionally), and ltdet's checkpoints must be the
+        # same on every version.
+        ret = TrainerBase.state_dict(self)
         ret["_trainer"] = self._trainer.state_dict()
         ret["data_seeds"] = list(self.data_seeds)
         ret["rng"] = rng_state.capture()
@@ -320,7 +330,7 @@ class Trainer(DefaultTrainer):
         return ret
 
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
+        TrainerBase.load_state_dict(self, state_dict)
         self.data_seeds = state_dict.get("data_seeds", self.data_seeds)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])

@@ -83,6 +83,13 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         cb_beta: Optional[float] = None,
         **kwargs,
     ):
+        # detectron2 after v0.6 passes its own sigmoid / federated options (MODEL.ROI_BOX_HEAD);
+        # this head computes its losses itself and would silently train softmax instead
+        for key, name in (("use_sigmoid_ce", "sigmoid"), ("use_fed_loss", "federated")):
+            if kwargs.get(key):
+                raise ValueError(
+                    f"MODEL.ROI_BOX_HEAD.{key.upper()} is detectron2's own option and ltdet's box "
+                    f"head does not apply it: set it False and LTDET.LOSS.NAME {name}")
         super().__init__(input_shape, **kwargs)
         if loss_name not in L.LOSS_NAMES:
             raise ValueError(f"unknown LTDET.LOSS.NAME {loss_name!r}; valid: {', '.join(L.LOSS_NAMES)}")
