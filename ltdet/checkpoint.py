@@ -1,10 +1,12 @@
 """detectron2's checkpointer with an explained error for softmax/sigmoid classifier mix-ups."""
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 _CLS_KEY = "box_predictor.cls_score.weight"
+# checkpointables the Trainer adds with LTDET.META / LTDET.M2M
+LTDET_STATE = ("meta_reweigher", "m2m")
 
 
 def check_classifier_shape(model_state: Dict[str, torch.Tensor],
@@ -73,7 +75,27 @@ class LongTailCheckpointer(DetectionCheckpointer):
                              f"{self.purpose[1]}")
         return super().resume_or_load(path, resume=resume)
 
+    def load(self, path: str, checkpointables: Optional[List[str]] = None):
+        # fvcore loads only the checkpointables the file has: a resume whose config enables
+        # the Meta Reweigher or M2m where the saved run did not would silently start them fresh
+        # (M2m's g would even copy the fine-tuned classifier), the reverse drop them.
+        self._requested = list(self.checkpointables if checkpointables is None else checkpointables)
+        return super().load(path, checkpointables)
+
+    def _check_checkpointables(self, checkpoint) -> None:
+        requested = getattr(self, "_requested", [])
+        missing = [k for k in requested if k not in checkpoint]
+        unused = [k for k in LTDET_STATE if k in checkpoint and requested and k not in requested]
+        if missing or unused:
+            raise ValueError(
+                f"the checkpoint to resume from {'lacks ' + str(missing) if missing else ''}"
+                f"{' and ' if missing and unused else ''}"
+                f"{'holds ' + str(unused) + ', which this config has no place for' if unused else ''}"
+                ": it was saved by a run with other LTDET options (META / M2M). Resume with the "
+                "config that run used, or train into a new OUTPUT_DIR")
+
     def _load_model(self, checkpoint):
+        self._check_checkpointables(checkpoint)
         check_classifier_shape(self.model.state_dict(), checkpoint["model"])
         if self.require_complete:
             check_complete(self.model.state_dict(), checkpoint["model"], purpose=self.purpose)

@@ -206,6 +206,30 @@ class _LazyIterSimpleTrainer(SimpleTrainer):
         return self._data_loader_iter_obj
 
 
+def test_resume_refuses_a_checkpoint_of_other_ltdet_options(base_model, tmp_path):
+    """--resume loads every checkpointable the config has from the last checkpoint; one the file
+    lacks (the Meta Reweigher of a run without LTDET.META, its Adam state) or one the config has
+    no place for is an error naming the fix, not a silent fresh start or drop."""
+    base_dir, _ = base_model
+    balms, plain = tmp_path / "balms", tmp_path / "plain"
+    train(_decoupled_cfg(base_dir, balms, "SOLVER.MAX_ITER", 1))
+    train(_decoupled_cfg(base_dir, plain, "SOLVER.MAX_ITER", 1, "LTDET.META.ENABLED", False))
+    for out, meta, says in ((balms, False, r"holds \['meta_reweigher'\]"),
+                            (plain, True, r"lacks \['meta_reweigher'\]")):
+        trainer = Trainer(_decoupled_cfg(base_dir, out, "LTDET.META.ENABLED", meta))
+        with pytest.raises(ValueError, match=says + ".*new OUTPUT_DIR"):
+            trainer.resume_or_load(resume=True)
+    # the meta optimizer's state, inside the trainer's
+    path = balms / "model_final.pth"
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    del state["trainer"]["_trainer"]["meta_optimizer"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="no Meta Reweigher optimizer state"):
+        Trainer(_decoupled_cfg(base_dir, balms)).resume_or_load(resume=True)
+    # a fresh fine-tuning from the base model (no checkpointables) is not a resume
+    Trainer(_decoupled_cfg(base_dir, tmp_path / "fresh")).resume_or_load(resume=True)
+
+
 @pytest.mark.parametrize("lazy_iter", [False, True])
 def test_base_training_resume_is_exact(tiny_root, tmp_path, monkeypatch, lazy_iter):
     """The instance-balanced base (whole model, repeat-factor sampling) resumed from a checkpoint

@@ -245,5 +245,9 @@ class DecoupledTrainStep(SimpleTrainer):
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        if self.meta_optimizer is not None and "meta_optimizer" in state_dict:
+        if self.meta_optimizer is not None:
+            if "meta_optimizer" not in state_dict:
+                raise ValueError("the checkpoint to resume from has no Meta Reweigher optimizer "
+                                 "state: it was saved without LTDET.META.ENABLED. Resume with the "
+                                 "config that run used, or train into a new OUTPUT_DIR")
             self.meta_optimizer.load_state_dict(state_dict["meta_optimizer"])
