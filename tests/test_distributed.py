@@ -220,6 +220,29 @@ def test_resume_on_two_cpu_processes_is_exact(tiny, gloo_base, tmp_path):
         torch.testing.assert_close(resumed["w"], full["w"])
 
 
+def _mismatched_resume_worker(root, out_dirs, extra):
+    rank = torch.distributed.get_rank()
+    try:
+        _resume_worker(root, out_dirs[rank], "configs/synthetic/decoupled/balms.yaml", extra, True)
+    except RuntimeError as e:
+        with open(os.path.join(out_dirs[rank], f"error{rank}.txt"), "w") as f:
+            f.write(str(e))
+
+
+def test_ranks_that_find_different_checkpoints_refuse_to_resume(tiny, gloo_base, tmp_path):
+    """A decoupled model is not DDP-wrapped: two ranks resuming from different checkpoints (one
+    machine's OUTPUT_DIR has one, the other's none) would train apart. Every rank refuses."""
+    extra = ("MODEL.WEIGHTS", str(gloo_base / "model_final.pth"), "SOLVER.MAX_ITER", 1)
+    launch(_resume_worker, 2, args=(tiny, str(tmp_path / "a"), "configs/synthetic/decoupled/balms.yaml",
+                                    extra, False))
+    os.makedirs(tmp_path / "b")
+    extra = (*extra[:2], "SOLVER.MAX_ITER", 2)
+    launch(_mismatched_resume_worker, 2, args=(tiny, [str(tmp_path / "a"), str(tmp_path / "b")], extra))
+    for rank, out in enumerate("ab"):
+        text = (tmp_path / out / f"error{rank}.txt").read_text()
+        assert "ranks resume at different iterations [1, 0]" in text and "shared OUTPUT_DIR" in text
+
+
 def test_launch_passes_the_timeout_to_detectron2(monkeypatch):
     """With CUDA (or one process) detectron2's launch runs, with the caller's timeout."""
     import importlib

@@ -284,6 +284,16 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume)
+        if comm.get_world_size() > 1:
+            # Each rank finds its own last checkpoint; a decoupled model is not DDP-wrapped, so
+            # nothing would align ranks that found different ones (they would train apart, then
+            # hang when their iteration counts part).
+            starts = comm.all_gather(self.start_iter)
+            if len(set(starts)) > 1:
+                raise RuntimeError(
+                    f"ranks resume at different iterations {starts}: their OUTPUT_DIRs hold "
+                    f"different checkpoints ({self.cfg.OUTPUT_DIR} on rank {comm.get_rank()}). "
+                    "Give every machine the same checkpoints (a shared OUTPUT_DIR) before --resume")
         if self.m2m is not None and not bool(self.m2m.initialized):
             # Fresh fine-tuning: g is the base model's classifier, frozen from now on.
             self.m2m.init_generator(self._trainer.predictor.cls_score)
