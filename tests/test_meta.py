@@ -62,6 +62,17 @@ def _optimizer(clf, fresh=False, **variant):
     return opt
 
 
+def test_lookahead_refuses_what_it_cannot_simulate():
+    """The look-ahead is SGD's rule: Adam, or SGD maximising, would be simulated wrongly."""
+    clf, _, _, _ = _problem()
+    named = dict(clf.named_parameters())
+    grads = {k: torch.zeros_like(p) for k, p in named.items()}
+    for opt in (torch.optim.Adam(clf.parameters(), lr=0.1),
+                torch.optim.SGD(clf.parameters(), lr=0.1, maximize=True)):
+        with pytest.raises(ValueError, match="simulates a torch.optim.SGD step.*" + type(opt).__name__):
+            sgd_lookahead(opt, named, grads)
+
+
 @pytest.mark.parametrize("fresh", [False, True], ids=["momentum", "first_step"])
 @pytest.mark.parametrize("variant", SGD_VARIANTS, ids=str)
 def test_lookahead_matches_torch_sgd(variant, fresh):

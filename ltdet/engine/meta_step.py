@@ -50,6 +50,12 @@ def sgd_lookahead(optimizer: torch.optim.Optimizer, named: Dict[str, nn.Paramete
                   grads: Dict[str, torch.Tensor]):
     """What ``optimizer.step()`` (torch SGD) would make of ``named`` given ``grads``, without
     touching it; also returns c = d theta' / d g per parameter (a scalar)."""
+    # The look-ahead is SGD's update rule (BALMS, Jamal et al.): another optimizer (an
+    # overridden build_optimizer) would be simulated wrongly, without a word.
+    if not isinstance(optimizer, torch.optim.SGD) or any(g.get("maximize") for g in optimizer.param_groups):
+        raise ValueError(f"the meta look-ahead simulates a torch.optim.SGD step (minimising), but "
+                         f"the training optimizer is {type(optimizer).__name__}: use detectron2's "
+                         "SGD (Trainer.build_optimizer) with LTDET.META / LTDET.TWO_COMPONENT")
     new, coef = {}, {}
     for k, p in named.items():
         group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
