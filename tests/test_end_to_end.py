@@ -767,7 +767,7 @@ def test_eval_only_checks_before_inference(base_model, handmade, tmp_path):  # n
         MetadataCatalog.remove(name)
 
 
-def test_check_config_refuses_ignored_or_invalid_ltdet_options(handmade, tmp_path):  # noqa: F811
+def test_check_config_refuses_ignored_or_invalid_ltdet_options(tiny_root, handmade, tmp_path):  # noqa: F811
     """LTDET options that no component would honour, each refused with the key to change: a loss
     or decoupled regime under detectron2's own ROI heads (which never read LTDET), a negative
     FLOOR, a misspelt count SOURCE, no federated classes, a negative eps step; and a test json
@@ -809,6 +809,23 @@ def test_check_config_refuses_ignored_or_invalid_ltdet_options(handmade, tmp_pat
     try:
         with pytest.raises(ValueError, match="cannot be evaluated with LVIS AP.*'frequency'.*ids \\[3\\]"):
             check_config(cfg("MODEL.ROI_HEADS.NUM_CLASSES", 3, "DATASETS.TEST", (name,)), training=False)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    # a test set with the training set's class count but another order of its categories
+    val = MetadataCatalog.get("ltdet_synthetic_val")
+    data = json.loads(open(val.json_file).read())
+    check_config(cfg("DATASETS.TEST", ("ltdet_synthetic_val",)))
+    a, b = data["categories"][1], data["categories"][2]
+    a["name"], b["name"] = b["name"], a["name"]
+    path = tmp_path / "swapped.json"
+    path.write_text(json.dumps(data))
+    name = "test_check_config_swapped"
+    register_lvis_format(name, str(path), val.image_root)
+    try:
+        with pytest.raises(ValueError, match=f"test set {name} and training set .* order their "
+                                             f"categories differently \\(class 1: '{a['name']}'"):
+            check_config(cfg("DATASETS.TEST", (name,)))
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)

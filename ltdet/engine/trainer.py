@@ -66,6 +66,13 @@ def check_config(cfg: CfgNode, *, training: bool = True) -> None:
                 f"test set {name} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES = {num_classes}: "
                 "evaluate with the config the model was trained with, on a test set of its "
                 "category list")
+        names = list(meta.get("thing_classes", []))
+        if training and n and names != list(stats.names):
+            i = next(i for i, (a, b) in enumerate(zip(names, stats.names)) if a != b)
+            raise ValueError(
+                f"test set {name} and training set {train} order their categories differently "
+                f"(class {i}: {names[i]!r} vs {stats.names[i]!r}): a model's class i would be "
+                "scored as another category; they must share one category list")
         # recorded when ltdet loaded the json: refused now, not after a whole training run
         problems = meta.get("lvis_eval_problems", None)
         if problems:
