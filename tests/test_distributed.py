@@ -224,23 +224,32 @@ def _mismatched_resume_worker(root, out_dirs, extra):
     rank = torch.distributed.get_rank()
     try:
         _resume_worker(root, out_dirs[rank], "configs/synthetic/decoupled/balms.yaml", extra, True)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         with open(os.path.join(out_dirs[rank], f"error{rank}.txt"), "w") as f:
-            f.write(str(e))
+            f.write(f"{type(e).__name__}: {e}")
 
 
 def test_ranks_that_find_different_checkpoints_refuse_to_resume(tiny, gloo_base, tmp_path):
     """A decoupled model is not DDP-wrapped: two ranks resuming from different checkpoints (one
-    machine's OUTPUT_DIR has one, the other's none) would train apart. Every rank refuses."""
+    machine's OUTPUT_DIR has one, the other's none) would train apart. Every rank refuses; and
+    when one rank cannot load its checkpoint, the other says so instead of waiting for it (a
+    short process-group timeout turns a regression into a failure, not a hang)."""
+    from datetime import timedelta
+
     extra = ("MODEL.WEIGHTS", str(gloo_base / "model_final.pth"), "SOLVER.MAX_ITER", 1)
-    launch(_resume_worker, 2, args=(tiny, str(tmp_path / "a"), "configs/synthetic/decoupled/balms.yaml",
-                                    extra, False))
+    for out, meta in (("a", True), ("c", False)):
+        launch(_train_worker, 2, args=(tiny, str(tmp_path / out), "configs/synthetic/decoupled/balms.yaml",
+                                       (*extra, "LTDET.META.ENABLED", meta)))
     os.makedirs(tmp_path / "b")
     extra = (*extra[:2], "SOLVER.MAX_ITER", 2)
-    launch(_mismatched_resume_worker, 2, args=(tiny, [str(tmp_path / "a"), str(tmp_path / "b")], extra))
-    for rank, out in enumerate("ab"):
-        text = (tmp_path / out / f"error{rank}.txt").read_text()
-        assert "ranks resume at different iterations [1, 0]" in text and "shared OUTPUT_DIR" in text
+    for dirs, says in (("ab", ["ranks resume at different iterations [1, 0]"] * 2),
+                       ("ac", ["RuntimeError: rank 1 could not load its checkpoint: ValueError: "
+                               "the checkpoint to resume from lacks ['meta_reweigher']",
+                               "ValueError: the checkpoint to resume from lacks ['meta_reweigher']"])):
+        launch(_mismatched_resume_worker, 2, args=(tiny, [str(tmp_path / d) for d in dirs], extra),
+               timeout=timedelta(seconds=60))
+        for rank, d in enumerate(dirs):
+            assert says[rank] in (tmp_path / d / f"error{rank}.txt").read_text()
 
 
 def test_launch_passes_the_timeout_to_detectron2(monkeypatch):

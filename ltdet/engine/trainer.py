@@ -222,6 +222,9 @@ class Trainer(DefaultTrainer):
         return m2m.to(model.device)
 
     def build_decoupled_step(self, cfg, model, data_loader, optimizer) -> DecoupledTrainStep:
+        """The decoupled training step. The Trainer passes ``data_loader=()`` and sets the
+        step's ``data_loader`` afterwards (no version of detectron2 then starts an iterator
+        before ``_prime_data``)."""
         chunk = cfg.LTDET.DECOUPLED.TRUNK_CHUNK
         if cfg.LTDET.TWO_COMPONENT.ENABLED:
             if cfg.LTDET.META.ENABLED:
@@ -290,12 +293,27 @@ class Trainer(DefaultTrainer):
         return cfg.LTDET.META.IMS_PER_BATCH or cfg.SOLVER.IMS_PER_BATCH
 
     def resume_or_load(self, resume: bool = True):
-        super().resume_or_load(resume)
-        if comm.get_world_size() > 1:
+        if comm.get_world_size() == 1:
+            super().resume_or_load(resume)
+        else:
             # Each rank finds its own last checkpoint; a decoupled model is not DDP-wrapped, so
             # nothing would align ranks that found different ones (they would train apart, then
-            # hang when their iteration counts part).
-            starts = comm.all_gather(self.start_iter)
+            # hang when their iteration counts part). A rank's loading error is shared too: the
+            # others would otherwise wait in the gather until the process-group timeout.
+            error = None
+            try:
+                super().resume_or_load(resume)
+            except Exception as e:  # re-raised below, on every rank
+                error = e
+            gathered = comm.all_gather(
+                (self.start_iter, None if error is None else f"{type(error).__name__}: {error}"))
+            if error is not None:
+                raise error
+            failed = [(rank, msg) for rank, (_, msg) in enumerate(gathered) if msg]
+            if failed:
+                raise RuntimeError(f"rank {failed[0][0]} could not load its checkpoint: "
+                                   f"{failed[0][1]}")
+            starts = [start for start, _ in gathered]
             if len(set(starts)) > 1:
                 raise RuntimeError(
                     f"ranks resume at different iterations {starts}: their OUTPUT_DIRs hold "
@@ -313,7 +331,6 @@ class Trainer(DefaultTrainer):
                 step.data_loader = self.build_train_loader(
                     cfg, skip=self.start_iter * cfg.SOLVER.IMS_PER_BATCH // world,
                     seed=self.data_seeds[0])
-                set_data_loader_iter(step, iter(step.data_loader))
                 if getattr(step, "meta_steps_per_iter", 0):
                     meta_steps = (self.start_iter if step.two_component is not None
                                   else -(-self.start_iter // step.meta_interval))
