@@ -129,9 +129,10 @@ def main(argv: Sequence[str] = None) -> int:
             how = ("sigma(eta + s): no boost" if sign > 0 else "sigma(eta - s): boost" if sign < 0
                    else "sigma(eta)" if args.opts else "sigma(eta): as trained")
             how += " " + " ".join(args.opts) if args.opts else ""
-            lines.append(f"| {method} | {seed} | {how} | {segm['AP']:.1f} | {segm['APr']:.1f} | "
-                         f"{segm['APc']:.1f} | {segm['APf']:.1f} | {trained['AP']:.1f} | "
-                         f"{trained['APr']:.1f} |")
+            cells = [segm["AP"], segm["APr"], segm["APc"], segm["APf"], trained["AP"], trained["APr"]]
+            # n/a: a group without classes (NaN; -100 in metrics written before)
+            cells = ["n/a" if not v >= 0 else f"{v:.1f}" for v in cells]
+            lines.append(f"| {method} | {seed} | {how} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     return 0
 

@@ -663,8 +663,8 @@ def write_results(runs: List[Run], out: str, command: str, settings: dict,
     lines = ["# Long-tail benchmark: decoupled classifier methods on the synthetic set", "",
              f"LVIS AP (%) on `{VAL_DATASET}`, mean ± std (sample std) over training seeds "
              f"{', '.join(map(str, seeds))}; the dataset is the same for every seed (generator seed "
-             f"{DATA_SEED}, preset `{settings.get('preset')}`). n/a: no value (LVIS gives -100 "
-             "for a frequency group without classes).", "",
+             f"{DATA_SEED}, preset `{settings.get('preset')}`). n/a: no value (a frequency "
+             "group without classes).", "",
              "| method | " + " | ".join(labels) + " | seeds | status |",
              "|---|" + "---:|" * len(labels) + "---:|---|"]
     for row in rows:

@@ -34,13 +34,15 @@ def check_classifier_shape(model_state: Dict[str, torch.Tensor],
         )
 
 
+# (what needs the checkpoint, what MODEL.WEIGHTS should be, what the checkpoint must be)
 DECOUPLED = ("the decoupled regime (LTDET.DECOUPLED.ENABLED) fine-tunes a base model",
-             "the base model's model_final.pth")
-EVAL_ONLY = ("--eval-only evaluates a trained model", "the trained model's model_final.pth")
+             "the base model's model_final.pth", "a base model of this architecture")
+EVAL_ONLY = ("--eval-only evaluates a trained model", "the trained model's model_final.pth",
+             "a trained model of this architecture")
 
 
 def check_complete(model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, torch.Tensor],
-                   path: str = "the checkpoint", purpose: Tuple[str, str] = DECOUPLED) -> None:
+                   path: str = "the checkpoint", purpose: Tuple[str, str, str] = DECOUPLED) -> None:
     """Raise unless every model tensor is in the checkpoint with the same shape (a decoupled
     fine-tuning must start from a base model of this exact architecture; an evaluation must not
     run on freshly initialised layers)."""
@@ -50,9 +52,9 @@ def check_complete(model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, t
                   if k in ckpt_state and tuple(ckpt_state[k].shape) != tuple(v.shape)]
     if missing or mismatched:
         raise ValueError(
-            f"{path} is not a base model of this architecture: {len(missing)} missing keys "
-            f"{missing[:8]}, {len(mismatched)} shape mismatches {mismatched[:8]}. {purpose[0]} "
-            f"trained with the same config: MODEL.WEIGHTS = {purpose[1]}."
+            f"{path} is not {purpose[2]}: {len(missing)} missing keys {missing[:8]}, "
+            f"{len(mismatched)} shape mismatches {mismatched[:8]}. {purpose[0]}: set MODEL.WEIGHTS "
+            f"to {purpose[1]} of a run with this config."
         )
 
 
@@ -62,7 +64,7 @@ class LongTailCheckpointer(DetectionCheckpointer):
     says why in the error."""
 
     def __init__(self, model, save_dir="", *, require_complete: bool = False,
-                 purpose: Tuple[str, str] = DECOUPLED, **checkpointables):
+                 purpose: Tuple[str, str, str] = DECOUPLED, **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
         self.require_complete = require_complete
         self.purpose = purpose

@@ -37,8 +37,8 @@ def test_evaluate_without_shift_reproduces_the_run(tiny_root, tmp_path):
     cfg = tiny_cfg(tmp_path, "configs/synthetic/base_sigmoid_rfs.yaml", "SOLVER.MAX_ITER", 3)
     (tmp_path / "config.yaml").write_text(cfg.dump())
     _, results = train(cfg)
-    # nan_ok: the tiny set has no frequent class (APf NaN), and a 3-iteration model may score
-    # no medium or large object
+    # nan_ok: the tiny val set has no frequent class and no medium or large object (lvis-api's
+    # "no data", NaN)
     assert script.evaluate(str(tmp_path), 0.0)["segm"] == pytest.approx(results["segm"], nan_ok=True)
     saved = json.loads((tmp_path / "inference" / "ltdet_synthetic_val" / "lvis_metrics.json").read_text())
     assert saved["segm"]["AP"] == pytest.approx(results["segm"]["AP"])
