@@ -76,7 +76,8 @@ def check_config(cfg: CfgNode, *, training: bool = True) -> None:
         # recorded when ltdet loaded the json: refused now, not after a whole training run
         problems = meta.get("lvis_eval_problems", None)
         if problems:
-            raise ValueError(lvis_eval_error(problems, meta.get("json_file", name)))
+            raise ValueError(lvis_eval_error(problems, meta.get("json_file", name)) + " (in a "
+                             "running session, register the dataset again after fixing the json)")
 
 
 def _check_ltdet_options(cfg: CfgNode) -> None:
