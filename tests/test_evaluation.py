@@ -147,6 +147,29 @@ def test_evaluator_refuses_a_json_lvis_api_cannot_evaluate(handmade, tmp_path): 
             MetadataCatalog.remove(name)
 
 
+def test_evaluator_refuses_a_broken_json_naming_it(tmp_path):
+    """A json lvis-api cannot read (truncated, or without 'annotations'): the file is named with
+    the fix, not lvis-api's bare JSONDecodeError / KeyError."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet.data import register_lvis_format
+    from ltdet.evaluation import LongTailLVISEvaluator
+
+    for tag, text in (("truncated", '{"images": [], "annot'),
+                      ("no_annotations", json.dumps({"images": [], "categories": []}))):
+        path = tmp_path / f"{tag}.json"
+        path.write_text(text)
+        name = f"test_eval_broken_json_{tag}"
+        register_lvis_format(name, str(path), str(tmp_path))
+        try:
+            with pytest.raises(ValueError, match=f"{tag}.json cannot be read by lvis-api.*"
+                                                 "re-download or regenerate"):
+                LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False)
+        finally:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
 def test_evaluator_without_training_data_still_returns_the_metrics(handmade, tmp_path, caplog):  # noqa: F811
     """--eval-only needs no training data: when DATASETS.TRAIN cannot be read (json missing,
     name unknown, other category list), per-class AP is written without training counts and the

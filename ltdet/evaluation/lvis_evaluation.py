@@ -6,6 +6,7 @@ import json
 import os
 from typing import Callable, Optional, Sequence, Union
 
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import LVISEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
@@ -35,8 +36,15 @@ class LongTailLVISEvaluator(LVISEvaluator):
                  output_dir: Optional[str] = None, *, max_dets_per_image: Optional[int] = None,
                  train_dataset: Union[str, Sequence[str], None] = None, per_class: bool = True,
                  train_stats: Optional[Callable[[], ClassStats]] = None):
-        super().__init__(dataset_name, tasks, distributed, output_dir,
-                         max_dets_per_image=max_dets_per_image)
+        try:
+            super().__init__(dataset_name, tasks, distributed, output_dir,
+                             max_dets_per_image=max_dets_per_image)
+        except (json.JSONDecodeError, KeyError) as e:  # lvis-api's bare errors on a broken json
+            source = MetadataCatalog.get(dataset_name).get("json_file", dataset_name)
+            raise ValueError(
+                f"{source} cannot be read by lvis-api ({type(e).__name__}: {e}): it must be valid "
+                "json with 'images', 'annotations' and 'categories'; re-download or regenerate "
+                "it") from e
         self._train_dataset = train_dataset
         # overrides class_stats(train_dataset): e.g. the images left after a development split
         self._train_stats_fn = train_stats
