@@ -68,6 +68,7 @@ class LongTailCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **checkpointables)
         self.require_complete = require_complete
         self.purpose = purpose
+        self._requested: List[str] = []  # checkpointables the current load() asks for
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         # fvcore treats an empty path as "nothing to load": a decoupled run would then train a
@@ -85,16 +86,17 @@ class LongTailCheckpointer(DetectionCheckpointer):
         return super().load(path, checkpointables)
 
     def _check_checkpointables(self, checkpoint) -> None:
-        requested = getattr(self, "_requested", [])
-        missing = [k for k in requested if k not in checkpoint]
-        unused = [k for k in LTDET_STATE if k in checkpoint and requested and k not in requested]
-        if missing or unused:
+        if not self._requested:  # loading weights only (MODEL.WEIGHTS), not resuming
+            return
+        missing = [k for k in self._requested if k not in checkpoint]
+        unused = [k for k in LTDET_STATE if k in checkpoint and k not in self._requested]
+        what = ([f"lacks {missing}"] if missing else []) + (
+            [f"holds {unused}, which this config has no place for"] if unused else [])
+        if what:
             raise ValueError(
-                f"the checkpoint to resume from {'lacks ' + str(missing) if missing else ''}"
-                f"{' and ' if missing and unused else ''}"
-                f"{'holds ' + str(unused) + ', which this config has no place for' if unused else ''}"
-                ": it was saved by a run with other LTDET options (META / M2M). Resume with the "
-                "config that run used, or train into a new OUTPUT_DIR")
+                f"the checkpoint to resume from {' and '.join(what)}: it was saved by a run with "
+                "other LTDET options (META / M2M). Resume with the config that run used, or "
+                "train into a new OUTPUT_DIR")
 
     def _load_model(self, checkpoint):
         self._check_checkpointables(checkpoint)
