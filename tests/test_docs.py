@@ -168,6 +168,27 @@ def test_every_command_names_a_script_and_options_it_has():
     assert not bad, bad
 
 
+def test_make_bash_and_pytest_commands_name_what_exists():
+    makefile = _read(os.path.join(REPO, "Makefile"))
+    bad, seen = [], 0
+    for page in PAGES:
+        text = _read(page)
+        code = " ".join(re.findall(r"```[a-z]*\n(.*?)```", text, re.S))
+        code += " " + " ".join(re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S)))
+        for target in re.findall(r"(?:^|\s)make (\w+)", code):
+            seen += 1
+            if not re.search(rf"^{target}:", makefile, re.M):
+                bad.append(f"{_rel(page)}: make {target}")
+        for path in re.findall(r"(?:^|\s)bash (\S+\.sh|\.ci/run)", code) + \
+                re.findall(r"(?:^|\s)pytest((?: tests/\S+)+)", code):
+            for p in path.split():
+                seen += 1
+                if not os.path.exists(os.path.join(REPO, p)):
+                    bad.append(f"{_rel(page)}: {p}")
+    assert seen >= 8, seen
+    assert not bad, bad
+
+
 def test_train_net_commands_parse_and_merge():
     """Each train_net command of the docs: detectron2's parser takes its options, its config file
     exists and merges, and every KEY VALUE after it is a config key that takes that value."""
