@@ -90,6 +90,21 @@ def test_slug_follows_github_anchors():
     assert _slug("The fixes in `ltdet/compat.py`") == "the-fixes-in-ltdetcompatpy"
 
 
+def _braces(path: str) -> List[str]:
+    """Shell brace expansion of one ``{a,b}`` group: ``configs/{x,y}/d`` -> both paths."""
+    m = re.search(r"\{([^{}]*,[^{}]*)\}", path)
+    if not m:
+        return [path]
+    return [e for alt in m.group(1).split(",")
+            for e in _braces(path[:m.start()] + alt + path[m.end():])]
+
+
+def test_brace_expansion():
+    assert _braces("configs/{a,b}/d/{x,y}.yaml") == ["configs/a/d/x.yaml", "configs/a/d/y.yaml",
+                                                      "configs/b/d/x.yaml", "configs/b/d/y.yaml"]
+    assert _braces("configs/a.yaml") == ["configs/a.yaml"]
+
+
 def test_every_path_and_link_of_the_docs_exists():
     recipes = _recipes(_page("docs/METHODS.md"))
     missing, checked = [], 0
@@ -98,6 +113,7 @@ def test_every_path_and_link_of_the_docs_exists():
         for p in sorted(_named_paths(text)):
             checked += 1
             expanded = [p.replace("<recipe>", r) for r in recipes] if "<recipe>" in p else [p]
+            expanded = [e for x in expanded for e in _braces(x)]
             missing += [f"{_rel(page)}: {e}" for e in expanded
                         if not os.path.exists(os.path.join(REPO, e.rstrip("/")))]
         for link in _links(text):
