@@ -72,7 +72,7 @@ def summary(rows, num_images: int) -> str:
 
 def plot(rows, path: str, title: str, rare_max: int, common_max: int) -> None:
     """Classes sorted by image count, image and instance counts on a log axis, bars coloured by
-    frequency group."""
+    frequency group; a class without images or instances is drawn at 0.5."""
     from matplotlib.figure import Figure  # outside pyplot: no backend switch, no registry
 
     order = sorted(rows, key=lambda r: -r[2])
@@ -82,6 +82,8 @@ def plot(rows, path: str, title: str, rare_max: int, common_max: int) -> None:
     colors = {g: c for g, _, c in GROUPS}
     for g, label, _ in GROUPS:
         sel = [i for i, r in enumerate(order) if r[4] == g]
+        if not sel:
+            continue
         ax.bar(x[sel], [max(order[i][2], 0.5) for i in sel], width=1.0, color=colors[g],
                label=f"{label} ({len(sel)})")
     ax.plot(x, [max(r[3], 0.5) for r in order], "k.", ms=2, label="instances")
