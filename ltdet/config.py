@@ -51,6 +51,11 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.LOSS.FED_POWER = 0.5
     # Sigmoid heads: classifier bias initialised to -log((1-p)/p) (BALMS code, focal-loss style).
     cfg.LTDET.LOSS.SIGMOID_PRIOR_PROB = 0.001
+    # Sigmoid-family heads loading a softmax-family checkpoint (K+1 logits, e.g. detectron2's
+    # LVIS model zoo): True starts the K logits as each class's weights and bias minus the
+    # background's (the softmax class-vs-background log-odds; ltdet.modeling.classifier_init);
+    # False refuses such a checkpoint with an explained error. Not in the papers: ltdet's option.
+    cfg.LTDET.LOSS.SIGMOID_FROM_SOFTMAX = False
     # Class-balanced "effective number" weights (1-beta)/(1-beta^n_y) of dbm_cb and of the
     # two-component w_y; < 0 means beta = (n-1)/n with n the sum of the per-class counts of
     # CLASS_STATS.SOURCE (Jamal et al. 2020: the number of training samples; with image counts an
