@@ -105,7 +105,8 @@ def _finetune_cfg(recipe, out, weights, *opts):
     ("configs/LVISv1/decoupled/balanced_sigmoid.yaml", False,
      ("LTDET.LOSS.SIGMOID_FROM_SOFTMAX", True)),
 ])
-def test_decoupled_recipe_fine_tunes_a_zoo_pkl(tiny_root, tmp_path, recipe, heuristics, extra):  # noqa: F811
+def test_decoupled_recipe_fine_tunes_a_zoo_pkl(
+        tiny_root, tmp_path, recipe, heuristics, extra):  # noqa: F811
     """The recipe loads every key of the .pkl (the decoupled regime requires a complete
     checkpoint), trains two steps on the synthetic set at 96 px, and afterwards every tensor but
     the box classifier equals the checkpoint's; the classifier moved."""

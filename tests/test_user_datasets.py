@@ -105,7 +105,7 @@ def test_coco_json_lvis_ap_equals_cocoeval_ap(tmp_path, registered):
                                              if a["image_id"] == img["id"]}
         for cid in absent:  # a false positive on a verified negative
             dets.append({"image_id": img["id"], "category_id": cid,
-                         "bbox": [float(rng.uniform(0, 150)), float(rng.uniform(0, 150)), 40.0, 30.0]})
+                         "bbox": [float(v) for v in rng.uniform(0, 150, 2)] + [40.0, 30.0]})
     scores = rng.permutation(len(dets)) / len(dets) + 0.01
     for d, s in zip(dets, scores):
         d["score"] = float(s)

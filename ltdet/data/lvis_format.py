@@ -140,7 +140,8 @@ def derive_lvis_fields(data: dict, train_image_counts: Optional[Dict[int, int]] 
 
     Returns a new dict (``data`` is left alone) and logs the derivation."""
     if json_format(data) != "coco":
-        raise ValueError(f"{source} already carries LVIS fields; only a COCO-format json is derived")
+        raise ValueError(f"{source} already carries LVIS fields; only a COCO-format json is "
+                         "derived")
     if not 0 <= rare_max < common_max:
         raise ValueError(f"frequency thresholds rare_max={rare_max}, common_max={common_max}: "
                          "need 0 <= LTDET.DATASETS.RARE_MAX_IMAGES < COMMON_MAX_IMAGES")
