@@ -187,7 +187,9 @@ def derive_lvis_fields(data: dict, train_image_counts: Optional[Dict[int, int]] 
 def lvis_eval_error(problems: List[str], source: str) -> str:
     return (f"{source} cannot be evaluated with LVIS AP: {'; '.join(problems)}. LVIS-format jsons "
             "carry them (a COCO json does not): add the image lists (empty lists if annotation is "
-            "not federated), the areas and each category's training frequency group")
+            "not federated), the areas and each category's training frequency group; a plain "
+            "COCO-format json gets them derived when given to tools/train_net.py as --dataset "
+            "NAME JSON IMAGE_ROOT (docs/CUSTOM_DATASETS.md)")
 
 
 def _image_path(img: dict, image_root: str) -> str:
