@@ -11,6 +11,7 @@ from ltdet.data.lvis_format import derive_lvis_fields, json_format
 from ltdet.data.user_datasets import check_registered, parse_spec, register_user_datasets
 
 from .conftest import REPO, load_script
+from .test_end_to_end import tiny_root  # noqa: F401 (fixture)
 
 CATS = [{"id": 2, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 9, "name": "emu"}]
 
@@ -184,6 +185,8 @@ def test_train_net_takes_datasets_from_the_command_line(tmp_path, registered):
     """`--dataset NAME JSON IMAGE_ROOT` (repeatable) becomes LTDET.DATASETS.REGISTER and is
     registered by setup(); a DATASETS.TRAIN name that is not registered fails with the fix."""
     train_net = load_script("tools/train_net.py", "ltdet_train_net_user")
+    train_net.default_setup = lambda cfg, args: None  # no handlers piling up on the loggers
+    train_net.setup_logger = lambda *args, **kwargs: None
     tj = write(tmp_path / "t.json", coco_json())
     base = ["--config-file", os.path.join(REPO, "configs/synthetic/base_softmax_rfs.yaml")]
     args = train_net.argument_parser().parse_args(
@@ -193,7 +196,7 @@ def test_train_net_takes_datasets_from_the_command_line(tmp_path, registered):
     cfg = train_net.setup(args)
     assert cfg.LTDET.DATASETS.REGISTER == [f"cli_train:{tj}:{tmp_path}"]
     assert MetadataCatalog.get("cli_train").source_json == tj
-    assert (tmp_path / "out" / "datasets" / "cli_train.json").is_file()
+    assert (tmp_path / "out" / "datasets" / "cli_train.json").is_file()  # derived: COCO json
     args = train_net.argument_parser().parse_args(
         base + ["OUTPUT_DIR", str(tmp_path / "out2"), "DATASETS.TRAIN", '("my_train.json",)'])
     with pytest.raises(KeyError, match="'my_train.json' is not registered"):
@@ -219,3 +222,40 @@ def test_synthetic_recipes_choose_the_device(monkeypatch):
     assert cfg().MODEL.DEVICE == "cuda"
     assert cfg("MODEL.DEVICE", "cpu").MODEL.DEVICE == "cpu"
     assert resolve_device("cuda:1") == "cuda:1"
+
+
+def test_train_net_trains_and_evaluates_coco_jsons(tiny_root, tmp_path, registered):  # noqa: F811
+    """End to end through tools/train_net.py: the tiny synthetic set with its LVIS fields removed
+    (plain COCO jsons) trains 2 iterations and is evaluated with LVIS AP; the groups derived for
+    the val json from the training json's counts are the generator's own LVIS groups."""
+    synth = tiny_root / "ltdet_synthetic"
+    specs = []
+    for split in ("train", "val"):
+        data = json.loads((synth / f"lvis_synthetic_{split}.json").read_text())
+        expected = [c["frequency"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+        for c in data["categories"]:
+            for k in ("frequency", "image_count", "instance_count"):
+                c.pop(k, None)
+        for img in data["images"]:
+            img.pop("neg_category_ids", None)
+            img.pop("not_exhaustive_category_ids", None)
+        specs += ["--dataset", f"coco_{split}", write(tmp_path / f"{split}.json", data), str(synth)]
+    registered += ["coco_train", "coco_val"]
+    train_net = load_script("tools/train_net.py", "ltdet_train_net_e2e")
+    train_net.default_setup = lambda cfg, args: None  # no handlers piling up on the loggers
+    train_net.setup_logger = lambda *args, **kwargs: None
+    out = tmp_path / "out"
+    args = train_net.argument_parser().parse_args([
+        "--config-file", os.path.join(REPO, "configs/synthetic/base_softmax_rfs.yaml"), *specs,
+        "DATASETS.TRAIN", '("coco_train",)', "DATASETS.TEST", '("coco_val",)',
+        "MODEL.ROI_HEADS.NUM_CLASSES", "8", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "2",
+        "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST",
+        "64", "INPUT.MAX_SIZE_TEST", "64", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out),
+        "SEED", "1"])
+    results = train_net.main(args)
+    assert {"AP", "APr", "APc", "APf"} <= set(results["segm"])
+    assert (out / "inference" / "coco_val" / "lvis_metrics.json").is_file()
+    derived = json.loads((out / "datasets" / "coco_val.json").read_text())
+    got = [c["frequency"] for c in sorted(derived["categories"], key=lambda c: c["id"])]
+    assert got == expected
