@@ -221,6 +221,7 @@ def test_synthetic_recipes_choose_the_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cfg().MODEL.DEVICE == "cuda"
     assert cfg("MODEL.DEVICE", "cpu").MODEL.DEVICE == "cpu"
+    assert cfg("MODEL.DEVICE", "auto").MODEL.DEVICE == "cuda"  # what tools/demo.py passes
     assert resolve_device("cuda:1") == "cuda:1"
 
 
