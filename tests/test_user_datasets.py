@@ -53,10 +53,11 @@ def registered():
             MetadataCatalog.remove(n)
 
 
-def test_derivation_groups_from_training_counts_and_negatives_are_the_absent_categories():
+def test_derivation_groups_from_training_counts_and_negatives_are_the_absent_categories(caplog):
     """Hand-built: cat in 11 training images, dog in 101, emu in 3 -> c, f, r at LVIS's 10/100;
     with thresholds 2/50: c (11 <= 50), f, c (3 > 2). Every image's negatives are exactly the
-    categories it has no annotation of; no not-exhaustive lists; box-only areas are w*h."""
+    categories it has no annotation of; no not-exhaustive lists; box-only areas are w*h; crowd
+    annotations are warned about."""
     test = {"images": [{"id": 1, "height": 9, "width": 9}, {"id": 2, "height": 9, "width": 9}],
             "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [0, 0, 2, 3]}],
             "categories": [dict(c) for c in CATS]}
@@ -75,6 +76,9 @@ def test_derivation_groups_from_training_counts_and_negatives_are_the_absent_cat
         derive_lvis_fields(test, counts, rare_max=100, common_max=10)
     with pytest.raises(ValueError, match="not in the training json"):
         derive_lvis_fields(test, {2: 1, 5: 1})
+    test["annotations"][0]["iscrowd"] = 1  # lvis-api has no crowd regions: said, not hidden
+    derive_lvis_fields(test, counts)
+    assert "1 crowd annotations" in caplog.text
 
 
 def test_coco_json_lvis_ap_equals_cocoeval_ap(tmp_path, registered):

@@ -181,6 +181,11 @@ def derive_lvis_fields(data: dict, train_image_counts: Optional[Dict[int, int]] 
         "from an image is a verified negative (exhaustive annotation); no not-exhaustive "
         "categories; %d box areas from w*h", source, rare_max, common_max, groups.count("r"),
         groups.count("c"), groups.count("f"), len(boxes_only))
+    crowd = sum(bool(a.get("iscrowd")) for a in data["annotations"])
+    if crowd:
+        # lvis-api has no crowd regions: they would count as objects to find
+        logger.warning("%s has %d crowd annotations (iscrowd 1): lvis-api scores them as ordinary "
+                       "objects, where COCOeval ignores detections matched to them", source, crowd)
     return out
 
 
