@@ -22,9 +22,10 @@ def check_classifier_shape(model_state: Dict[str, torch.Tensor],
         theirs, ours = ckpt_state[key].shape[0], param.shape[0]
         if theirs == ours + 1:
             kind = ("a softmax-family model (K+1 logits, with background)",
-                    "sigmoid-family (K logits)", "softmax, balanced_softmax, dbm, dbm_bs or dbm_cb"
-                    " (or set LTDET.LOSS.SIGMOID_FROM_SOFTMAX True to start the K sigmoid logits "
-                    "from the softmax ones, docs/MODEL_ZOO.md)")
+                    "sigmoid-family (K logits)",
+                    ("softmax, balanced_softmax, dbm, dbm_bs or dbm_cb (or set "
+                     "LTDET.LOSS.SIGMOID_FROM_SOFTMAX True to start the K sigmoid logits from the "
+                     "softmax ones, docs/MODEL_ZOO.md)"))
         elif theirs + 1 == ours:
             kind = ("a sigmoid-family model (K logits, no background)",
                     "softmax-family (K+1 logits)", "sigmoid, balanced_sigmoid, eql or federated")

@@ -65,7 +65,8 @@ def test_recipes_have_the_zoo_architecture(version, backbone, recipe):
             if k not in NOT_ARCHITECTURE and theirs[k] != mine[k]}
     assert not diff
     assert ours.TEST.DETECTIONS_PER_IMAGE == zoo.TEST.DETECTIONS_PER_IMAGE == 300
-    docs = open(os.path.join(REPO, "docs", "MODEL_ZOO.md")).read()
+    with open(os.path.join(REPO, "docs", "MODEL_ZOO.md")) as f:
+        docs = f.read()
     opts = BACKBONE_OPTS[backbone]
     for key, value in zip(opts[::2], opts[1::2]):
         assert f"{key} {value}" in docs or f'{key} "{value}"' in docs
