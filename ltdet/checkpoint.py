@@ -4,6 +4,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .modeling.classifier_init import convert_softmax_classifier
+
 _CLS_KEY = "box_predictor.cls_score.weight"
 # checkpointables the Trainer adds with LTDET.META / LTDET.M2M
 LTDET_STATE = ("meta_reweigher", "m2m")
@@ -21,7 +23,9 @@ def check_classifier_shape(model_state: Dict[str, torch.Tensor],
         if theirs == ours + 1:
             kind = ("a softmax-family model (K+1 logits, with background)",
                     "sigmoid-family (K logits)",
-                    "softmax, balanced_softmax, dbm, dbm_bs or dbm_cb")
+                    ("softmax, balanced_softmax, dbm, dbm_bs or dbm_cb (or set "
+                     "LTDET.LOSS.SIGMOID_FROM_SOFTMAX True to start the K sigmoid logits from the "
+                     "softmax ones, docs/MODEL_ZOO.md)"))
         elif theirs + 1 == ours:
             kind = ("a sigmoid-family model (K logits, no background)",
                     "softmax-family (K+1 logits)", "sigmoid, balanced_sigmoid, eql or federated")
@@ -64,8 +68,10 @@ class LongTailCheckpointer(DetectionCheckpointer):
     says why in the error."""
 
     def __init__(self, model, save_dir="", *, require_complete: bool = False,
-                 purpose: Tuple[str, str, str] = DECOUPLED, **checkpointables):
+                 purpose: Tuple[str, str, str] = DECOUPLED, sigmoid_from_softmax: bool = False,
+                 **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
+        self.sigmoid_from_softmax = sigmoid_from_softmax  # LTDET.LOSS.SIGMOID_FROM_SOFTMAX
         self.require_complete = require_complete
         self.purpose = purpose
         self._requested: List[str] = []  # checkpointables the current load() asks for
@@ -100,6 +106,8 @@ class LongTailCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         self._check_checkpointables(checkpoint)
+        if self.sigmoid_from_softmax:
+            convert_softmax_classifier(self.model.state_dict(), checkpoint["model"])
         check_classifier_shape(self.model.state_dict(), checkpoint["model"])
         if self.require_complete:
             check_complete(self.model.state_dict(), checkpoint["model"], purpose=self.purpose)

@@ -6,6 +6,18 @@ def add_ltdet_config(cfg: CN) -> None:
     """Add every ltdet key, with the default of the paper it comes from."""
     cfg.LTDET = CN()
 
+    # Datasets given without code (ltdet.data.user_datasets): registered by tools/train_net.py
+    # before training or evaluation, usable by name in DATASETS.TRAIN / DATASETS.TEST.
+    cfg.LTDET.DATASETS = CN()
+    # Entries "NAME:JSON:IMAGE_ROOT" (train_net's --dataset NAME JSON IMAGE_ROOT adds one). An
+    # LVIS-format json is used as it is; a plain COCO-format json gets the LVIS fields derived
+    # (docs/CUSTOM_DATASETS.md) into OUTPUT_DIR/datasets/NAME.json, which lvis-api evaluates.
+    cfg.LTDET.DATASETS.REGISTER = []
+    # Frequency groups derived for COCO-format jsons from the training sets' image counts:
+    # rare <= RARE_MAX_IMAGES, common <= COMMON_MAX_IMAGES, frequent above (LVIS: 10 and 100).
+    cfg.LTDET.DATASETS.RARE_MAX_IMAGES = 10
+    cfg.LTDET.DATASETS.COMMON_MAX_IMAGES = 100
+
     # Per-class training statistics consumed by the balanced losses and samplers, computed from
     # the annotations of DATASETS.TRAIN, summed over its sets (ltdet.data.class_stats); with
     # LTDET.TWO_COMPONENT (ENABLED or HOLD_OUT_DEV), of the images left after the development
@@ -39,6 +51,11 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.LOSS.FED_POWER = 0.5
     # Sigmoid heads: classifier bias initialised to -log((1-p)/p) (BALMS code, focal-loss style).
     cfg.LTDET.LOSS.SIGMOID_PRIOR_PROB = 0.001
+    # Sigmoid-family heads loading a softmax-family checkpoint (K+1 logits, e.g. detectron2's
+    # LVIS model zoo): True starts the K logits as each class's weights and bias minus the
+    # background's (the softmax class-vs-background log-odds; ltdet.modeling.classifier_init);
+    # False refuses such a checkpoint with an explained error. Not in the papers: ltdet's option.
+    cfg.LTDET.LOSS.SIGMOID_FROM_SOFTMAX = False
     # Class-balanced "effective number" weights (1-beta)/(1-beta^n_y) of dbm_cb and of the
     # two-component w_y; < 0 means beta = (n-1)/n with n the sum of the per-class counts of
     # CLASS_STATS.SOURCE (Jamal et al. 2020: the number of training samples; with image counts an
@@ -161,4 +178,15 @@ def merge_config(cfg: CN, config_file: str = "", opts=()) -> CN:
             f"unknown config key in {where}: {e}. Check the spelling against "
             "detectron2's defaults and ltdet/config.py (add_ltdet_config must run before merging)"
         ) from None
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     return cfg
+
+
+def resolve_device(device: str) -> str:
+    """MODEL.DEVICE "auto" (the synthetic recipes): "cuda" when torch sees a GPU, else "cpu".
+    Any other value (e.g. "cpu" or "cuda" on the command line, to force one) is kept."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -12,7 +12,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import SimpleTrainer, TrainerBase
 from detectron2.utils.env import seed_all_rng
 
-from ltdet.config import add_ltdet_config
+from ltdet.config import add_ltdet_config, merge_config
 from ltdet.data.builtin import SYNTHETIC_DIR, register_all
 from ltdet.data.lvis_format import _STATS_CACHE
 from ltdet.data.synthetic import generate
@@ -39,7 +39,7 @@ def tiny_root(tmp_path_factory):
 def tiny_cfg(out_dir, config="configs/synthetic/base_softmax_rfs.yaml", *opts):
     cfg = get_cfg()
     add_ltdet_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, config))
+    merge_config(cfg, os.path.join(REPO, config))  # resolves MODEL.DEVICE "auto"
     cfg.merge_from_list([
         "MODEL.ROI_HEADS.NUM_CLASSES", 8, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 8,
         "SOLVER.STEPS", (6,), "SOLVER.WARMUP_ITERS", 2, "DATALOADER.NUM_WORKERS", 0,

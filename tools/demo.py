@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The main job on the embedded synthetic long-tail set, on the CPU.
+"""The main job on the embedded synthetic long-tail set, on CUDA when available, else the CPU.
 
 Generates the dataset if absent, trains the instance-balanced base model (softmax, repeat-factor
 sampling) with tools/train_net.py, fine-tunes its box classifier in the decoupled regime with
@@ -7,7 +7,7 @@ softmax (re-training baseline), Balanced Softmax and BALMS, evaluates every mode
 prints one comparison table. Each run's metrics, per-class AP (csv, png) and logs land in
 output/demo/<run>/.
 
-  python tools/demo.py [--output output/demo] [--seed 0] [--quick]
+  python tools/demo.py [--output output/demo] [--seed 0] [--quick] [--device auto|cpu|cuda]
 
 Every run gets cfg SEED (default 0), so the table is reproducible: a 300-iteration base model's
 AP varies by several points with the seed (benchmarks/longtail.py measures that spread).
@@ -63,13 +63,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="cfg SEED of every run (-1: detectron2's random seed, not reproducible)")
     parser.add_argument("--quick", action="store_true", help="a few iterations (smoke test)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="MODEL.DEVICE of every run (auto: CUDA when available)")
     args = parser.parse_args()
 
     data_dir = os.path.join(datasets_root(), SYNTHETIC_DIR)
     info = generate(data_dir)
     print(f"synthetic set: {info['num_classes']} classes, {info['num_train_images']} train / "
           f"{info['num_val_images']} val images in {data_dir}")
-    extra = ["SEED", str(args.seed)]
+    extra = ["SEED", str(args.seed), "MODEL.DEVICE", args.device]
     if args.quick:
         extra += ["SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "SOLVER.WARMUP_ITERS", "0"]
     base_dir = os.path.join(args.output, BASE[0])

@@ -5,6 +5,8 @@ evaluator. Examples:
   python tools/train_net.py --config-file configs/synthetic/base_softmax_rfs.yaml
   python tools/train_net.py --num-gpus 8 --config-file configs/LVISv1/base_softmax_rfs_R50_FPN.yaml
   python tools/train_net.py --eval-only --config-file ... MODEL.WEIGHTS output/model_final.pth
+  python tools/train_net.py --config-file ... --dataset my_train train.json images/ \
+      --dataset my_val val.json images/ DATASETS.TRAIN '("my_train",)' DATASETS.TEST '("my_val",)'
 """
 import ltdet  # noqa: F401  (compat fixes, dataset and head registration)
 from detectron2.config import get_cfg
@@ -15,6 +17,7 @@ from detectron2.utils.logger import setup_logger
 
 from ltdet.checkpoint import EVAL_ONLY, LongTailCheckpointer
 from ltdet.config import add_ltdet_config, merge_config
+from ltdet.data.user_datasets import register_from_config
 from ltdet.engine import Trainer, check_config, launch
 
 
@@ -22,12 +25,23 @@ def setup(args):
     cfg = get_cfg()
     add_ltdet_config(cfg)
     merge_config(cfg, args.config_file, args.opts)
+    # getattr: args parsed by detectron2's own parser (no --dataset) work too
+    cfg.LTDET.DATASETS.REGISTER += [":".join(d) for d in getattr(args, "dataset", [])]
     cfg.freeze()
     default_setup(cfg, args)
     # detectron2 sets up its own loggers only; ltdet's INFO lines (frozen parameters, the
     # development split, EQL's suppressed classes) go to the console and log.txt as in its projects
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ltdet")
+    register_from_config(cfg)  # --dataset / LTDET.DATASETS.REGISTER; unknown names explained
     return cfg
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--dataset", nargs=3, action="append", default=[],
+                        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+                        help="register an LVIS- or COCO-format json as dataset NAME (repeatable)")
+    return parser
 
 
 def main(args):
@@ -48,7 +62,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -85,6 +85,12 @@ def _read_json(json_file: str) -> dict:
     return data
 
 
+def read_dataset_json(json_file: str) -> dict:
+    """A dataset json's contents, with an error naming the fix when it is missing, not json, or
+    lacks the 'images' / 'annotations' / 'categories' of the LVIS and COCO formats."""
+    return _read_json(json_file)
+
+
 def lvis_eval_problems(data: dict) -> List[str]:
     """What lvis-api's evaluation needs and an LVIS-format json lacks (empty: nothing): every
     image's ``neg_category_ids`` and ``not_exhaustive_category_ids``, every annotation's
@@ -107,10 +113,88 @@ def lvis_eval_problems(data: dict) -> List[str]:
     return what
 
 
+def json_format(data: dict) -> str:
+    """"lvis" when the json carries LVIS's fields (categories' ``frequency``, images'
+    ``neg_category_ids`` / ``not_exhaustive_category_ids``), "coco" when it carries none of them
+    (a plain COCO-format json). A json with some of them is "lvis": lvis_eval_problems names what
+    it lacks rather than mixing given and derived labels."""
+    lvis_keys = ("neg_category_ids", "not_exhaustive_category_ids")
+    has = (any("frequency" in c for c in data["categories"])
+           or any(k in img for img in data["images"] for k in lvis_keys))
+    return "lvis" if has else "coco"
+
+
+def derive_lvis_fields(data: dict, train_image_counts: Optional[Dict[int, int]] = None, *,
+                       rare_max: int = RARE_MAX_IMAGES, common_max: int = COMMON_MAX_IMAGES,
+                       source: str = "the json") -> dict:
+    """The LVIS fields of a plain COCO-format json, which lvis-api needs to evaluate it:
+
+    - each category's ``frequency``: "r" at <= ``rare_max`` training images, "c" at <=
+      ``common_max``, else "f" (LVIS's rule, 10 and 100), from ``train_image_counts`` (category id
+      -> images containing it in the training json; None: this json's own counts);
+    - each image's ``neg_category_ids``: every category absent from it. A COCO json is annotated
+      exhaustively (COCO's evaluation assumes it), so an absent category is a verified negative
+      and its detections there are false positives, as in COCOeval;
+    - ``not_exhaustive_category_ids`` empty; ``area`` of a box-only annotation without one: the
+      box's w*h (a mask without ``area`` stays an error of lvis_eval_problems: its pixel area).
+
+    Returns a new dict (``data`` is left alone) and logs the derivation."""
+    if json_format(data) != "coco":
+        raise ValueError(f"{source} already carries LVIS fields; only a COCO-format json is "
+                         "derived")
+    if not 0 <= rare_max < common_max:
+        raise ValueError(f"frequency thresholds rare_max={rare_max}, common_max={common_max}: "
+                         "need 0 <= LTDET.DATASETS.RARE_MAX_IMAGES < COMMON_MAX_IMAGES")
+    cat_ids = [c["id"] for c in data["categories"]]
+    present: Dict[int, Set[int]] = {img["id"]: set() for img in data["images"]}
+    for ann in data["annotations"]:
+        present.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    if train_image_counts is None:
+        train_image_counts = {c: 0 for c in cat_ids}
+        for cats in present.values():
+            for c in cats:
+                train_image_counts[c] = train_image_counts.get(c, 0) + 1
+    unknown = [c for c in cat_ids if c not in train_image_counts]
+    if unknown:
+        raise ValueError(f"{source}: categories {unknown[:5]} are not in the training json; train "
+                         "and test sets must share one category list")
+
+    def group(n: int) -> str:
+        return "r" if n <= rare_max else ("c" if n <= common_max else "f")
+
+    out = dict(data)
+    out["categories"] = [dict(c, frequency=group(train_image_counts[c["id"]]),
+                              image_count=int(train_image_counts[c["id"]]))
+                         for c in data["categories"]]
+    out["images"] = [dict(img, neg_category_ids=sorted(set(cat_ids) - present[img["id"]]),
+                          not_exhaustive_category_ids=[]) for img in data["images"]]
+    boxes_only = [i for i, a in enumerate(data["annotations"])
+                  if "area" not in a and not a.get("segmentation")]
+    out["annotations"] = list(data["annotations"])
+    for i in boxes_only:
+        a = out["annotations"][i]
+        out["annotations"][i] = dict(a, area=float(a["bbox"][2] * a["bbox"][3]))
+    groups = [c["frequency"] for c in out["categories"]]
+    logger.info(
+        "%s is COCO format: derived LVIS fields. Frequency groups from training image counts "
+        "(rare <= %d, common <= %d images): %d rare, %d common, %d frequent; every category absent "
+        "from an image is a verified negative (exhaustive annotation); no not-exhaustive "
+        "categories; %d box areas from w*h", source, rare_max, common_max, groups.count("r"),
+        groups.count("c"), groups.count("f"), len(boxes_only))
+    crowd = sum(bool(a.get("iscrowd")) for a in data["annotations"])
+    if crowd:
+        # lvis-api has no crowd regions: they would count as objects to find
+        logger.warning("%s has %d crowd annotations (iscrowd 1): lvis-api scores them as ordinary "
+                       "objects, where COCOeval ignores detections matched to them", source, crowd)
+    return out
+
+
 def lvis_eval_error(problems: List[str], source: str) -> str:
     return (f"{source} cannot be evaluated with LVIS AP: {'; '.join(problems)}. LVIS-format jsons "
             "carry them (a COCO json does not): add the image lists (empty lists if annotation is "
-            "not federated), the areas and each category's training frequency group")
+            "not federated), the areas and each category's training frequency group; a plain "
+            "COCO-format json gets them derived when given to tools/train_net.py as --dataset "
+            "NAME JSON IMAGE_ROOT (docs/CUSTOM_DATASETS.md)")
 
 
 def _image_path(img: dict, image_root: str) -> str:

@@ -204,8 +204,9 @@ class Trainer(DefaultTrainer):
         self._trainer.data_loader = data_loader
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # Decoupled fine-tuning must start from a complete base model of this architecture.
-        self.checkpointer = LongTailCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
-                                                 require_complete=decoupled, **extra)
+        self.checkpointer = LongTailCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), require_complete=decoupled,
+            sigmoid_from_softmax=cfg.LTDET.LOSS.SIGMOID_FROM_SOFTMAX, **extra)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
