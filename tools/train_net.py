@@ -5,7 +5,11 @@ evaluator. Examples:
   python tools/train_net.py --config-file configs/synthetic/base_softmax_rfs.yaml
   python tools/train_net.py --num-gpus 8 --config-file configs/LVISv1/base_softmax_rfs_R50_FPN.yaml
   python tools/train_net.py --eval-only --config-file ... MODEL.WEIGHTS output/model_final.pth
+  python tools/train_net.py --resume --config-file <the run's config> OUTPUT_DIR <its folder>
 """
+import os
+import shlex
+
 import ltdet  # noqa: F401  (compat fixes, dataset and head registration)
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
@@ -13,9 +17,19 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ltdet.checkpoint import EVAL_ONLY, LongTailCheckpointer
+from ltdet.checkpoint import CHANGED_CONFIG_FLAG, EVAL_ONLY, LongTailCheckpointer, check_resume
 from ltdet.config import add_ltdet_config, merge_config
 from ltdet.engine import Trainer, check_config, launch
+from ltdet.engine.divergence import TrainingDiverged
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(CHANGED_CONFIG_FLAG, action="store_true",
+                        help="with --resume: resume although the config differs from the "
+                             "checkpoint's in keys that define the model, loss or data (a "
+                             "deliberate change; docs/OUTPUTS_AND_RESUME.md)")
+    return parser
 
 
 def setup(args):
@@ -23,6 +37,11 @@ def setup(args):
     add_ltdet_config(cfg)
     merge_config(cfg, args.config_file, args.opts)
     cfg.freeze()
+    # Start-up checks first: default_setup replaces OUTPUT_DIR/config.yaml and the loggers append
+    # to its log.txt, which must keep describing the previous run when the checks refuse.
+    check_config(cfg, training=not args.eval_only)
+    if args.resume and not args.eval_only:
+        check_resume(cfg, changed_config_ok=getattr(args, "resume_changed_config", False))
     default_setup(cfg, args)
     # detectron2 sets up its own loggers only; ltdet's INFO lines (frozen parameters, the
     # development split, EQL's suppressed classes) go to the console and log.txt as in its projects
@@ -33,7 +52,6 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        check_config(cfg, training=False)
         model = Trainer.build_model(cfg)
         # every layer from the checkpoint: no AP of a freshly initialised classifier
         LongTailCheckpointer(model, save_dir=cfg.OUTPUT_DIR, require_complete=True,
@@ -43,12 +61,32 @@ def main(args):
             verify_results(cfg, res)
         return res
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    trainer.resume_or_load(resume=args.resume,
+                           changed_config_ok=getattr(args, "resume_changed_config", False))
+    try:
+        return trainer.train()
+    except TrainingDiverged as e:  # the same error, with this run's exact resume command
+        raise e.with_command(resume_command(args)) from e
+
+
+def resume_command(args) -> str:
+    """The command that resumes this run: its arguments with --resume and without its own
+    SOLVER.BASE_LR (the caller appends a lower one)."""
+    opts = [str(o) for o in args.opts]
+    if "SOLVER.BASE_LR" in opts:
+        i = opts.index("SOLVER.BASE_LR")
+        del opts[i:i + 2]
+    argv = ["python", os.path.relpath(os.path.abspath(__file__)), "--config-file", args.config_file]
+    if args.num_gpus > 1 or args.num_machines > 1:
+        argv += ["--num-gpus", str(args.num_gpus), "--num-machines", str(args.num_machines),
+                 "--machine-rank", str(args.machine_rank), "--dist-url", args.dist_url]
+    argv += ["--resume"] + ([CHANGED_CONFIG_FLAG] if getattr(args, "resume_changed_config", False)
+                            else []) + opts
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -94,7 +94,7 @@ def lvis_eval_problems(data: dict) -> List[str]:
                if any(k not in img for img in images)]
     no_area = [a.get("id") for a in data.get("annotations", []) if "area" not in a]
     bad = [c.get("id") for c in data.get("categories", []) if c.get("frequency") not in ("r", "c", "f")]
-    what = []
+    what = crowd_eval_problems(data.get("annotations", []))
     if missing:
         what.append(f"images without {' / '.join(missing)}")
     if no_area:
@@ -105,6 +105,36 @@ def lvis_eval_problems(data: dict) -> List[str]:
         what.append(f"categories without a 'frequency' of 'r', 'c' or 'f' (ids {bad[:5]}"
                     f"{' ...' if len(bad) > 5 else ''})")
     return what
+
+
+def crowd_annotations(annotations: Sequence[dict]) -> List[dict]:
+    """COCO's crowd regions (``iscrowd`` 1): one region over many objects. LVIS has none."""
+    return [a for a in annotations if a.get("iscrowd", 0)]
+
+
+def crowd_eval_problems(annotations: Sequence[dict]) -> List[str]:
+    """lvis-api has no crowd / ignore regions: it would score a crowd region as an object to
+    detect (COCO's evaluation ignores the detections on it)."""
+    crowd = [a.get("id") for a in crowd_annotations(annotations)]
+    if not crowd:
+        return []
+    return [f"{len(crowd)} crowd annotations (iscrowd 1, ids {crowd[:5]}"
+            f"{' ...' if len(crowd) > 5 else ''}; lvis-api has no ignore regions and would count "
+            "each as an object to detect: remove them from the json)"]
+
+
+def without_crowd(annotations: List[dict], source: str) -> List[dict]:
+    """``annotations`` without crowd regions, with a warning that counts them. As in detectron2
+    (its mapper drops them, its loader the images with nothing else) and COCO, a crowd region is
+    not an instance: it is in no class statistic, repeat factor or training target."""
+    crowd = crowd_annotations(annotations)
+    if not crowd:
+        return annotations
+    cats = sorted({a.get("category_id") for a in crowd})
+    logger.warning("%s: %d crowd annotations (iscrowd 1; category ids %s) are not trained on and "
+                   "not counted in the class statistics or repeat factors, as in detectron2 and "
+                   "COCO", source, len(crowd), cats[:10] + (["..."] if len(cats) > 10 else []))
+    return [a for a in annotations if not a.get("iscrowd", 0)]
 
 
 def lvis_eval_error(problems: List[str], source: str) -> str:
@@ -146,7 +176,7 @@ def load_lvis_format_json(
             lvis_eval_problems=lvis_eval_problems(data),
         )
     anns_per_image: Dict[int, List[dict]] = {img["id"]: [] for img in data["images"]}
-    for ann in data["annotations"]:
+    for ann in without_crowd(data["annotations"], json_file):
         if ann["category_id"] not in id_map:
             raise ValueError(
                 f"{json_file}: annotation {ann.get('id')} has category_id {ann['category_id']}, "
