@@ -82,7 +82,7 @@ def test_resume_refuses_another_recipe_and_allows_a_longer_schedule(base_model, 
     # a longer schedule and another seed are not the recipe
     longer, _ = train(_decoupled(base_dir, out, "balanced_softmax", "SOLVER.MAX_ITER", 3,
                                  "SEED", 5), resume=True)
-    assert longer.start_iter == 2 and longer.iter == 2
+    assert longer.start_iter == 2 and longer.iter == 3  # trained iteration 2 only
     with caplog.at_level(logging.WARNING, logger="ltdet.checkpoint"):
         Trainer(_decoupled(base_dir, out, "softmax")).resume_or_load(resume=True,
                                                                      changed_config_ok=True)
@@ -109,12 +109,27 @@ def test_refused_resume_leaves_output_dir_as_it_was(tiny_root, base_model, tmp_p
     before = _snapshot(out)
     argv = _decoupled_argv(base_dir, out)
     argv[1] = os.path.join(REPO, "configs/synthetic/base_softmax_rfs.yaml")
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_root))
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_root), PYTHONPATH=REPO)
     run = subprocess.run([sys.executable, "tools/train_net.py", "--resume", *map(str, argv)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode != 0
     assert "LTDET.DECOUPLED.ENABLED: checkpoint True, config False" in run.stderr
+    assert "Full config saved" not in run.stdout + run.stderr  # refused before default_setup
     assert _snapshot(out) == before
+    # a checkpoint from before the fingerprint: resumed with a warning, then refused after
+    # default_setup (by the checkpoint's optimizer state): config.yaml is put back
+    state = torch.load(out / "model_final.pth", weights_only=False)
+    del state[FINGERPRINT]
+    torch.save(state, out / "model_final.pth")
+    before = _snapshot(out)
+    run = subprocess.run([sys.executable, "tools/train_net.py", "--resume", *map(str, argv)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0 and "records no config fingerprint" in run.stderr
+    assert "Full config saved" in run.stdout + run.stderr  # default_setup had replaced it
+    after = _snapshot(out)
+    assert after["config.yaml"] == before["config.yaml"]
+    assert after["model_final.pth"] == before["model_final.pth"]
+    assert after["log.txt"].startswith(before["log.txt"])  # appended to, never replaced
 
 
 def test_checkpoints_are_written_atomically(base_model, tmp_path, monkeypatch):
@@ -208,7 +223,7 @@ def test_loss_growth_warns_once_per_order_of_magnitude(caplog):
             hook.after_step()  # a second call in the same iteration reads nothing new
             if caplog.records:
                 warnings.append((it, caplog.records[0].getMessage()))
-    # the early median is 1; the last 4 reach a median of 100 = 100x at iteration 9 ([50, 50,
+    # the first loss is 1; the last 4 reach a median of 100 = 100x at iteration 9 ([50, 50,
     # 150, 150]); the next warning needs 10 * 100 = 1000: [150, 150, 2000, 2000] at iteration 15
     assert [it for it, _ in warnings] == [9, 15]
     assert "grew 100x: median 100 " in warnings[0][1] and "learning rate now 0.1" in warnings[0][1]
@@ -220,8 +235,13 @@ def test_decoupled_run_at_a_huge_lr_warns(base_model, tmp_path, caplog):
     base_dir, _ = base_model
     with caplog.at_level(logging.WARNING, logger="ltdet.engine.divergence"):
         trainer, _ = train(_decoupled(base_dir, tmp_path / "hot", "softmax",
-                                      "SOLVER.BASE_LR", 5000.0, "SOLVER.MAX_ITER", 40))
-    assert "The training loss grew" in caplog.text
+                                      "SOLVER.BASE_LR", 5000.0, "SOLVER.MAX_ITER", 20))
+    # its losses: 0.3 at iteration 0, 323 at 1, then 1.6e3 .. 8.1e4 (median ~8e3 by 19)
+    assert "The training loss grew" in caplog.text and "at this run's first iteration (0)" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="ltdet.engine.divergence"):
+        caplog.clear()
+        train(_decoupled(base_dir, tmp_path / "calm", "softmax", "SOLVER.MAX_ITER", 20))
+    assert "The training loss grew" not in caplog.text
 
 
 def test_crowd_annotations_are_not_instances(handmade, tmp_path):  # noqa: F811

@@ -7,6 +7,7 @@ evaluator. Examples:
   python tools/train_net.py --eval-only --config-file ... MODEL.WEIGHTS output/model_final.pth
   python tools/train_net.py --resume --config-file <the run's config> OUTPUT_DIR <its folder>
 """
+import contextlib
 import os
 import shlex
 
@@ -21,6 +22,7 @@ from ltdet.checkpoint import CHANGED_CONFIG_FLAG, EVAL_ONLY, LongTailCheckpointe
 from ltdet.config import add_ltdet_config, merge_config
 from ltdet.engine import Trainer, check_config, launch
 from ltdet.engine.divergence import TrainingDiverged
+from ltdet.file_io import restored_on_error
 
 
 def argument_parser():
@@ -42,16 +44,20 @@ def setup(args):
     check_config(cfg, training=not args.eval_only)
     if args.resume and not args.eval_only:
         check_resume(cfg, changed_config_ok=getattr(args, "resume_changed_config", False))
+    return cfg
+
+
+def setup_outputs(cfg, args):
     default_setup(cfg, args)
     # detectron2 sets up its own loggers only; ltdet's INFO lines (frozen parameters, the
     # development split, EQL's suppressed classes) go to the console and log.txt as in its projects
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ltdet")
-    return cfg
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        setup_outputs(cfg, args)
         model = Trainer.build_model(cfg)
         # every layer from the checkpoint: no AP of a freshly initialised classifier
         LongTailCheckpointer(model, save_dir=cfg.OUTPUT_DIR, require_complete=True,
@@ -60,9 +66,14 @@ def main(args):
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume,
-                           changed_config_ok=getattr(args, "resume_changed_config", False))
+    # Until the run has started, a refusal (the Trainer's checks, the checkpoint's) puts back the
+    # config.yaml that default_setup replaced: the folder keeps saying how its checkpoint was made.
+    config_yaml = os.path.join(cfg.OUTPUT_DIR, "config.yaml") if cfg.OUTPUT_DIR else None
+    with restored_on_error(config_yaml) if config_yaml else contextlib.nullcontext():
+        setup_outputs(cfg, args)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume,
+                               changed_config_ok=getattr(args, "resume_changed_config", False))
     try:
         return trainer.train()
     except TrainingDiverged as e:  # the same error, with this run's exact resume command

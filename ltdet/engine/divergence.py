@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Deque, List, Optional
+from typing import Deque, Optional, Tuple
 
 import numpy as np
 from detectron2.engine import HookBase
@@ -46,17 +46,19 @@ class TrainingDiverged(FloatingPointError):
 class LossGrowthHook(HookBase):
     """Warns when the training loss grows by orders of magnitude without becoming NaN (detectron2
     stops only at NaN/inf): the median ``total_loss`` of the last ``window`` iterations against
-    that of this run's first ``window``. It warns when the ratio first reaches ``factor`` and
-    again at every further 10x. Defaults: 20 iterations (the smoothing of detectron2's printed
-    losses) and 100x (two orders of magnitude; a healthy run's loss falls, a noisy one moves by a
-    few x). Reads the event storage, which holds the losses on the main process."""
+    the run's first loss (the model as loaded or initialised: a learning rate that blows the run
+    up does so within a few iterations, so a median of the first ones is no healthy reference).
+    It warns when the ratio first reaches ``factor`` and again at every further 10x. Defaults:
+    20 iterations (the smoothing of detectron2's printed losses) and 100x (two orders of
+    magnitude: a healthy run's loss falls from its first value, and one batch's loss differs from
+    the next by a few x). Reads the event storage, which holds the losses on the main process."""
 
     def __init__(self, window: int = 20, factor: float = 100.0):
         if window < 1 or factor <= 1:
             raise ValueError(f"LossGrowthHook needs window >= 1 and factor > 1, got {window}, "
                              f"{factor}")
         self.window, self.factor = window, factor
-        self._first: List[float] = []  # this run's first `window` losses
+        self.first: Optional[Tuple[float, int]] = None  # (loss, iteration) this run began with
         self._recent: Deque[float] = deque(maxlen=window)
         self._seen = -1  # the iteration of the last loss read
         self._warn_at = factor
@@ -69,21 +71,19 @@ class LossGrowthHook(HookBase):
         if iteration == self._seen:
             return
         self._seen = iteration
-        if len(self._first) < self.window:
-            self._first.append(value)
-            return
+        if self.first is None:
+            self.first = (value, iteration)
         self._recent.append(value)
-        early = float(np.median(self._first))
-        if len(self._recent) < self.window or early <= 0:
+        if len(self._recent) < self.window or self.first[0] <= 0:
             return
         recent = float(np.median(self._recent))
-        if recent >= self._warn_at * early:
-            self._warn_at = recent / early * 10
+        if recent >= self._warn_at * self.first[0]:
+            self._warn_at = recent / self.first[0] * 10
             lr = (f"{storage.history('lr').latest():g}" if "lr" in storage.histories()
                   else "unknown")
             logger.warning(
                 "The training loss grew %.3gx: median %.4g over the last %d iterations (to "
-                "iteration %d) against %.4g over this run's first %d. The run is likely diverging "
-                "(learning rate now %s): consider stopping it and resuming from an earlier "
-                "checkpoint with a lower SOLVER.BASE_LR", recent / early, recent, self.window,
-                iteration, early, self.window, lr)
+                "iteration %d) against %.4g at this run's first iteration (%d). The run is likely "
+                "diverging (learning rate now %s): consider stopping it and resuming from an "
+                "earlier checkpoint with a lower SOLVER.BASE_LR", recent / self.first[0], recent,
+                self.window, iteration, self.first[0], self.first[1], lr)
