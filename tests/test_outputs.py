@@ -237,7 +237,8 @@ def test_decoupled_run_at_a_huge_lr_warns(base_model, tmp_path, caplog):
         trainer, _ = train(_decoupled(base_dir, tmp_path / "hot", "softmax",
                                       "SOLVER.BASE_LR", 5000.0, "SOLVER.MAX_ITER", 20))
     # its losses: 0.3 at iteration 0, 323 at 1, then 1.6e3 .. 8.1e4 (median ~8e3 by 19)
-    assert "The training loss grew" in caplog.text and "at this run's first iteration (0)" in caplog.text
+    assert "The training loss grew" in caplog.text
+    assert "at this run's first iteration (0)" in caplog.text
     with caplog.at_level(logging.WARNING, logger="ltdet.engine.divergence"):
         caplog.clear()
         train(_decoupled(base_dir, tmp_path / "calm", "softmax", "SOLVER.MAX_ITER", 20))
