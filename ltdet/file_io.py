@@ -33,3 +33,22 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextmanager
+def restored_on_error(path: str) -> Iterator[None]:
+    """Within this block ``path`` may be replaced (by code that writes it in place); if the block
+    raises, its previous content is put back atomically (or the file removed if it had none)."""
+    previous = None
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            previous = f.read()
+    try:
+        yield
+    except BaseException:
+        if previous is not None:
+            with atomic_open(path, "wb") as f:
+                f.write(previous)
+        elif os.path.isfile(path):
+            os.remove(path)
+        raise

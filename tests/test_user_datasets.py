@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ltdet.data.lvis_format import derive_lvis_fields, json_format
+from ltdet.data.lvis_format import derive_lvis_fields, json_format, lvis_eval_problems
 from ltdet.data.user_datasets import check_registered, parse_spec, register_user_datasets
 
 from .conftest import REPO, load_script
@@ -56,8 +56,8 @@ def registered():
 def test_derivation_groups_from_training_counts_and_negatives_are_the_absent_categories(caplog):
     """Hand-built: cat in 11 training images, dog in 101, emu in 3 -> c, f, r at LVIS's 10/100;
     with thresholds 2/50: c (11 <= 50), f, c (3 > 2). Every image's negatives are exactly the
-    categories it has no annotation of; no not-exhaustive lists; box-only areas are w*h; crowd
-    annotations are warned about."""
+    categories it has no annotation of; no not-exhaustive lists; box-only areas are w*h; a derived
+    json with crowd annotations is refused for LVIS evaluation, naming them."""
     test = {"images": [{"id": 1, "height": 9, "width": 9}, {"id": 2, "height": 9, "width": 9}],
             "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [0, 0, 2, 3]}],
             "categories": [dict(c) for c in CATS]}
@@ -77,8 +77,8 @@ def test_derivation_groups_from_training_counts_and_negatives_are_the_absent_cat
     with pytest.raises(ValueError, match="not in the training json"):
         derive_lvis_fields(test, {2: 1, 5: 1})
     test["annotations"][0]["iscrowd"] = 1  # lvis-api has no crowd regions: said, not hidden
-    derive_lvis_fields(test, counts)
-    assert "1 crowd annotations" in caplog.text
+    problems = lvis_eval_problems(derive_lvis_fields(test, counts))
+    assert any("1 crowd annotations" in p for p in problems), problems
 
 
 def test_coco_json_lvis_ap_equals_cocoeval_ap(tmp_path, registered):

@@ -100,7 +100,7 @@ def lvis_eval_problems(data: dict) -> List[str]:
                if any(k not in img for img in images)]
     no_area = [a.get("id") for a in data.get("annotations", []) if "area" not in a]
     bad = [c.get("id") for c in data.get("categories", []) if c.get("frequency") not in ("r", "c", "f")]
-    what = []
+    what = crowd_eval_problems(data.get("annotations", []))
     if missing:
         what.append(f"images without {' / '.join(missing)}")
     if no_area:
@@ -181,12 +181,37 @@ def derive_lvis_fields(data: dict, train_image_counts: Optional[Dict[int, int]] 
         "from an image is a verified negative (exhaustive annotation); no not-exhaustive "
         "categories; %d box areas from w*h", source, rare_max, common_max, groups.count("r"),
         groups.count("c"), groups.count("f"), len(boxes_only))
-    crowd = sum(bool(a.get("iscrowd")) for a in data["annotations"])
-    if crowd:
-        # lvis-api has no crowd regions: they would count as objects to find
-        logger.warning("%s has %d crowd annotations (iscrowd 1): lvis-api scores them as ordinary "
-                       "objects, where COCOeval ignores detections matched to them", source, crowd)
     return out
+
+
+def crowd_annotations(annotations: Sequence[dict]) -> List[dict]:
+    """COCO's crowd regions (``iscrowd`` 1): one region over many objects. LVIS has none."""
+    return [a for a in annotations if a.get("iscrowd", 0)]
+
+
+def crowd_eval_problems(annotations: Sequence[dict]) -> List[str]:
+    """lvis-api has no crowd / ignore regions: it would score a crowd region as an object to
+    detect (COCO's evaluation ignores the detections on it)."""
+    crowd = [a.get("id") for a in crowd_annotations(annotations)]
+    if not crowd:
+        return []
+    return [f"{len(crowd)} crowd annotations (iscrowd 1, ids {crowd[:5]}"
+            f"{' ...' if len(crowd) > 5 else ''}; lvis-api has no ignore regions and would count "
+            "each as an object to detect: remove them from the json)"]
+
+
+def without_crowd(annotations: List[dict], source: str) -> List[dict]:
+    """``annotations`` without crowd regions, with a warning that counts them. As in detectron2
+    (its mapper drops them, its loader the images with nothing else) and COCO, a crowd region is
+    not an instance: it is in no class statistic, repeat factor or training target."""
+    crowd = crowd_annotations(annotations)
+    if not crowd:
+        return annotations
+    cats = sorted({a.get("category_id") for a in crowd})
+    logger.warning("%s: %d crowd annotations (iscrowd 1; category ids %s) are not trained on and "
+                   "not counted in the class statistics or repeat factors, as in detectron2 and "
+                   "COCO", source, len(crowd), cats[:10] + (["..."] if len(cats) > 10 else []))
+    return [a for a in annotations if not a.get("iscrowd", 0)]
 
 
 def lvis_eval_error(problems: List[str], source: str) -> str:
@@ -230,7 +255,7 @@ def load_lvis_format_json(
             lvis_eval_problems=lvis_eval_problems(data),
         )
     anns_per_image: Dict[int, List[dict]] = {img["id"]: [] for img in data["images"]}
-    for ann in data["annotations"]:
+    for ann in without_crowd(data["annotations"], json_file):
         if ann["category_id"] not in id_map:
             raise ValueError(
                 f"{json_file}: annotation {ann.get('id')} has category_id {ann['category_id']}, "

@@ -21,7 +21,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import LongTailCheckpointer
+from ..checkpoint import LongTailCheckpointer, config_fingerprint, last_checkpoint
 from ..compat import set_data_loader_iter
 from ..data import class_stats, training_class_stats
 from ..data.dev_split import holds_out_dev, split_for_config
@@ -37,6 +37,7 @@ from ..modeling.meta_reweigher import MetaReweigher
 from ..modeling.roi_heads import LongTailROIHeads
 from . import rng_state
 from .decoupled import DecoupledTrainStep, freeze_except
+from .divergence import LossGrowthHook, TrainingDiverged
 from .hooks import MetaWeightsHook
 
 
@@ -203,10 +204,12 @@ class Trainer(DefaultTrainer):
         # versions lazily; _prime_data starts the one stream at the same point on both.
         self._trainer.data_loader = data_loader
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # Decoupled fine-tuning must start from a complete base model of this architecture.
+        # Decoupled fine-tuning must start from a complete base model of this architecture; a
+        # resume, from a checkpoint of this recipe (the fingerprint).
         self.checkpointer = LongTailCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), require_complete=decoupled,
-            sigmoid_from_softmax=cfg.LTDET.LOSS.SIGMOID_FROM_SOFTMAX, **extra)
+            sigmoid_from_softmax=cfg.LTDET.LOSS.SIGMOID_FROM_SOFTMAX,
+            fingerprint=config_fingerprint(cfg), **extra)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -294,7 +297,11 @@ class Trainer(DefaultTrainer):
     def _meta_batch(cfg) -> int:
         return cfg.LTDET.META.IMS_PER_BATCH or cfg.SOLVER.IMS_PER_BATCH
 
-    def resume_or_load(self, resume: bool = True):
+    def resume_or_load(self, resume: bool = True, *, changed_config_ok: bool = False):
+        """detectron2's resume_or_load; a resume refuses a checkpoint of another recipe
+        (ltdet.checkpoint.FINGERPRINT_KEYS) unless ``changed_config_ok`` (--resume-changed-config).
+        """
+        self.checkpointer.changed_config_ok = changed_config_ok
         if comm.get_world_size() == 1:
             super().resume_or_load(resume)
         else:
@@ -408,6 +415,14 @@ class Trainer(DefaultTrainer):
         finally:
             rng_state.restore(state)
 
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:  # detectron2's "Loss became infinite or NaN"
+            lr = max(g["lr"] for g in self._trainer.optimizer.param_groups)
+            raise TrainingDiverged(self.iter, lr, self.cfg.SOLVER.BASE_LR, self.cfg.OUTPUT_DIR,
+                                   last_checkpoint(self.cfg.OUTPUT_DIR), str(e)) from e
+
     def train(self):
         """Train; return the last evaluation results (detectron2 0.6 returns them only when
         TEST.EXPECTED_RESULTS is set)."""
@@ -423,6 +438,7 @@ class Trainer(DefaultTrainer):
             at = next(i for i, h in enumerate(hooks)
                       if isinstance(h, (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook)))
             hooks.insert(at, self._rng_hook)
+        hooks.insert(-1, LossGrowthHook())  # warns while a loss grows towards NaN
         if getattr(self, "reweigher", None) is not None:
             # before the writers (last in the list), so its scalars are written with the step's
             hooks.insert(-1, MetaWeightsHook(self.reweigher, training_class_stats(self.cfg),
