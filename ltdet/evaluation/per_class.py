@@ -12,10 +12,17 @@ GROUP_COLORS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
 
 
 def per_class_ap(lvis_eval) -> np.ndarray:
-    """AP of each category of a finished ``lvis.LVISEval`` (order of ``params.cat_ids``), NaN for
-    categories without ground truth: precision averaged over IoU thresholds and recall points,
-    area range 'all', exactly as lvis-api averages it for AP."""
-    precision = lvis_eval.eval["precision"][:, :, :, 0]  # [T, R, K]
+    """AP of each category of a finished ``lvis.LVISEval`` or ``FastLVISEval``, or of their
+    precision array [T, R, K, A] (categories in sorted id order), NaN for categories without
+    ground truth: precision averaged over IoU thresholds and recall points, area range 'all',
+    exactly as lvis-api averages it for AP."""
+    if isinstance(lvis_eval, np.ndarray):
+        precision = lvis_eval
+    elif getattr(lvis_eval, "precision", None) is not None:
+        precision = lvis_eval.precision
+    else:
+        precision = lvis_eval.eval["precision"]
+    precision = precision[:, :, :, 0]  # [T, R, K]
     valid = precision > -1
     total = np.where(valid, precision, 0.0).sum(axis=(0, 1))
     count = valid.sum(axis=(0, 1))
