@@ -53,30 +53,32 @@ def score_lvis(dataset: dict, dets: LVISDetections, task: str, backend: str = "f
     (metrics in percent with NaN for lvis-api's -1 "no data", per-class AP as fractions in
     sorted category-id order). Segm sizes objects by their mask area, as detectron2 does."""
     check_backend(backend)
-    if backend == "fast":
-        ev = FastLVISEval(dataset, dets, task, max_dets).run()
-        res = ev.results
-    else:
-        ev = _lvis_api_eval(dataset, dets, task, max_dets)
-        res = ev.get_results()
-    # lvis-api's -1 means "no data" (a frequency group or size range without ground truth):
-    # NaN, as per-class AP has it, not an AP of -100 that would enter averages
-    metrics = {m: float(res[m] * 100) if res[m] >= 0 else float("nan") for m in METRICS}
-    return metrics, per_class_ap(ev)
+    if backend == "lvis-api":
+        return score_results_with_lvis_api(
+            dataset, detections_to_results(dets, with_boxes=task == "bbox"), task, max_dets)
+    ev = FastLVISEval(dataset, dets, task, max_dets).run()
+    return _percent(ev.results), per_class_ap(ev)
 
 
-def _lvis_api_eval(dataset: dict, dets: LVISDetections, task: str, max_dets: int):
+def score_results_with_lvis_api(dataset: dict, results: List[dict], task: str,
+                                max_dets: int = LVIS_MAX_DETS):
+    """As ``score_lvis``, by lvis-api's LVISEval on its result dicts (the reference)."""
     from lvis import LVIS, LVISEval, LVISResults
 
     gt = LVIS.__new__(LVIS)  # lvis-api reads only files; the index is built the same way
     gt.logger = logging.getLogger("lvis.lvis")
     gt.dataset = dataset
     gt._create_index()
-    results = detections_to_results(dets, with_boxes=task == "bbox")
     with contextlib.redirect_stdout(io.StringIO()):
         ev = LVISEval(gt, LVISResults(gt, results, max_dets=max_dets), task)
         ev.run()
-    return ev
+    return _percent(ev.get_results()), per_class_ap(ev)
+
+
+def _percent(res) -> Dict[str, float]:
+    # lvis-api's -1 means "no data" (a frequency group or size range without ground truth):
+    # NaN, as per-class AP has it, not an AP of -100 that would enter averages
+    return {m: float(res[m] * 100) if res[m] >= 0 else float("nan") for m in METRICS}
 
 
 def detections_to_results(dets: LVISDetections, with_boxes: bool = True,
