@@ -2,6 +2,7 @@
 dicts and lvis-api, and tools/evaluate.py: the same outputs as the evaluator, and bad inputs
 named with their fix."""
 import csv
+import io
 import importlib.util
 import json
 import math
@@ -161,3 +162,39 @@ def test_cli_errors_name_the_fix(handmade, tmp_path, caplog):  # noqa: F811
     text = _run_expecting_error(["--gt", gt, "--dt", d, "--task", "segm"] + out, caplog)
     assert "evaluate bbox only" in text
     assert not (tmp_path / "o" / "lvis_metrics.json").exists()
+
+
+def test_results_json_writer_equals_json_dump():
+    """The dict-free writer gives json.dump's values: float32-derived and tied scores, masks
+    whose RLE strings hold a backslash (json escapes it), boxes only, and NaN (json's path)."""
+    import pycocotools.mask as mask_util
+
+    from ltdet.evaluation.fast_lvis import LVISDetections
+    from ltdet.evaluation.lvis_evaluation import detections_to_results, write_results_json
+
+    rng = np.random.default_rng(0)
+    n = 250
+    masks = []
+    for _ in range(n):
+        m = (rng.random((40, 30)) < 0.3).astype(np.uint8)
+        masks.append(mask_util.encode(np.asfortranarray(m)))
+    assert any(b"\\" in m["counts"] for m in masks)
+    boxes = rng.random((n, 4)).astype(np.float32) * 100
+    scores = rng.random(n).astype(np.float32)
+    scores[:10] = 0.5
+    for dets in (LVISDetections(rng.integers(1, 9, n), rng.integers(1, 5, n), scores, boxes,
+                                masks),
+                 LVISDetections(rng.integers(1, 9, n), rng.integers(1, 5, n), scores, boxes),
+                 LVISDetections([1, 2], [3, 3], [np.nan, 0.5], [[0, 0, 1, 1]] * 2)):
+        f = io.StringIO()
+        write_results_json(f, dets, chunk=64)
+        got = json.loads(f.getvalue())
+        want = json.loads(json.dumps(detections_to_results(dets)))
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            assert a.keys() == b.keys()
+            for k in a:
+                if k == "score" and isinstance(a[k], float) and math.isnan(a[k]):
+                    assert math.isnan(b[k])
+                else:
+                    assert a[k] == b[k]
