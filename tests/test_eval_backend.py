@@ -183,22 +183,29 @@ def test_parity_on_lvis_v1_style_json(val100, val100_dets, iou_type):
 
 
 def test_ties_on_score_and_iou_follow_lvis_api():
-    """Two ground truths and detections that tie on score and on IoU: lvis-api gives a
-    detection the later ground truth on equal IoU and orders equal scores by image id, then
-    file order. A made-up 2-image case where other tie rules change AP."""
+    """Hand-made ties where another rule changes AP. Image 1: a detection with IoU 9/11 to both
+    ground truths takes the later one (lvis-api moves on when IoU >= best so far), so the next
+    detection, an exact copy of the first ground truth (IoU 2/3 to the second), also hits at
+    IoU 0.7-0.8. Equal scores: image 2's hit ranks before image 3's false positive (image id,
+    not file order), and within image 3 the false positive listed first ranks first."""
     images = [{"id": i, "height": 100, "width": 100, "neg_category_ids": [],
-               "not_exhaustive_category_ids": []} for i in (1, 2)]
-    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 10], "area": 200},
-            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 0, 20, 10], "area": 200},
-            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100}]
-    cats = [{"id": 1, "name": "a", "frequency": "r"}]
-    dataset = {"images": images, "annotations": anns, "categories": cats}
-    # box [10,0,20,10] overlaps both gts of image 1 with IoU 1/3 each; an exact box at 0.5
-    dets = [{"image_id": 2, "category_id": 1, "bbox": [50, 50, 10, 10], "score": 0.5},
-            {"image_id": 1, "category_id": 1, "bbox": [10, 0, 20, 10], "score": 0.5},
-            {"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 10], "score": 0.5},
-            {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.5}]
-    _assert_parity(dataset, dets, "bbox")
+               "not_exhaustive_category_ids": []} for i in (1, 2, 3)]
+    boxes = {1: [0, 0, 10, 10], 2: [2, 0, 10, 10], 3: [50, 50, 10, 10], 4: [50, 50, 10, 10]}
+    img = {1: 1, 2: 1, 3: 2, 4: 3}
+    anns = [{"id": i, "image_id": img[i], "category_id": 1, "bbox": b, "area": 100.0}
+            for i, b in boxes.items()]
+    dataset = {"images": images, "annotations": anns,
+               "categories": [{"id": 1, "name": "a", "frequency": "r"}]}
+
+    def det(i, box, score):
+        return {"image_id": i, "category_id": 1, "bbox": box, "score": score}
+
+    dets = [det(1, [1, 0, 10, 10], 0.9), det(1, [0, 0, 10, 10], 0.8),
+            det(3, [0, 0, 5, 5], 0.7), det(2, [50, 50, 10, 10], 0.7),
+            det(3, [80, 80, 5, 5], 0.6), det(3, [50, 50, 10, 10], 0.6)]
+    ref = _assert_parity(dataset, dets, "bbox")
+    # hand-worked at IoU 0.75: hits at ranks 1, 2, 3, 6 of 6, 4 ground truths -> AP75 < 1
+    assert 0.8 < ref["AP75"] < 1
 
 
 def test_top_per_image_is_a_stable_cap():
