@@ -200,10 +200,14 @@ def report(rows, scale, command, load_before, load_after) -> str:
             rss = f"{r['peak_rss_gb'] / ref['peak_rss_gb']:.2f}x"
             d = [abs(m[k] - ref["metrics"][k]) for k in m
                  if np.isfinite(m[k]) or np.isfinite(ref["metrics"][k])]
-            d += [abs(a - b) for a, b in zip(r["per_class"], ref["per_class"])
+            # a class with no data on one side only is a difference
+            d += [abs(a - b) if a is not None and b is not None else float("inf")
+                  for a, b in zip(r["per_class"], ref["per_class"])
                   if a is not None or b is not None]
             diff = f"{max(d):.1e}" if d else "-"
-        fmt = (lambda k: f"{m[k]:.4f}" if k in m else "")
+
+        def fmt(k):
+            return f"{m[k]:.4f}" if k in m else ""
         lines.append(f"| {r['task']} | {r['backend']} | {r['num_images']} | {r['num_gt']} | "
                      f"{r['wall_s']:.1f} | {r['eval_s']:.1f} | {r['peak_rss_gb']:.2f} | {speed} "
                      f"| {rss} | {diff} | {fmt('AP')} | {fmt('APr')} | {fmt('APc')} | "

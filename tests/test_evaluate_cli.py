@@ -73,7 +73,7 @@ def _evaluate(name, backend, out, inputs, outputs):
     return ev.evaluate()
 
 
-def test_array_path_equals_detectron2_dicts_and_lvis_api(handmade, registered, tmp_path):  # noqa: F811,E501
+def test_array_path_equals_d2_dicts_and_lvis_api(handmade, registered, tmp_path):  # noqa: F811
     """process() keeps arrays; the results json written from them equals detectron2's
     instances_to_coco_json (ids mapped to the json's 3, 7, 9) value for value, and the fast
     backend's metrics equal lvis-api's on them, bbox and segm."""
