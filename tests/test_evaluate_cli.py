@@ -198,3 +198,17 @@ def test_results_json_writer_equals_json_dump():
                     assert math.isnan(b[k])
                 else:
                     assert a[k] == b[k]
+
+
+def test_training_counts_for_the_plot(handmade):  # noqa: F811
+    """--train-json counts images and instances per category (the fixture's documented counts);
+    without it, the categories' image_count / instance_count fields are used."""
+    from ltdet.evaluation.offline import counts_from_categories, counts_from_json
+
+    stats = counts_from_json(handmade["json"], handmade["cats"])
+    assert stats.names == ["apple", "pear", "quince"]
+    assert stats.image_counts.tolist() == [120, 12, 1]
+    assert stats.instance_counts.tolist() == [240, 12, 3]
+    assert stats.num_images == 120
+    assert counts_from_categories(handmade["cats"]).image_counts.tolist() == [0, 0, 0]
+    assert counts_from_categories([{"id": 1, "name": "a"}]) is None

@@ -20,7 +20,7 @@ from ltdet.evaluation.offline import evaluate_files
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gt", required=True, help="LVIS-format json of the evaluated split")
     p.add_argument("--dt", required=True, help="detections json (a list of result dicts)")
