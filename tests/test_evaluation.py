@@ -350,4 +350,6 @@ def test_plots_leave_the_callers_pyplot_alone(tmp_path):
     for name in ("ap.png", "w.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels == ["rare", "common", "frequent", "no training image"]
+    # each group's class count and mean AP (the NaN class left out; the unseen class is rare)
+    assert labels == ["rare (1, mean 50.0)", "common (1, mean 10.0)", "frequent (1, mean 90.0)",
+                      "no training image"]

@@ -399,6 +399,7 @@ class Trainer(DefaultTrainer):
             max_dets_per_image=LVIS_MAX_DETS,
             train_dataset=cfg.DATASETS.TRAIN or None,
             per_class=cfg.LTDET.EVAL.PER_CLASS,
+            backend=cfg.LTDET.EVAL.BACKEND,
             # the images trained on (without a held-out development split); read only when needed
             train_stats=functools.partial(training_class_stats, cfg),
         )

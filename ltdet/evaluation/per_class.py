@@ -2,20 +2,28 @@
 from __future__ import annotations
 
 import csv
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..data.lvis_format import ClassStats, frequency_group
+from ..data import ClassStats, frequency_group
+from ..file_io import atomic_open
 
 GROUP_COLORS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
 
 
 def per_class_ap(lvis_eval) -> np.ndarray:
-    """AP of each category of a finished ``lvis.LVISEval`` (order of ``params.cat_ids``), NaN for
-    categories without ground truth: precision averaged over IoU thresholds and recall points,
-    area range 'all', exactly as lvis-api averages it for AP."""
-    precision = lvis_eval.eval["precision"][:, :, :, 0]  # [T, R, K]
+    """AP of each category of a finished ``lvis.LVISEval`` or ``FastLVISEval``, or of their
+    precision array [T, R, K, A] (categories in sorted id order), NaN for categories without
+    ground truth: precision averaged over IoU thresholds and recall points, area range 'all',
+    exactly as lvis-api averages it for AP."""
+    if isinstance(lvis_eval, np.ndarray):
+        precision = lvis_eval
+    elif getattr(lvis_eval, "precision", None) is not None:
+        precision = lvis_eval.precision
+    else:
+        precision = lvis_eval.eval["precision"]
+    precision = precision[:, :, :, 0]  # [T, R, K]
     valid = precision > -1
     total = np.where(valid, precision, 0.0).sum(axis=(0, 1))
     count = valid.sum(axis=(0, 1))
@@ -33,7 +41,7 @@ def write_per_class_csv(
 ) -> None:
     """One row per class: ids (``class_id`` the model's contiguous index, ``category_id`` the
     json's id), name, LVIS group of the evaluated json, training counts, AP per task (percent)."""
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         tasks = sorted(ap)
         w.writerow(["class_id", "category_id", "name", "frequency", "train_image_count",
@@ -46,37 +54,60 @@ def write_per_class_csv(
                        + [f"{100 * ap[t][k]:.2f}" if np.isfinite(ap[t][k]) else "" for t in tasks])
 
 
-def plot_per_class_ap(path: str, ap: Dict[str, np.ndarray], image_counts: np.ndarray):
+def plot_per_class_ap(path: str, ap: Dict[str, np.ndarray], image_counts: np.ndarray,
+                      names: Optional[Sequence[str]] = None, title: str = ""):
     """Scatter of per-class AP against training image count (log scale), coloured by the LVIS
-    group of that count (<= 10 rare, <= 100 common). APr groups by the evaluated json's
-    ``frequency`` field instead, which can differ (a held-out development split, another
-    training set). Classes without a training image are drawn at 1 with an x. Returns the
+    group of that count (<= 10 rare, <= 100 common), one panel per task titled with ``title``
+    (run, dataset) and the task. Legible with LVIS's 1,203 classes: small translucent points,
+    each group's mean AP drawn as a line across the group, and (with ``names``) the best and
+    worst class of each group named. APr groups by the evaluated json's ``frequency`` field
+    instead, which can differ (a held-out development split, another training set). Classes
+    without a training image are drawn at 1 with an x. Written atomically; returns the
     (pyplot-free) matplotlib Figure."""
     tasks = sorted(ap)
-    fig = _figure(figsize=(5 * len(tasks), 4))
+    fig = _figure(figsize=(7 * len(tasks), 5))
     axes = fig.subplots(1, len(tasks), squeeze=False)
     image_counts = np.asarray(image_counts)
     counts = np.maximum(image_counts, 1)
     groups = np.array([frequency_group(int(n)) for n in image_counts])
+    many = len(image_counts) > 200
+    size, alpha = (8, 0.35) if many else (18, 0.9)
+    spans = {"r": (0.8, 10.5), "c": (10.5, 100.5), "f": (100.5, max(counts.max() * 1.3, 200))}
     for ax, task in zip(axes[0], tasks):
-        shown = np.isfinite(ap[task])
+        y = 100 * np.asarray(ap[task], dtype=np.float64)
+        shown = np.isfinite(y)
         for g, label in (("r", "rare"), ("c", "common"), ("f", "frequent")):
             sel = (groups == g) & shown & (image_counts > 0)
-            ax.scatter(counts[sel], 100 * ap[task][sel], c=GROUP_COLORS[g], label=label, s=18)
+            grp = (groups == g) & shown
+            mean = float(y[grp].mean()) if grp.any() else float("nan")
+            ax.scatter(counts[sel], y[sel], c=GROUP_COLORS[g], s=size, alpha=alpha,
+                       linewidths=0, label=f"{label} ({int(grp.sum())}, mean {mean:.1f})")
+            if grp.any():
+                ax.hlines(mean, *spans[g], colors=GROUP_COLORS[g], lw=2)
+                if names is not None:
+                    idx = np.flatnonzero(grp)
+                    for k, va in ((idx[np.argmax(y[idx])], "bottom"),
+                                  (idx[np.argmin(y[idx])], "top")):
+                        ax.annotate(str(names[k]), (counts[k], y[k]), fontsize=7,
+                                    color=GROUP_COLORS[g], va=va, ha="center",
+                                    xytext=(0, 3 if va == "bottom" else -3),
+                                    textcoords="offset points")
         unseen = shown & (image_counts == 0)
         if unseen.any():
-            ax.scatter(counts[unseen], 100 * ap[task][unseen], c=GROUP_COLORS["r"], marker="x",
-                       label="no training image", s=24)
+            ax.scatter(counts[unseen], y[unseen], c=GROUP_COLORS["r"], marker="x",
+                       label="no training image", s=size + 6, alpha=alpha)
         ax.set_xscale("log")
         ax.set_xlabel("training images containing the class")
-        ax.set_ylabel(f"{task} AP")
-        ax.set_ylim(-2, 102)
+        ax.set_ylabel(f"{task} AP (%)")
+        ax.set_ylim(-4, 104)
+        ax.set_title(f"{title}: {task} AP per class" if title else f"{task} AP per class",
+                     fontsize=10)
         ax.axvline(10.5, color="gray", lw=0.5, ls="--")
         ax.axvline(100.5, color="gray", lw=0.5, ls="--")
-        ax.legend(loc="lower right", fontsize=8, title="group by training images",
-                  title_fontsize=8)
+        ax.legend(loc="upper left", fontsize=8, title="group by training images (classes, "
+                  "mean AP)", title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     return fig
 
 
@@ -92,8 +123,13 @@ def plot_class_weights(path: str, weights: np.ndarray, image_counts: np.ndarray)
     ax.set_xlabel("training images containing the class")
     ax.set_ylabel("learned class weight sigmoid(w_c)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     return fig
+
+
+def _save(fig, path: str) -> None:
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
 
 
 def _figure(**kwargs):
