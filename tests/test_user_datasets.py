@@ -195,7 +195,8 @@ def test_train_net_takes_datasets_from_the_command_line(tmp_path, registered):
     base = ["--config-file", os.path.join(REPO, "configs/synthetic/base_softmax_rfs.yaml")]
     args = train_net.argument_parser().parse_args(
         base + ["--dataset", "cli_train", tj, str(tmp_path), "OUTPUT_DIR", str(tmp_path / "out"),
-                "DATASETS.TRAIN", '("cli_train",)', "DATASETS.TEST", '("cli_train",)'])
+                "DATASETS.TRAIN", '("cli_train",)', "DATASETS.TEST", '("cli_train",)',
+                "MODEL.ROI_HEADS.NUM_CLASSES", "3"])  # setup() runs the start-up checks
     registered.append("cli_train")
     cfg = train_net.setup(args)
     assert cfg.LTDET.DATASETS.REGISTER == [f"cli_train:{tj}:{tmp_path}"]
