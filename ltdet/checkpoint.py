@@ -4,7 +4,13 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .modeling.loss_registry import loss_names
+
 _CLS_KEY = "box_predictor.cls_score.weight"
+
+
+def _either(names) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 # checkpointables the Trainer adds with LTDET.META / LTDET.M2M
 LTDET_STATE = ("meta_reweigher", "m2m")
 
@@ -20,11 +26,10 @@ def check_classifier_shape(model_state: Dict[str, torch.Tensor],
         theirs, ours = ckpt_state[key].shape[0], param.shape[0]
         if theirs == ours + 1:
             kind = ("a softmax-family model (K+1 logits, with background)",
-                    "sigmoid-family (K logits)",
-                    "softmax, balanced_softmax, dbm, dbm_bs or dbm_cb")
+                    "sigmoid-family (K logits)", _either(loss_names(background=True)))
         elif theirs + 1 == ours:
             kind = ("a sigmoid-family model (K logits, no background)",
-                    "softmax-family (K+1 logits)", "sigmoid, balanced_sigmoid, eql or federated")
+                    "softmax-family (K+1 logits)", _either(loss_names(background=False)))
         else:
             continue  # a different class count: detectron2's usual skip-and-warn fine-tuning
         raise ValueError(

@@ -15,7 +15,8 @@ from detectron2.utils.logger import setup_logger
 
 from ltdet.checkpoint import EVAL_ONLY, LongTailCheckpointer
 from ltdet.config import add_ltdet_config, merge_config
-from ltdet.engine import Trainer, check_config, launch
+from ltdet.config_rules import check_config
+from ltdet.engine import Trainer, launch
 
 
 def setup(args):

@@ -11,7 +11,8 @@ from detectron2.evaluation import LVISEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
-from ..data.lvis_format import ClassStats, class_stats, lvis_eval_error, lvis_eval_problems
+from ..data.class_stats import ClassStats, class_stats
+from ..data.lvis_format import lvis_eval_error, lvis_eval_problems
 from .per_class import per_class_ap, plot_per_class_ap, write_per_class_csv
 
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]

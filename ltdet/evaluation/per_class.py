@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..data.lvis_format import ClassStats, frequency_group
+from ..data.class_stats import ClassStats, frequency_group
 
 GROUP_COLORS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
 

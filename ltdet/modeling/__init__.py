@@ -1,3 +1,4 @@
 from . import losses
 from .box_predictor import LongTailFastRCNNOutputLayers
+from .loss_registry import CLS_LOSS_REGISTRY, ClassificationLoss, get_loss, loss_names, register_loss
 from .roi_heads import LongTailROIHeads
