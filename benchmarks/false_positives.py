@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Where do a method's rare-class false positives come from? A diagnostic for the long-tail
-benchmark's runs (benchmarks/longtail.py), on their saved val detections:
+benchmark's runs (python -m benchmarks.longtail), on their saved val detections:
 
 1. confident detections (score >= --score) per frequency group: on images that contain the
    class, on images that list it as a verified negative (false positives LVIS AP counts) and on
@@ -9,7 +9,7 @@ benchmark's runs (benchmarks/longtail.py), on their saved val detections:
    ``neg_category_ids`` list the class) and with every ``neg_category_ids`` emptied, so that
    false positives count only on images that contain the class.
 
-    python benchmarks/false_positives.py [--out benchmarks/results/longtail]
+    python -m benchmarks.false_positives [--out benchmarks/results/longtail]
         [--methods sigmoid balanced_sigmoid ...] [--seeds 0 1 2] [--score 0.3]
 
 The synthetic val set lists the confusable siblings of every present class as verified
@@ -31,8 +31,7 @@ from collections import Counter
 from typing import Dict, List, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from longtail import benchmark_data_root, completed_run_dir  # noqa: E402  (the run its table reports)
+from benchmarks.longtail import benchmark_data_root, completed_run_dir  # the run its table reports
 
 VAL_JSON = os.path.join("ltdet_synthetic", "lvis_synthetic_val.json")
 
@@ -93,7 +92,6 @@ def main(argv: Sequence[str] = None) -> int:
     args = p.parse_args(argv)
     if args.data_root is None:
         args.data_root = benchmark_data_root(args.out)
-    sys.path.insert(0, ROOT)
     import ltdet.compat
 
     ltdet.compat.apply_runtime_fixes()  # lvis-api 0.5.3 on numpy >= 1.24

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Does the balanced sigmoid act at inference or only through training? A diagnostic for the
-sigmoid-family runs of the long-tail benchmark (benchmarks/longtail.py).
+sigmoid-family runs of the long-tail benchmark (python -m benchmarks.longtail).
 
 The balanced sigmoid trains on sigma(eta_j + s_j) for foreground proposals, s_j = log(p_j /
 (1 - p_j)) of the image prior, and scores sigma(eta_j) at test time: relative to training, every
@@ -13,7 +13,7 @@ This script re-evaluates trained models with the shift moved to test time:
 * a balanced model (balanced_sigmoid, balms_sigmoid) scored with sigma(eta_j + s_j): its training
   without the test-time boost.
 
-    python benchmarks/inference_shift.py [--out benchmarks/results/longtail]
+    python -m benchmarks.inference_shift [--out benchmarks/results/longtail]
         [--methods sigmoid balanced_sigmoid] [--seeds 0] [--no-shift] [--opts KEY VALUE ...]
 
 ``--no-shift`` scores as trained; ``--opts`` overrides test-time config keys (e.g.
@@ -32,9 +32,7 @@ from typing import Iterator, Sequence
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from longtail import benchmark_data_root, completed_run_dir  # noqa: E402  (the run its table reports)
-sys.path.insert(0, ROOT)
+from benchmarks.longtail import benchmark_data_root, completed_run_dir  # the run its table reports
 
 BALANCED = ("balanced_sigmoid", "balms_sigmoid")
 PLAIN = ("sigmoid", "eql", "federated")
@@ -44,7 +42,7 @@ PLAIN = ("sigmoid", "eql", "federated")
 def shifted_scores(predictor, shift: torch.Tensor) -> Iterator[None]:
     """Within the block, ``predictor`` (a sigmoid-family LongTailFastRCNNOutputLayers) scores
     sigmoid(eta + shift) instead of sigmoid(eta); boxes are untouched."""
-    if not predictor.use_sigmoid:
+    if predictor.family.background:
         raise ValueError("shifted_scores is for sigmoid-family predictors (K logits)")
     original = predictor.predict_probs
 

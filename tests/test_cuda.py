@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from ltdet.engine.meta_step import meta_reweigher_step
-from ltdet.modeling import losses as L
 from ltdet.modeling.loss_registry import get_loss
 from ltdet.modeling.meta_reweigher import MetaReweigher
 

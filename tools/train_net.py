@@ -6,7 +6,9 @@ evaluator. Examples:
   python tools/train_net.py --num-gpus 8 --config-file configs/LVISv1/base_softmax_rfs_R50_FPN.yaml
   python tools/train_net.py --eval-only --config-file ... MODEL.WEIGHTS output/model_final.pth
 """
-import ltdet  # noqa: F401  (compat fixes, dataset and head registration)
+import ltdet  # noqa: F401  (compat fixes, dataset and head registration: before detectron2)
+
+# isort: split
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results

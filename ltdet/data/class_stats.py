@@ -8,6 +8,7 @@ two-component weights, the Meta Reweigher's hook and the evaluation read about c
 * ``validate_counts`` / ``count_floor`` / ``config_class_counts``: counts as a config asks for
   them (LTDET.CLASS_STATS.SOURCE and FLOOR), checked.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,9 +107,12 @@ def class_stats(datasets: Union[str, Sequence[str]]) -> ClassStats:
                     f"({part.num_classes}) have different category lists; the sets of "
                     "DATASETS.TRAIN must share one"
                 )
-        _CACHE[names] = ClassStats(parts[0].names, sum(p.image_counts for p in parts),
-                                   sum(p.instance_counts for p in parts),
-                                   sum(p.num_images for p in parts))
+        _CACHE[names] = ClassStats(
+            parts[0].names,
+            sum(p.image_counts for p in parts),
+            sum(p.instance_counts for p in parts),
+            sum(p.num_images for p in parts),
+        )
     return _CACHE[names]
 
 
@@ -163,9 +167,16 @@ def training_class_stats(cfg) -> ClassStats:
     # Cached: the heads, M2m, w_y, hooks and every evaluation ask for these, and each miss
     # re-reads the training json.
     tc = cfg.LTDET.TWO_COMPONENT
-    key = (*cfg.DATASETS.TRAIN, ("dev_split", cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                                  cfg.MODEL.ROI_HEADS.NUM_CLASSES, tc.DEV_IMAGES_PER_CLASS,
-                                  tc.ALLOW_UNCOVERED))
+    key = (
+        *cfg.DATASETS.TRAIN,
+        (
+            "dev_split",
+            cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            tc.DEV_IMAGES_PER_CLASS,
+            tc.ALLOW_UNCOVERED,
+        ),
+    )
     if key not in _CACHE:
         dicts = annotation_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
         train, _ = split_for_config(cfg, dicts)
@@ -204,7 +215,10 @@ def check_num_images(counts: Tensor, num_images: float, name: str) -> None:
 
 
 def validate_counts(
-    counts: CountsLike, num_classes: int, name: str = "class counts", floor: Optional[float] = None,
+    counts: CountsLike,
+    num_classes: int,
+    name: str = "class counts",
+    floor: Optional[float] = None,
     allow_zero: bool = False,
 ) -> Tensor:
     """Check per-class counts and return them as a float64 ``[K]`` tensor.
@@ -236,8 +250,10 @@ def count_floor(floor: float) -> Optional[float]:
     """LTDET.CLASS_STATS.FLOOR as ``validate_counts``' ``floor``: 0 means none (zero counts are
     an error); a positive value raises every smaller count to it."""
     if not floor >= 0:
-        raise ValueError(f"LTDET.CLASS_STATS.FLOOR must be >= 0 (0: classes without a training "
-                         f"image are an error; > 0: counts below it are raised to it), got {floor}")
+        raise ValueError(
+            f"LTDET.CLASS_STATS.FLOOR must be >= 0 (0: classes without a training "
+            f"image are an error; > 0: counts below it are raised to it), got {floor}"
+        )
     return floor if floor > 0 else None
 
 
@@ -246,5 +262,9 @@ def config_class_counts(cfg, name: str) -> Tensor:
     development split), of LTDET.CLASS_STATS.SOURCE, floored by FLOOR, one per class of
     MODEL.ROI_HEADS.NUM_CLASSES; ``name`` says who asks, in errors (zero counts name FLOOR)."""
     counts = training_class_stats(cfg).counts(cfg.LTDET.CLASS_STATS.SOURCE)
-    return validate_counts(counts, cfg.MODEL.ROI_HEADS.NUM_CLASSES, name,
-                           floor=count_floor(cfg.LTDET.CLASS_STATS.FLOOR))
+    return validate_counts(
+        counts,
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        name,
+        floor=count_floor(cfg.LTDET.CLASS_STATS.FLOOR),
+    )

@@ -164,14 +164,19 @@ class Trainer(DefaultTrainer):
         if self.reweigher is None:
             return DecoupledTrainStep(model, data_loader, optimizer, m2m=self.m2m,
                                       trunk_chunk=chunk)
-        meta_optimizer = torch.optim.Adam(self.reweigher.parameters(), lr=cfg.LTDET.META.LR,
-                                          betas=tuple(cfg.LTDET.META.BETAS), weight_decay=0.0)
         return DecoupledTrainStep(
             model, data_loader, optimizer, reweigher=self.reweigher,
             meta_loader=self.build_meta_loader(cfg, seed=self.data_seeds[1]),
-            meta_optimizer=meta_optimizer,
+            meta_optimizer=self.build_meta_optimizer(cfg, self.reweigher),
             meta_loss=cfg.LTDET.META.LOSS, meta_interval=cfg.LTDET.META.INTERVAL, m2m=self.m2m,
             trunk_chunk=chunk)
+
+    @staticmethod
+    def build_meta_optimizer(cfg, reweigher: MetaReweigher) -> torch.optim.Optimizer:
+        """Adam on the Meta Reweigher's class-weight logits (BALMS supp. B.2), LTDET.META.LR and
+        BETAS, no weight decay."""
+        return torch.optim.Adam(reweigher.parameters(), lr=cfg.LTDET.META.LR,
+                                betas=tuple(cfg.LTDET.META.BETAS), weight_decay=0.0)
 
     @classmethod
     def build_train_loader(cls, cfg, skip: int = 0, seed: Optional[int] = None):

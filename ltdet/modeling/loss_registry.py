@@ -9,6 +9,7 @@ Meta Reweigher's "plain" meta loss). Losses are registered in ``CLS_LOSS_REGISTR
 activation); the head and the decoupled step use only this interface. docs/ADDING_A_LOSS.md
 shows how to add one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,9 +24,20 @@ from torch import Tensor, nn
 from ..data.class_stats import validate_counts
 from . import losses as L
 
-__all__ = ["CLS_LOSS_REGISTRY", "LossFamily", "SOFTMAX", "SIGMOID", "COSINE", "LossOptions",
-           "ClassificationLoss", "CosineClassifier", "register_loss", "get_loss", "loss_names",
-           "report_eql_threshold"]
+__all__ = [
+    "CLS_LOSS_REGISTRY",
+    "LossFamily",
+    "SOFTMAX",
+    "SIGMOID",
+    "COSINE",
+    "LossOptions",
+    "ClassificationLoss",
+    "CosineClassifier",
+    "register_loss",
+    "get_loss",
+    "loss_names",
+    "report_eql_threshold",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +79,9 @@ class LossFamily:
     def num_logits(self, num_classes: int) -> int:
         return num_classes + 1 if self.background else num_classes
 
-    def classifier(self, in_features: int, num_classes: int,
-                   sigmoid_prior_prob: float) -> Optional[nn.Module]:
+    def classifier(
+        self, in_features: int, num_classes: int, sigmoid_prior_prob: float
+    ) -> Optional[nn.Module]:
         """The class-score layer, or None to keep detectron2's K+1-way linear layer."""
         if self.scaled:
             return CosineClassifier(in_features, num_classes + 1)
@@ -89,8 +102,9 @@ class LossFamily:
             return torch.cat([probs, probs.new_zeros(len(probs), 1)], dim=1)
         return F.softmax(scale * scores if self.scaled else scores, dim=-1)
 
-    def plain_loss(self, scores: Tensor, gt_classes: Tensor, num_classes: int,
-                   scale: float) -> Tensor:
+    def plain_loss(
+        self, scores: Tensor, gt_classes: Tensor, num_classes: int, scale: float
+    ) -> Tensor:
         L.check_logit_width(self.name, scores.shape[1], num_classes, self.background)
         return self.plain(scale * scores if self.scaled else scores, gt_classes)
 
@@ -114,16 +128,21 @@ class LossOptions:
 
     @classmethod
     def from_config(cls, cfg) -> "LossOptions":
-        return cls(eql_lambda=cfg.LTDET.LOSS.EQL_LAMBDA,
-                   fed_num_classes=cfg.LTDET.LOSS.FED_NUM_CLASSES,
-                   fed_power=cfg.LTDET.LOSS.FED_POWER, dbm_scale=cfg.LTDET.DBM.SCALE,
-                   dbm_k=cfg.LTDET.DBM.K, dbm_tau=cfg.LTDET.DBM.TAU,
-                   cb_beta=cfg.LTDET.LOSS.CB_BETA if cfg.LTDET.LOSS.CB_BETA >= 0 else None)
+        return cls(
+            eql_lambda=cfg.LTDET.LOSS.EQL_LAMBDA,
+            fed_num_classes=cfg.LTDET.LOSS.FED_NUM_CLASSES,
+            fed_power=cfg.LTDET.LOSS.FED_POWER,
+            dbm_scale=cfg.LTDET.DBM.SCALE,
+            dbm_k=cfg.LTDET.DBM.K,
+            dbm_tau=cfg.LTDET.DBM.TAU,
+            cb_beta=cfg.LTDET.LOSS.CB_BETA if cfg.LTDET.LOSS.CB_BETA >= 0 else None,
+        )
 
 
 # counts [K] (validated, floored), number of training images, options -> statistics, kwargs
-StatsBuilder = Callable[[Tensor, Optional[int], LossOptions],
-                        Tuple[Dict[str, Tensor], Dict[str, object]]]
+StatsBuilder = Callable[
+    [Tensor, Optional[int], LossOptions], Tuple[Dict[str, Tensor], Dict[str, object]]
+]
 
 
 @dataclass
@@ -155,20 +174,33 @@ class ClassificationLoss:
     def count_source(self, configured: str) -> str:
         return "image_count" if self.family is SIGMOID else configured
 
-    def statistics(self, counts, num_classes: int, num_images: Optional[int],
-                   floor: Optional[float], options: LossOptions):
+    def statistics(
+        self,
+        counts,
+        num_classes: int,
+        num_images: Optional[int],
+        floor: Optional[float],
+        options: LossOptions,
+    ):
         """(statistics [K] float64, loss kwargs) from per-class counts, checked."""
         if self.build is None:
             return {}, {}
-        counts = validate_counts(counts, num_classes, floor=floor,
-                                 allow_zero=self.allow_zero_counts)
+        counts = validate_counts(
+            counts, num_classes, floor=floor, allow_zero=self.allow_zero_counts
+        )
         return self.build(counts, num_images, options)
 
     def draws(self, gt_classes: Tensor, stats: Mapping[str, Tensor], kwargs: Mapping) -> Dict:
         return {} if self.draw is None else self.draw(gt_classes, stats, kwargs)
 
-    def __call__(self, logits: Tensor, gt_classes: Tensor, stats: Mapping[str, Tensor],
-                 weights: Optional[Tensor] = None, **kwargs) -> Tensor:
+    def __call__(
+        self,
+        logits: Tensor,
+        gt_classes: Tensor,
+        stats: Mapping[str, Tensor],
+        weights: Optional[Tensor] = None,
+        **kwargs,
+    ) -> Tensor:
         """The loss; ``stats`` holds the [K] statistics it needs, ``kwargs`` go to ``fn``
         (``lambda_``, ``num_classes``, ``generator``, ``classes``, ``scale``). Checks the logit
         width against K of the statistics."""
@@ -176,11 +208,13 @@ class ClassificationLoss:
         if missing:
             raise ValueError(
                 f"loss {self.name!r} needs the class statistic {missing[0]!r}, missing from "
-                f"stats (got keys {sorted(stats)})")
+                f"stats (got keys {sorted(stats)})"
+            )
         source = next(iter(self.stats_keys), None) or next(iter(stats), None)
         if source is not None:
-            L.check_logit_width(self.name, logits.shape[1], stats[source].numel(),
-                                self.family.background)
+            L.check_logit_width(
+                self.name, logits.shape[1], stats[source].numel(), self.family.background
+            )
         if not self.stats_keys:
             return self.fn(logits, gt_classes, weights=weights, **kwargs)
         first, *rest = self.stats_keys
@@ -203,17 +237,22 @@ def get_loss(name: str) -> ClassificationLoss:
 def loss_names(background: Optional[bool] = None, family: Optional[LossFamily] = None):
     """Registered loss names in registration order; only those with (``background=True``) or
     without a background logit, or of one ``family``."""
-    return tuple(name for name, loss in CLS_LOSS_REGISTRY
-                 if (background is None or loss.family.background == background)
-                 and (family is None or loss.family is family))
+    return tuple(
+        name
+        for name, loss in CLS_LOSS_REGISTRY
+        if (background is None or loss.family.background == background)
+        and (family is None or loss.family is family)
+    )
 
 
 # --------------------------------------------------------------------------- the losses
 def report_eql_threshold(class_freq: Tensor, lambda_: float) -> None:
     """Log how many classes EQL's threshold suppresses; warn when none (EQL = plain sigmoid)."""
     n = int((class_freq < lambda_).sum())
-    msg = (f"EQL: lambda={lambda_:g} suppresses the foreground negatives of {n} of "
-           f"{class_freq.numel()} classes (image frequency < lambda)")
+    msg = (
+        f"EQL: lambda={lambda_:g} suppresses the foreground negatives of {n} of "
+        f"{class_freq.numel()} classes (image frequency < lambda)"
+    )
     if n == 0:
         logger.warning(
             msg + ", so the loss is plain sigmoid. lambda is a fraction of the training images "
@@ -261,21 +300,44 @@ def _dbm_cb_stats(counts, num_images, o):
 for _loss in (
     ClassificationLoss("softmax", L.softmax_loss, SOFTMAX),
     ClassificationLoss("sigmoid", L.sigmoid_loss, SIGMOID),
-    ClassificationLoss("balanced_softmax", L.balanced_softmax_loss, SOFTMAX, ("log_prior",),
-                       lambda c, n, o: ({"log_prior": L.softmax_log_prior(c)}, {})),
-    ClassificationLoss("balanced_sigmoid", L.balanced_sigmoid_loss, SIGMOID, ("log_prior_odds",),
-                       lambda c, n, o: ({"log_prior_odds": L.sigmoid_log_prior_odds(c, n)}, {}),
-                       needs_num_images=True),
+    ClassificationLoss(
+        "balanced_softmax",
+        L.balanced_softmax_loss,
+        SOFTMAX,
+        ("log_prior",),
+        lambda c, n, o: ({"log_prior": L.softmax_log_prior(c)}, {}),
+    ),
+    ClassificationLoss(
+        "balanced_sigmoid",
+        L.balanced_sigmoid_loss,
+        SIGMOID,
+        ("log_prior_odds",),
+        lambda c, n, o: ({"log_prior_odds": L.sigmoid_log_prior_odds(c, n)}, {}),
+        needs_num_images=True,
+    ),
     # EQL's frequency is defined at zero (such a class is simply rare); priors, margins and
     # the federated sampling weights are not.
-    ClassificationLoss("eql", L.eql_loss, SIGMOID, ("class_freq",), _eql_stats,
-                       needs_num_images=True, allow_zero_counts=True),
-    ClassificationLoss("federated", L.federated_loss, SIGMOID, ("fed_weight",), _federated_stats,
-                       draw=_federated_draw),
+    ClassificationLoss(
+        "eql",
+        L.eql_loss,
+        SIGMOID,
+        ("class_freq",),
+        _eql_stats,
+        needs_num_images=True,
+        allow_zero_counts=True,
+    ),
+    ClassificationLoss(
+        "federated",
+        L.federated_loss,
+        SIGMOID,
+        ("fed_weight",),
+        _federated_stats,
+        draw=_federated_draw,
+    ),
     ClassificationLoss("dbm", L.dbm_loss, COSINE, ("class_margin",), _dbm_stats),
-    ClassificationLoss("dbm_bs", L.dbm_loss, COSINE, ("class_margin", "log_prior"),
-                       _dbm_bs_stats),
-    ClassificationLoss("dbm_cb", L.dbm_cb_loss, COSINE, ("class_margin", "cb_weight"),
-                       _dbm_cb_stats),
+    ClassificationLoss("dbm_bs", L.dbm_loss, COSINE, ("class_margin", "log_prior"), _dbm_bs_stats),
+    ClassificationLoss(
+        "dbm_cb", L.dbm_cb_loss, COSINE, ("class_margin", "cb_weight"), _dbm_cb_stats
+    ),
 ):
     register_loss(_loss)
