@@ -254,7 +254,7 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     assert lt.default_out("tiny") == os.path.join(results, "longtail_tiny")
     assert lt.default_out("default", 0.1) == os.path.join(results, "longtail_custom")
     assert lt.default_out("tiny", 1.0, ["K", "V"]).endswith("longtail_tiny_custom")
-    chain = [os.path.relpath(p, REPO) for p in lt._config_chain(cfg)]
+    chain = [os.path.relpath(p, REPO) for p in lt.runs._config_chain(cfg)]
     assert chain[-1] == "configs/Base-LTDet-RCNN-FPN.yaml"  # the hash also covers files outside
     m = lt.KNOWN_METHODS["balms"]
     h = lt.config_hash(m, ["A", "1"], "tiny")

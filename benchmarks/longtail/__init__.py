@@ -75,6 +75,7 @@ from .runs import (  # noqa: F401  (re-exported: the benchmark's interface)
     prepare_data,
     print_line,
     resolve_methods,
+    scaled_schedule_opts,
     subprocess_runner,
     synthetic_module,
 )
