@@ -30,8 +30,8 @@ import tempfile
 from collections import Counter
 from typing import Dict, List, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from benchmarks.longtail import benchmark_data_root, completed_run_dir  # the run its table reports
+# the runs its table reports
+from benchmarks.longtail import add_run_table_arguments, benchmark_data_root, completed_run_dir
 
 VAL_JSON = os.path.join("ltdet_synthetic", "lvis_synthetic_val.json")
 
@@ -80,15 +80,11 @@ def mask_ap(gt_path: str, det_path: str) -> tuple:
 
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/longtail"),
-                   help="the benchmark's output folder: its results.csv names the runs used")
     p.add_argument("--methods", nargs="+", default=["softmax", "balanced_softmax", "sigmoid",
                                                     "balanced_sigmoid"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--score", type=float, default=0.3)
-    p.add_argument("--data-root", default=None,
-                   help="DETECTRON2_DATASETS of the benchmark's runs (default: the one the table "
-                        "in --out records, or where longtail.py puts its preset's set)")
+    add_run_table_arguments(p)
     args = p.parse_args(argv)
     if args.data_root is None:
         args.data_root = benchmark_data_root(args.out)

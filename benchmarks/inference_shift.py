@@ -31,8 +31,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from benchmarks.longtail import benchmark_data_root, completed_run_dir  # the run its table reports
+# the runs its table reports
+from benchmarks.longtail import add_run_table_arguments, benchmark_data_root, completed_run_dir
 
 BALANCED = ("balanced_sigmoid", "balms_sigmoid")
 PLAIN = ("sigmoid", "eql", "federated")
@@ -92,16 +92,12 @@ def evaluate(run_dir: str, sign: float, opts: Sequence[str] = ()) -> dict:
 
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/longtail"),
-                   help="the benchmark's output folder: its results.csv names the runs used")
     p.add_argument("--methods", nargs="+", default=["sigmoid", "balanced_sigmoid"],
                    choices=PLAIN + BALANCED)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--no-shift", action="store_true", help="score as trained")
     p.add_argument("--opts", nargs="*", default=[], help="test-time config overrides KEY VALUE")
-    p.add_argument("--data-root", default=None,
-                   help="DETECTRON2_DATASETS of the benchmark's runs (default: the one the table "
-                        "in --out records, or where longtail.py puts its preset's set)")
+    add_run_table_arguments(p)
     args = p.parse_args(argv)
     if args.data_root is None:
         args.data_root = benchmark_data_root(args.out)

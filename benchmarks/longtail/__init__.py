@@ -62,6 +62,7 @@ from .runs import (  # noqa: F401  (re-exported: the benchmark's interface)
     Method,
     Run,
     Runner,
+    add_run_table_arguments,
     benchmark_data_root,
     cached,
     check_extra_opts,

@@ -694,3 +694,18 @@ def git_commit(ignore: Optional[str] = None) -> str:
         return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown (git not available)"
+
+
+def add_run_table_arguments(parser) -> None:
+    """--out and --data-root of the scripts that read the benchmark's runs (its diagnostics)."""
+    parser.add_argument(
+        "--out",
+        default=os.path.join(ROOT, "benchmarks/results/longtail"),
+        help="the benchmark's output folder: its results.csv names the runs used",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="DETECTRON2_DATASETS of the benchmark's runs (default: the one the table in --out "
+        "records, or where python -m benchmarks.longtail puts its preset's set)",
+    )
