@@ -162,7 +162,9 @@ def run_benchmark(
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.longtail",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (cfg SEED)"
