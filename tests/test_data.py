@@ -5,8 +5,13 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from ltdet.data import class_stats, frequency_group, load_lvis_format_json, register_lvis_format
-from ltdet.data import clear_class_stats
+from ltdet.data import (
+    class_stats,
+    clear_class_stats,
+    frequency_group,
+    load_lvis_format_json,
+    register_lvis_format,
+)
 
 from .conftest import write_lvis_json
 

@@ -104,8 +104,7 @@ def test_class_stats_source_reaches_the_softmax_family_only(handmade, source):
     capped at 120 / 121 and its log-odds is log 120)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from ltdet.data import register_lvis_format
-    from ltdet.data import clear_class_stats
+    from ltdet.data import clear_class_stats, register_lvis_format
 
     register_lvis_format("test_roi_heads_handmade", handmade["json"], handmade["root"])
     cfg = get_cfg()
