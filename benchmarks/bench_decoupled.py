@@ -31,7 +31,7 @@ Targets, as ratios measured in the same run: decoupled/stock time <= 0.6x and pe
 <= 0.5x; decoupled_chunked/stock (TRUNK_CHUNK 1, which trades time for memory) peak memory
 <= 0.5x; balms/decoupled time <= 2.2x; balms/original time <= 0.7x.
 
-    python benchmarks/bench_decoupled.py [--device cpu|cuda] [--iters N] [--warmup W]
+    python -m benchmarks.bench_decoupled [--device cpu|cuda] [--iters N] [--warmup W]
                                          [--batch B] [--lvis-scale] [--threads T] [--out DIR]
                                          [--variants stock decoupled ...]
 
@@ -60,7 +60,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from anywhere without install
 # ltdet registers its datasets relative to $DETECTRON2_DATASETS on import; like longtail.py and
 # tools/demo.py, a relative value (or the default ./datasets) is seen from the repository root.
 _data = os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
@@ -78,16 +77,26 @@ from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
 import ltdet  # noqa: E402,F401  (registers datasets and the LongTail ROI heads)
+from benchmarks.bench_losses import machine_info  # noqa: E402  (one machine description)
 from ltdet.config import add_ltdet_config  # noqa: E402
 from ltdet.engine.decoupled import DecoupledTrainStep, freeze_except  # noqa: E402
 from ltdet.engine.trainer import Trainer  # noqa: E402
-from ltdet.modeling import losses as L  # noqa: E402
 from ltdet.modeling.m2m import M2mTranslator  # noqa: E402
 from ltdet.modeling.meta_reweigher import MetaReweigher, proposal_weights  # noqa: E402
 
 BASE_CONFIG = ROOT / "configs/synthetic/base_softmax_rfs.yaml"
 DECOUPLED_CONFIG = ROOT / "configs/synthetic/decoupled/balanced_softmax.yaml"
 M2M_CONFIG = ROOT / "configs/synthetic/decoupled/m2m.yaml"
+# --lvis-scale: these keys come from the LVIS recipe (Mask R-CNN R50-FPN, 800 px)
+LVIS_CONFIG = ROOT / "configs/LVISv1/base_softmax_rfs_R50_FPN.yaml"
+LVIS_SCALE_KEYS = (
+    "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.FPN.OUT_CHANNELS",
+    "MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_MASK_HEAD.NUM_CONV", "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
+)
 DATA_DIR = Path(os.path.expanduser(os.environ["DETECTRON2_DATASETS"])) / "ltdet_synthetic"
 CLASSIFIER = "roi_heads.box_predictor.cls_score"
 VARIANTS = ("stock", "decoupled", "decoupled_chunked", "balms", "original", "dbm_bs", "two_component", "m2m")
@@ -126,25 +135,19 @@ def _load_cfg(path: Path, device: str, batch: int, lvis_scale: bool):
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.SOLVER.IMS_PER_BATCH = batch
     if lvis_scale:
-        # Mask R-CNN R50-FPN sizes of the LVIS configs (Base-LTDet-RCNN-FPN.yaml / detectron2's
-        # LVIS 1x), on the synthetic set (28 classes) upscaled to an 800 px short side.
-        cfg.MODEL.RESNETS.DEPTH = 50
-        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
-        cfg.MODEL.FPN.OUT_CHANNELS = 256
-        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
-        cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
-        cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
-        cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
-        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
-        cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
-        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
-        cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
-        cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
-        cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
-        cfg.INPUT.MIN_SIZE_TRAIN = (800,)
-        cfg.INPUT.MAX_SIZE_TRAIN = 1333
-        cfg.INPUT.MIN_SIZE_TEST = 800
-        cfg.INPUT.MAX_SIZE_TEST = 1333
+        # The network and input sizes of the LVIS recipe, on the synthetic set (28 classes)
+        # upscaled to its test size; the synthetic config's normalisation is kept.
+        lvis = get_cfg()
+        add_ltdet_config(lvis)
+        lvis.merge_from_file(str(LVIS_CONFIG))
+        for key in LVIS_SCALE_KEYS:
+            *parents, leaf = key.split(".")
+            src, dst = lvis, cfg
+            for p in parents:
+                src, dst = src[p], dst[p]
+            dst[leaf] = src[leaf]
+        # one training size (the test size, no scale jitter): every variant times the same input
+        cfg.INPUT.MIN_SIZE_TRAIN = (lvis.INPUT.MIN_SIZE_TEST,)
     cfg.freeze()
     return cfg
 
@@ -228,7 +231,8 @@ class _TrainingForward(nn.Module):
     and box-regression losses), mask head loss. Returns every loss, like ``model(batch)``.
 
     ``class_logits`` given: the classification loss is the head's own (balanced_softmax) with
-    ``proposal_weights(class_logits, gt)``; ``loss_name`` given: that loss, unweighted (meta).
+    ``proposal_weights(class_logits, gt)``; ``meta_loss`` given ("same" or "plain", as
+    LTDET.META.LOSS): the head's own or its plain loss, unweighted (meta).
     A module wrapping the model, so ``functional_call`` can swap any model parameter.
     """
 
@@ -237,7 +241,7 @@ class _TrainingForward(nn.Module):
         self.model = model
 
     def forward(self, batched_inputs, class_logits: Optional[torch.Tensor] = None,
-                loss_name: Optional[str] = None) -> Dict[str, torch.Tensor]:
+                meta_loss: Optional[str] = None) -> Dict[str, torch.Tensor]:
         model = self.model
         heads = model.roi_heads
         predictor = heads.box_predictor
@@ -253,12 +257,13 @@ class _TrainingForward(nn.Module):
         x = heads.box_head(x)
         scores, deltas = predictor(x)
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
-        if loss_name is None:
+        if meta_loss is None:
             weights = proposal_weights(class_logits, gt_classes) if class_logits is not None else None
             loss_cls = predictor.classification_loss(scores, gt_classes, weights)
+        elif meta_loss == "same":
+            loss_cls = predictor.classification_loss(scores, gt_classes)
         else:
-            kwargs = predictor.loss_kwargs if loss_name == predictor.loss_name else {}
-            loss_cls = L.cls_loss(loss_name, scores, gt_classes, predictor.stats, **kwargs)
+            loss_cls = predictor.plain_loss(scores, gt_classes)
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
         gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor
                         for p in proposals], dim=0)
@@ -276,14 +281,14 @@ class OriginalBalmsStep(_Variant):
     name = "original"
 
     def __init__(self, model, optimizer, batches, reweigher, meta_optimizer, meta_batches,
-                 meta_loss_name: str):
+                 meta_loss: str):
         self.model = model
         self.model.train()
         self.forward_module = _TrainingForward(model)
         self.optimizer = optimizer
         self.reweigher = reweigher
         self.meta_optimizer = meta_optimizer
-        self.meta_loss_name = meta_loss_name
+        self.meta_loss = meta_loss
         self._data = iter(batches)
         self._meta = iter(meta_batches)
         self.classifier = dict(model.named_parameters())
@@ -328,7 +333,7 @@ class OriginalBalmsStep(_Variant):
         # (2) meta batch through the looked-ahead classifier; meta gradient to the class weights.
         meta_losses = functional_call(self.forward_module,
                                       {pk: new[k] for pk, k in prefixed.items()},
-                                      (meta, None, self.meta_loss_name))
+                                      (meta, None, self.meta_loss))
         (h,) = torch.autograd.grad(sum(meta_losses.values()), [w])
         self.meta_optimizer.zero_grad(set_to_none=True)
         w.grad = h
@@ -347,17 +352,6 @@ class OriginalBalmsStep(_Variant):
 
     def state_tensors(self):
         return super().state_tensors() + list(self.reweigher.parameters())
-
-
-def _meta_optimizer(cfg, reweigher):  # as ltdet's Trainer.build_decoupled_step
-    return torch.optim.Adam(reweigher.parameters(), lr=cfg.LTDET.META.LR,
-                            betas=tuple(cfg.LTDET.META.BETAS), weight_decay=0.0)
-
-
-def _meta_loss_name(predictor, setting: str) -> str:  # as DecoupledTrainStep
-    if setting == "same":
-        return predictor.loss_name
-    return "sigmoid" if predictor.loss_name in L.SIGMOID_LOSSES else "softmax"
 
 
 DEMO_BASE = ROOT / "output/demo/base_softmax_rfs/model_final.pth"
@@ -433,7 +427,7 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
     rw = MetaReweigher(dec_cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(m.device)
     variants["balms"] = DecoupledStep("balms", m, build_optimizer(dec_cfg, m), batches,
-                                      reweigher=rw, meta_optimizer=_meta_optimizer(dec_cfg, rw),
+                                      reweigher=rw, meta_optimizer=Trainer.build_meta_optimizer(dec_cfg, rw),
                                       meta_batches=meta_batches, meta_loss=dec_cfg.LTDET.META.LOSS,
                                       trunk_chunk=chunk)
 
@@ -442,8 +436,8 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
     rw = MetaReweigher(dec_cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(m.device)
     variants["original"] = OriginalBalmsStep(
-        m, build_optimizer(dec_cfg, m), batches, rw, _meta_optimizer(dec_cfg, rw), meta_batches,
-        _meta_loss_name(m.roi_heads.box_predictor, dec_cfg.LTDET.META.LOSS))
+        m, build_optimizer(dec_cfg, m), batches, rw, Trainer.build_meta_optimizer(dec_cfg, rw), meta_batches,
+        dec_cfg.LTDET.META.LOSS)
 
     # (e) DBM-BS: cosine classifier (weight only) initialised from the same classifier weights.
     dbm_cfg = dec_cfg.clone()
@@ -609,7 +603,6 @@ def run(device: str, iters: int, batch: int, warmup: Optional[int] = None, lvis_
 
 
 # --------------------------------------------------------------------------- report
-from bench_losses import machine_info  # noqa: E402  (same machine description in every report)
 
 def weights_note(weights: str) -> str:
     if weights:

@@ -4,7 +4,7 @@
 as a ratio to its plain counterpart measured in the same run (rounds are interleaved so drift in
 machine load hits every loss alike).  Target: balanced losses <= 1.15x their plain loss.
 
-    python benchmarks/bench_losses.py [--device cpu|cuda] [--repeats R] [--out DIR]
+    python -m benchmarks.bench_losses [--device cpu|cuda] [--repeats R] [--out DIR]
 """
 import argparse
 import csv
@@ -18,8 +18,8 @@ from typing import Callable, Dict, List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without install
-from ltdet.modeling import losses as L  # noqa: E402
+from ltdet.modeling import losses as L
+from ltdet.modeling.loss_registry import get_loss
 
 NUM_IMAGES, PER_IMAGE, NUM_CLASSES, FG_FRACTION = 16, 512, 1203, 0.25
 NUM_TRAIN_IMAGES = 100170  # LVIS v1 train
@@ -60,19 +60,21 @@ def _make_case(device: str, seed: int = 0) -> Dict[str, Callable[[], torch.Tenso
         "class_freq": L.image_frequency(counts, NUM_TRAIN_IMAGES).float().to(device),
         "fed_weight": counts.sqrt().float().to(device),
         "class_margin": L.dbm_class_margins(counts).float().to(device),
+        "cb_weight": L.effective_number_weights(counts).float().to(device),
     }
     fed_gen = torch.Generator(device=device).manual_seed(seed)
     cases = {}
     # DBM takes cosine similarities (a leaf of its own, so every round has a fresh graph)
     cosines = (torch.rand(n, k + 1, generator=g) * 2 - 1).to(device).requires_grad_()
     for name in BASELINE:
-        logits = logits_sigmoid if name in L.SIGMOID_LOSSES else logits_softmax
+        loss = get_loss(name)
+        logits = logits_softmax if loss.family.background else logits_sigmoid
         kwargs = {"generator": fed_gen} if name == "federated" else {}
-        if name in L.COSINE_LOSSES:
+        if loss.family.scaled:
             logits = cosines
-            kwargs = {"scale": 30.0, "log_prior": stats["log_prior"] if name == "dbm_bs" else None}
-        cases[name] = (lambda name=name, logits=logits, kwargs=kwargs:
-                       L.cls_loss(name, logits, gt, stats, **kwargs))
+            kwargs = {"scale": 30.0}
+        cases[name] = (lambda loss=loss, logits=logits, kwargs=kwargs:
+                       loss(logits, gt, stats, **kwargs))
     cases["_leaves"] = (logits_softmax, logits_sigmoid, cosines)
     return cases
 

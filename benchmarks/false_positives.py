@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Where do a method's rare-class false positives come from? A diagnostic for the long-tail
-benchmark's runs (benchmarks/longtail.py), on their saved val detections:
+benchmark's runs (python -m benchmarks.longtail), on their saved val detections:
 
 1. confident detections (score >= --score) per frequency group: on images that contain the
    class, on images that list it as a verified negative (false positives LVIS AP counts) and on
@@ -9,7 +9,7 @@ benchmark's runs (benchmarks/longtail.py), on their saved val detections:
    ``neg_category_ids`` list the class) and with every ``neg_category_ids`` emptied, so that
    false positives count only on images that contain the class.
 
-    python benchmarks/false_positives.py [--out benchmarks/results/longtail]
+    python -m benchmarks.false_positives [--out benchmarks/results/longtail]
         [--methods sigmoid balanced_sigmoid ...] [--seeds 0 1 2] [--score 0.3]
 
 The synthetic val set lists the confusable siblings of every present class as verified
@@ -30,9 +30,8 @@ import tempfile
 from collections import Counter
 from typing import Dict, List, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from longtail import benchmark_data_root, completed_run_dir  # noqa: E402  (the run its table reports)
+# the runs its table reports
+from benchmarks.longtail import add_run_table_arguments, benchmark_data_root, completed_run_dir
 
 VAL_JSON = os.path.join("ltdet_synthetic", "lvis_synthetic_val.json")
 
@@ -81,19 +80,14 @@ def mask_ap(gt_path: str, det_path: str) -> tuple:
 
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/longtail"),
-                   help="the benchmark's output folder: its results.csv names the runs used")
     p.add_argument("--methods", nargs="+", default=["softmax", "balanced_softmax", "sigmoid",
                                                     "balanced_sigmoid"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--score", type=float, default=0.3)
-    p.add_argument("--data-root", default=None,
-                   help="DETECTRON2_DATASETS of the benchmark's runs (default: the one the table "
-                        "in --out records, or where longtail.py puts its preset's set)")
+    add_run_table_arguments(p)
     args = p.parse_args(argv)
     if args.data_root is None:
         args.data_root = benchmark_data_root(args.out)
-    sys.path.insert(0, ROOT)
     import ltdet.compat
 
     ltdet.compat.apply_runtime_fixes()  # lvis-api 0.5.3 on numpy >= 1.24

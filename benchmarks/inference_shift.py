@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Does the balanced sigmoid act at inference or only through training? A diagnostic for the
-sigmoid-family runs of the long-tail benchmark (benchmarks/longtail.py).
+sigmoid-family runs of the long-tail benchmark (python -m benchmarks.longtail).
 
 The balanced sigmoid trains on sigma(eta_j + s_j) for foreground proposals, s_j = log(p_j /
 (1 - p_j)) of the image prior, and scores sigma(eta_j) at test time: relative to training, every
@@ -13,7 +13,7 @@ This script re-evaluates trained models with the shift moved to test time:
 * a balanced model (balanced_sigmoid, balms_sigmoid) scored with sigma(eta_j + s_j): its training
   without the test-time boost.
 
-    python benchmarks/inference_shift.py [--out benchmarks/results/longtail]
+    python -m benchmarks.inference_shift [--out benchmarks/results/longtail]
         [--methods sigmoid balanced_sigmoid] [--seeds 0] [--no-shift] [--opts KEY VALUE ...]
 
 ``--no-shift`` scores as trained; ``--opts`` overrides test-time config keys (e.g.
@@ -31,10 +31,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from longtail import benchmark_data_root, completed_run_dir  # noqa: E402  (the run its table reports)
-sys.path.insert(0, ROOT)
+# the runs its table reports
+from benchmarks.longtail import add_run_table_arguments, benchmark_data_root, completed_run_dir
 
 BALANCED = ("balanced_sigmoid", "balms_sigmoid")
 PLAIN = ("sigmoid", "eql", "federated")
@@ -44,7 +42,7 @@ PLAIN = ("sigmoid", "eql", "federated")
 def shifted_scores(predictor, shift: torch.Tensor) -> Iterator[None]:
     """Within the block, ``predictor`` (a sigmoid-family LongTailFastRCNNOutputLayers) scores
     sigmoid(eta + shift) instead of sigmoid(eta); boxes are untouched."""
-    if not predictor.use_sigmoid:
+    if predictor.family.background:
         raise ValueError("shifted_scores is for sigmoid-family predictors (K logits)")
     original = predictor.predict_probs
 
@@ -94,16 +92,12 @@ def evaluate(run_dir: str, sign: float, opts: Sequence[str] = ()) -> dict:
 
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/longtail"),
-                   help="the benchmark's output folder: its results.csv names the runs used")
     p.add_argument("--methods", nargs="+", default=["sigmoid", "balanced_sigmoid"],
                    choices=PLAIN + BALANCED)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--no-shift", action="store_true", help="score as trained")
     p.add_argument("--opts", nargs="*", default=[], help="test-time config overrides KEY VALUE")
-    p.add_argument("--data-root", default=None,
-                   help="DETECTRON2_DATASETS of the benchmark's runs (default: the one the table "
-                        "in --out records, or where longtail.py puts its preset's set)")
+    add_run_table_arguments(p)
     args = p.parse_args(argv)
     if args.data_root is None:
         args.data_root = benchmark_data_root(args.out)

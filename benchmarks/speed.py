@@ -3,20 +3,16 @@
 steps, naming the machine it ran on. Runs unchanged on CPU and on a CUDA GPU; reports land in
 benchmarks/results/speed_<device>.{md,csv}, next to each other when both exist.
 
-  python benchmarks/speed.py [--device cpu|cuda] [--repeats 10] [--iters 5] [--lvis-scale]
+  python -m benchmarks.speed [--device cpu|cuda] [--repeats 10] [--iters 5] [--lvis-scale]
 """
 import argparse
 import csv
 import os
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks import bench_decoupled, bench_losses
 
-import bench_decoupled  # noqa: E402
-import bench_losses  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def report(losses: List[dict], steps: List[dict], machine: Dict[str, str], device: str,
@@ -44,7 +40,7 @@ def report(losses: List[dict], steps: List[dict], machine: Dict[str, str], devic
     lines = [f"# Speed report ({device})", "",
              "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "",
              "Every ratio is measured against its baseline in the same run "
-             "(`" + (command or "python benchmarks/speed.py --device " + device
+             "(`" + (command or "python -m benchmarks.speed --device " + device
                      + (" --lvis-scale" if lvis_scale else "")
                      + (f" --weights {os.path.relpath(weights, os.path.dirname(HERE))}"
                         if weights else ""))
@@ -84,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         bench_losses.torch.set_num_threads(args.threads or 1)
     batch = args.batch or (8 if args.device == "cuda" else 4)
     # The command with every setting the numbers depend on, defaults included.
-    command = " ".join(["python benchmarks/speed.py", "--device", args.device, "--repeats",
+    command = " ".join(["python -m benchmarks.speed", "--device", args.device, "--repeats",
                         str(args.repeats), "--iters", str(args.iters), "--batch", str(batch),
                         "--threads", str(bench_losses.torch.get_num_threads())]
                        + (["--lvis-scale"] if args.lvis_scale else []))

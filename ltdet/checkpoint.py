@@ -10,10 +10,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .modeling.classifier_init import convert_softmax_classifier
 from .file_io import atomic_open
+from .modeling.loss_registry import loss_names
 
 logger = logging.getLogger(__name__)
 
 _CLS_KEY = "box_predictor.cls_score.weight"
+
+
+def _either(names) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 # checkpointables the Trainer adds with LTDET.META / LTDET.M2M
 LTDET_STATE = ("meta_reweigher", "m2m")
 
@@ -29,13 +34,12 @@ def check_classifier_shape(model_state: Dict[str, torch.Tensor],
         theirs, ours = ckpt_state[key].shape[0], param.shape[0]
         if theirs == ours + 1:
             kind = ("a softmax-family model (K+1 logits, with background)",
-                    "sigmoid-family (K logits)",
-                    ("softmax, balanced_softmax, dbm, dbm_bs or dbm_cb (or set "
-                     "LTDET.LOSS.SIGMOID_FROM_SOFTMAX True to start the K sigmoid logits from the "
-                     "softmax ones, docs/MODEL_ZOO.md)"))
+                    "sigmoid-family (K logits)", _either(loss_names(background=True))
+                    + " (or set LTDET.LOSS.SIGMOID_FROM_SOFTMAX True to start the K sigmoid logits "
+                    "from the softmax ones, docs/MODEL_ZOO.md)")
         elif theirs + 1 == ours:
             kind = ("a sigmoid-family model (K logits, no background)",
-                    "softmax-family (K+1 logits)", "sigmoid, balanced_sigmoid, eql or federated")
+                    "softmax-family (K+1 logits)", _either(loss_names(background=False)))
         else:
             continue  # a different class count: detectron2's usual skip-and-warn fine-tuning
         raise ValueError(

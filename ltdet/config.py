@@ -77,13 +77,11 @@ def add_ltdet_config(cfg: CN) -> None:
     # class-score layer, "one fully connected layer"). Only class-score parameters may be chosen
     # (e.g. its weight alone): the decoupled step computes no other loss and no trunk gradient.
     cfg.LTDET.DECOUPLED.TRAINABLE = ["roi_heads.box_predictor.cls_score.*"]
-    # Images per forward of the frozen trunk during fine-tuning; 0 = the whole per-GPU batch
-    # (fastest on a GPU; on a CPU at R50 / 800 px one image at a time measured faster, on the
-    # synthetic 128 px model slower: README "Frozen trunk in chunks"). The trunk's activations
-    # are most of the step's memory: a small chunk keeps them independent of the batch size,
-    # with the same features (not in the paper; ltdet's option).
-    # For memory-short machines: on an H200, R50-FPN 800 px, 8 images, 1 at a time took 2.2x the
-    # step time for 0.21x the memory.
+    # Images per forward of the frozen trunk during fine-tuning; 0 = the whole per-GPU batch.
+    # The trunk's activations are most of the step's memory: a small chunk keeps them
+    # independent of the batch size, with the same features, for memory-short machines (step
+    # time and memory measured in benchmarks/results/decoupled_*.md). Not in the paper (ltdet's
+    # option); default 0.
     cfg.LTDET.DECOUPLED.TRUNK_CHUNK = 0
 
     # Meta Reweigher (BALMS supp. B.2): learnable per-class loss weights, bi-level optimisation

@@ -1,12 +1,12 @@
 """Helpers of the decoupled-step benchmark (benchmarks/bench_decoupled.py)."""
+import importlib
+
 import pytest
 import torch
 
-from .conftest import load_script
-
 
 def load_bench():
-    return load_script("benchmarks/bench_decoupled.py", "ltdet_bench_decoupled")
+    return importlib.import_module("benchmarks.bench_decoupled")
 
 
 def test_cpu_step_peak_counts_live_tensors():

@@ -1,4 +1,4 @@
-"""The multi-seed accuracy benchmark runner (benchmarks/longtail.py).
+"""The multi-seed accuracy benchmark runner (python -m benchmarks.longtail).
 
 One real run (base model + softmax, tools/train_net.py subprocesses, 3 iterations on the tiny
 synthetic set) checks the whole chain; caching, failures, skipped dependents and the
@@ -10,12 +10,11 @@ import os
 import pytest
 import torch
 
-from .conftest import load_script
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-lt = load_script("benchmarks/longtail.py", "ltdet_bench_longtail")
+import benchmarks.longtail as lt  # noqa: E402
+
 # A paper method without an implementation yet: reported, never run.
 PLANNED = lt.Method("planned", None, implemented=False, description="a method not built yet")
 
@@ -241,6 +240,7 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     assert lt.scaled_schedule_opts(cfg, 0.01)[:4] == ["SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()"]
     from detectron2.config import get_cfg
     from detectron2.solver import build_lr_scheduler
+
     from ltdet.config import add_ltdet_config, merge_config
     for scale in (0.5, 0.02, 0.01):
         c = get_cfg()
@@ -254,7 +254,7 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     assert lt.default_out("tiny") == os.path.join(results, "longtail_tiny")
     assert lt.default_out("default", 0.1) == os.path.join(results, "longtail_custom")
     assert lt.default_out("tiny", 1.0, ["K", "V"]).endswith("longtail_tiny_custom")
-    chain = [os.path.relpath(p, REPO) for p in lt._config_chain(cfg)]
+    chain = [os.path.relpath(p, REPO) for p in lt.runs._config_chain(cfg)]
     assert chain[-1] == "configs/Base-LTDet-RCNN-FPN.yaml"  # the hash also covers files outside
     m = lt.KNOWN_METHODS["balms"]
     h = lt.config_hash(m, ["A", "1"], "tiny")
@@ -314,13 +314,13 @@ def test_git_commit_ignores_its_own_results_files(tmp_path, monkeypatch):
     git("init", "-q")
     git("add", ".")
     git("commit", "-qm", "x")
-    monkeypatch.setattr(lt, "ROOT", str(tmp_path))
-    assert "uncommitted" not in lt._git_commit(ignore=str(tmp_path / "results"))
+    monkeypatch.setattr(lt.runs, "ROOT", str(tmp_path))
+    assert "uncommitted" not in lt.runs.git_commit(ignore=str(tmp_path / "results"))
     (tmp_path / "results" / "results.md").write_text("new\n")
-    assert "uncommitted" in lt._git_commit()
-    assert "uncommitted" not in lt._git_commit(ignore=str(tmp_path / "results" / "runs" / ".." ))
+    assert "uncommitted" in lt.runs.git_commit()
+    assert "uncommitted" not in lt.runs.git_commit(ignore=str(tmp_path / "results" / "runs" / ".." ))
     (tmp_path / "code.py").write_text("a = 2\n")
-    assert "uncommitted" in lt._git_commit(ignore=str(tmp_path / "results"))
+    assert "uncommitted" in lt.runs.git_commit(ignore=str(tmp_path / "results"))
 
 
 def _run(name, seed, ap, apr, status="ok"):
@@ -372,17 +372,17 @@ def test_estimate_uses_the_closest_finished_runs():
     left = [run("base_softmax_rfs"), run("softmax"), run("balms"), run("sigmoid")]
     # base: this invocation's 500; softmax / balms: their cached 80 / 120; sigmoid, never run:
     # the cached fine-tunes' mean 100, not the fresh base's 500.
-    assert lt._estimate(left, fresh, cached) == pytest.approx(500 + 80 + 120 + 100)
-    assert lt._estimate(left, [], []) is None
-    assert lt._estimate([run("sigmoid")], fresh, []) == pytest.approx(500)  # only any-kind known
+    assert lt.runs._estimate(left, fresh, cached) == pytest.approx(500 + 80 + 120 + 100)
+    assert lt.runs._estimate(left, [], []) is None
+    assert lt.runs._estimate([run("sigmoid")], fresh, []) == pytest.approx(500)  # only any-kind known
 
 
 def test_per_class_dodge_never_crosses_a_group_line():
-    assert lt._within_group(10, 10.3) == 10.3
-    assert 10 < lt._within_group(10, 10.9) < 10.5  # a rare class stays left of the rare line
-    assert 10.5 < lt._within_group(11, 10.2) < 11  # a common one right of it
-    assert 100.5 < lt._within_group(105, 95.0) < 105
-    assert lt._within_group(240, 250.0) == 250.0  # frequent: no upper edge
+    assert lt.plots._within_group(10, 10.3) == 10.3
+    assert 10 < lt.plots._within_group(10, 10.9) < 10.5  # a rare class stays left of the rare line
+    assert 10.5 < lt.plots._within_group(11, 10.2) < 11  # a common one right of it
+    assert 100.5 < lt.plots._within_group(105, 95.0) < 105
+    assert lt.plots._within_group(240, 250.0) == 250.0  # frequent: no upper edge
 
 
 def test_diagnostics_find_the_data_root_the_table_was_made_with(tmp_path):

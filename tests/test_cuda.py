@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ltdet.engine.meta_step import meta_reweigher_step
-from ltdet.modeling import losses as L
+from ltdet.modeling.loss_registry import get_loss
 from ltdet.modeling.meta_reweigher import MetaReweigher
 
 from . import test_losses as TL
@@ -25,12 +25,12 @@ def _loss_and_grads(name, x, y, w, device):
               for k, v in TL.DISPATCH_KWARGS.get(name, {}).items()}
     if name == "federated":  # every class: the sampled set would come from a device's own RNG
         kwargs = {"num_classes": TL.K}
-    loss = L.cls_loss(name, x, y, stats, w, **kwargs)
+    loss = get_loss(name)(x, y, stats, w, **kwargs)
     return [t.cpu() for t in (loss, *torch.autograd.grad(loss, (x, w)))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name", L.LOSS_NAMES)
+@pytest.mark.parametrize("name", TL.LOSS_NAMES)
 def test_loss_and_gradients_match_cpu(name, dtype):
     # float32 takes the Triton kernels for the balanced losses on CUDA, float64 the eager ops
     softmax, _ = TL.LOSSES[name]

@@ -5,8 +5,13 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from ltdet.data import class_stats, frequency_group, load_lvis_format_json, register_lvis_format
-from ltdet.data.lvis_format import _STATS_CACHE
+from ltdet.data import (
+    class_stats,
+    clear_class_stats,
+    frequency_group,
+    load_lvis_format_json,
+    register_lvis_format,
+)
 
 from .conftest import write_lvis_json
 
@@ -14,12 +19,12 @@ from .conftest import write_lvis_json
 @pytest.fixture
 def registered(handmade):
     name = "test_handmade_train"
-    _STATS_CACHE.pop(name, None)
+    clear_class_stats(name)
     register_lvis_format(name, handmade["json"], handmade["root"])
     yield name
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)
-    _STATS_CACHE.pop(name, None)
+    clear_class_stats(name)
 
 
 def test_frequency_rule():
@@ -137,7 +142,7 @@ def test_statistics_over_several_training_sets(registered, handmade, tmp_path):
         for name in (twin, "test_handmade_other"):
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        _STATS_CACHE.clear()
+        clear_class_stats()
 
 
 def test_statistics_need_annotations_only(registered, handmade, tmp_path):
@@ -172,7 +177,7 @@ def test_official_lvis_names_use_the_json_when_present(handmade, tmp_path):
         # lvis_v1_train has no json under root: detectron2's own registration is kept
         assert str(root) not in MetadataCatalog.get("lvis_v1_train").json_file
     finally:
-        _STATS_CACHE.pop("lvis_v1_val", None)
+        clear_class_stats("lvis_v1_val")
         DatasetCatalog.remove("lvis_v1_val")
         MetadataCatalog.remove("lvis_v1_val")
         from detectron2.data.datasets.lvis import get_lvis_instances_meta, register_lvis_instances

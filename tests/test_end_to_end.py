@@ -13,12 +13,13 @@ from detectron2.engine import SimpleTrainer, TrainerBase
 from detectron2.utils.env import seed_all_rng
 
 from ltdet.config import add_ltdet_config, merge_config
+from ltdet.data import clear_class_stats
 from ltdet.data.builtin import SYNTHETIC_DIR, register_all
-from ltdet.data.lvis_format import _STATS_CACHE
 from ltdet.data.synthetic import generate
 from ltdet.engine import Trainer
 from ltdet.engine.hooks import MetaWeightsHook
 from ltdet.modeling import losses as L
+from ltdet.modeling.loss_registry import get_loss
 
 from .conftest import handmade  # noqa: F401 (fixture)
 
@@ -30,9 +31,9 @@ def tiny_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
     generate(str(root / SYNTHETIC_DIR), preset="tiny")
     register_all(str(root))
-    _STATS_CACHE.clear()
+    clear_class_stats()
     yield root
-    _STATS_CACHE.clear()
+    clear_class_stats()
     register_all()  # back to the default root
 
 
@@ -408,7 +409,7 @@ def test_meta_lookahead_and_step_share_the_federated_draw(base_model, tmp_path, 
         seen.append((len(gt), classes))
         return real(logits, gt, *args, classes=classes, **kwargs)
 
-    monkeypatch.setitem(L._LOSSES, "federated", spy)
+    monkeypatch.setattr(get_loss("federated"), "fn", spy)
     cfg = _decoupled_cfg(base_dir, tmp_path / "out", "MODEL.WEIGHTS", str(tmp_path / "sigmoid_base.pth"),
                          "LTDET.LOSS.NAME", "federated", "LTDET.LOSS.FED_NUM_CLASSES", 6,
                          "SOLVER.MAX_ITER", 3, "SOLVER.STEPS", (2,))
@@ -505,13 +506,13 @@ def test_trainer_parses_each_json_once(base_model, tmp_path, monkeypatch):
     parsed = []
     real = lf._read_json
     monkeypatch.setattr(lf, "_read_json", lambda f: parsed.append(os.path.basename(f)) or real(f))
-    _STATS_CACHE.clear()
+    clear_class_stats()
     # statistics, train loader and class-balanced meta loader: one parse of the train json
     Trainer(_decoupled_cfg(base_dir, tmp_path / "balms"))
     assert parsed.count("lvis_synthetic_train.json") == 1, parsed
     assert lf._SHARED is None  # dropped before the data streams start
     parsed.clear()
-    _STATS_CACHE.clear()
+    clear_class_stats()
     cfg = tiny_cfg(tmp_path / "tc", "configs/synthetic/decoupled/two_component.yaml",
                    "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "DATASETS.TEST", ())
     Trainer(cfg)  # + the development split
@@ -689,7 +690,7 @@ def test_box_predictor_from_config_maps_every_key(tiny_root, tmp_path):
     cb = head("LTDET.LOSS.NAME", "dbm_cb", "LTDET.DBM.K", 0.3, "LTDET.DBM.TAU", 0.5,
               "LTDET.DBM.SCALE", 16.0, "LTDET.LOSS.CB_BETA", 0.9, "LTDET.CLASS_STATS.SOURCE",
               "instance_count")
-    assert cb.dbm_scale == 16.0 and cb.loss_kwargs["scale"] == 16.0
+    assert cb.logit_scale == 16.0 and cb.loss_kwargs["scale"] == 16.0
     torch.testing.assert_close(cb.class_margin, L.dbm_class_margins(inst, 0.3, 0.5).float())
     torch.testing.assert_close(cb.cb_weight, L.effective_number_weights(inst, 0.9).float())
     bs = head("LTDET.LOSS.NAME", "balanced_softmax", "LTDET.CLASS_STATS.SOURCE", "instance_count")

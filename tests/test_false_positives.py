@@ -1,11 +1,12 @@
 """benchmarks/false_positives.py on a handmade val set whose AP is worked out by hand."""
 import copy
+import importlib
 import json
 
 import pytest
 from pycocotools import mask as mask_utils
 
-from .conftest import load_script, write_lvis_json
+from .conftest import write_lvis_json
 from .markdown import tables
 
 SIZE = 32
@@ -62,7 +63,7 @@ def _write_table(out, rows):
 
 
 def _script():
-    return load_script("benchmarks/false_positives.py", "ltdet_false_positives")
+    return importlib.import_module("benchmarks.false_positives")
 
 
 def test_confident_counts_split_by_presence(fp_setup):
@@ -94,9 +95,9 @@ def test_missing_or_failed_run_names_the_fix(fp_setup, tmp_path):
         _script().main(["--out", str(out), "--methods", "m", "--seeds", str(seed),
                         "--data-root", str(fp_setup["root"])])
 
-    with pytest.raises(FileNotFoundError, match="no run of m seed 1; re-run benchmarks/longtail.py"):
+    with pytest.raises(FileNotFoundError, match="no run of m seed 1; re-run python -m benchmarks.longtail"):
         run(1)
     with pytest.raises(FileNotFoundError, match="did not complete.*status failed: exit 1"):
         run(2)
-    with pytest.raises(FileNotFoundError, match="no benchmark table.*run benchmarks/longtail.py"):
+    with pytest.raises(FileNotFoundError, match="no benchmark table.*run python -m benchmarks.longtail"):
         run(0, out=tmp_path / "elsewhere")

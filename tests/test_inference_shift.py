@@ -1,18 +1,18 @@
 """benchmarks/inference_shift.py: test-time prior shift of sigmoid-family predictors."""
+import importlib
 import json
 import os
 
 import pytest
 import torch
 
-from .conftest import load_script
 from .markdown import tables
 from .test_end_to_end import tiny_cfg, tiny_root, train  # noqa: F401 (fixture)
 from .test_roi_heads import K, make, proposals
 
 
 def _script():
-    return load_script("benchmarks/inference_shift.py", "ltdet_inference_shift")
+    return importlib.import_module("benchmarks.inference_shift")
 
 
 def test_shifted_scores_adds_the_shift_inside_the_block_only():

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ltdet.modeling import losses as L
+from ltdet.modeling.loss_registry import SIGMOID, get_loss, loss_names
 
 K = 5  # foreground classes; gt value K = background
 
@@ -70,8 +71,9 @@ FREQ = torch.tensor([0.5, 1e-4, 0.01, 1e-3, 0.2], dtype=torch.float64)  # rare: 
 FED_WEIGHT = COUNTS.sqrt()
 MARGIN = L.dbm_class_margins(COUNTS, k=0.2)
 DBM_S = 4.0
+CB_WEIGHT = L.effective_number_weights(COUNTS)
 STATS = {"log_prior": LOG_PRIOR, "log_prior_odds": LOG_ODDS, "class_freq": FREQ,
-         "fed_weight": FED_WEIGHT, "class_margin": MARGIN}
+         "fed_weight": FED_WEIGHT, "class_margin": MARGIN, "cb_weight": CB_WEIGHT}
 
 
 def fed_gen():
@@ -91,18 +93,34 @@ LOSSES = {
     # DBM on cosine scores (values beyond +-1 are clamped inside acos only)
     "dbm": (True, lambda x, y, w=None: L.dbm_loss(x, y, MARGIN, DBM_S, weights=w)),
     "dbm_bs": (True, lambda x, y, w=None: L.dbm_loss(x, y, MARGIN, DBM_S, LOG_PRIOR, w)),
-    "dbm_cb": (True, lambda x, y, w=None: L.dbm_loss(x, y, MARGIN, DBM_S, weights=w)),
+    "dbm_cb": (True, lambda x, y, w=None: L.dbm_cb_loss(x, y, MARGIN, CB_WEIGHT, DBM_S, w)),
 }
 DISPATCH_KWARGS = {"federated": {"num_classes": 4, "generator": fed_gen()},
                    "dbm": {"scale": DBM_S}, "dbm_cb": {"scale": DBM_S},
-                   "dbm_bs": {"scale": DBM_S, "log_prior": LOG_PRIOR}}
+                   "dbm_bs": {"scale": DBM_S}}  # its log_prior comes from the stats
+
+
+LOSS_NAMES = ("softmax", "sigmoid", "balanced_softmax", "balanced_sigmoid", "eql", "federated",
+              "dbm", "dbm_bs", "dbm_cb")
 
 
 def test_api_names():
-    assert L.LOSS_NAMES == ("softmax", "sigmoid", "balanced_softmax", "balanced_sigmoid", "eql",
-                            "federated", "dbm", "dbm_bs", "dbm_cb")
-    assert L.SIGMOID_LOSSES == {"sigmoid", "balanced_sigmoid", "eql", "federated"}
-    assert set(LOSSES) == set(L.LOSS_NAMES)
+    assert loss_names()[:len(LOSS_NAMES)] == LOSS_NAMES  # (a test may have registered more)
+    assert set(loss_names(family=SIGMOID)) >= {"sigmoid", "balanced_sigmoid", "eql", "federated"}
+    assert not set(loss_names(family=SIGMOID)) & {"softmax", "balanced_softmax", "dbm", "dbm_bs",
+                                                   "dbm_cb"}
+    assert set(LOSSES) == set(LOSS_NAMES)
+
+
+def test_dbm_cb_is_dbm_with_class_balanced_weights():
+    """DBM-CB (Eq. 10): each foreground proposal's DBM loss times (1-beta)/(1-beta^n_y)."""
+    x, y, w = make_batch(softmax=True)
+    cb = torch.cat([CB_WEIGHT, torch.ones(1, dtype=CB_WEIGHT.dtype)])[y]
+    want = L.dbm_loss(x, y, MARGIN, DBM_S, weights=w * cb)
+    assert torch.equal(L.dbm_cb_loss(x, y, MARGIN, CB_WEIGHT, DBM_S, w), want)
+    per = torch.stack([L.dbm_loss(x[i:i + 1], y[i:i + 1], MARGIN, DBM_S) for i in range(len(y))])
+    assert L.dbm_cb_loss(x, y, MARGIN, CB_WEIGHT, DBM_S).item() == pytest.approx(
+        (per * cb).mean().item(), rel=1e-12)
 
 
 # --------------------------------------------------------------------------- vs references
@@ -279,7 +297,7 @@ def test_federated_given_classes_are_used_and_checked():
 
 
 # --------------------------------------------------------------------------- generic properties
-@pytest.mark.parametrize("name", L.LOSS_NAMES)
+@pytest.mark.parametrize("name", LOSS_NAMES)
 def test_gradcheck(name):
     softmax, fn = LOSSES[name]
     x, y, w = make_batch(n=6, softmax=softmax, scale=1.0)
@@ -388,7 +406,7 @@ def test_fused_half_logits_computed_in_float32(softmax, dtype):
     assert half.grad.dtype == dtype
 
 
-@pytest.mark.parametrize("name", L.LOSS_NAMES)
+@pytest.mark.parametrize("name", LOSS_NAMES)
 def test_extreme_logits_finite(name):
     softmax, fn = LOSSES[name]
     x, y, w = make_batch(n=16, softmax=softmax)
@@ -399,7 +417,7 @@ def test_extreme_logits_finite(name):
     assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("name", L.LOSS_NAMES)
+@pytest.mark.parametrize("name", LOSS_NAMES)
 def test_weights_scale_per_proposal(name):
     softmax, fn = LOSSES[name]
     if name == "federated":  # per-proposal calls would sample different classes
@@ -415,7 +433,7 @@ def test_weights_scale_per_proposal(name):
         fn(x, y, w[:4])
 
 
-@pytest.mark.parametrize("name", L.LOSS_NAMES)
+@pytest.mark.parametrize("name", LOSS_NAMES)
 def test_empty_batch(name):
     softmax, fn = LOSSES[name]
     x = torch.zeros(0, K + 1 if softmax else K, requires_grad=True)
@@ -427,19 +445,19 @@ def test_empty_batch(name):
         assert x.grad.shape == x.shape
 
 
-@pytest.mark.parametrize("name", L.LOSS_NAMES)
+@pytest.mark.parametrize("name", LOSS_NAMES)
 def test_cls_loss_dispatch(name):
     softmax, fn = LOSSES[name]
     x, y, w = make_batch(softmax=softmax)
     kwargs = dict(DISPATCH_KWARGS.get(name, {}))
     if name == "federated":
         kwargs["generator"] = fed_gen()
-    assert torch.equal(L.cls_loss(name, x, y, STATS, w, **kwargs), fn(x, y, w))
+    assert torch.equal(get_loss(name)(x, y, STATS, w, **kwargs), fn(x, y, w))
 
 
 def test_cls_loss_kwargs_forwarded():
     x, y, _ = make_batch()
-    got = L.cls_loss("eql", x, y, STATS, lambda_=1e-5)
+    got = get_loss("eql")(x, y, STATS, lambda_=1e-5)
     assert torch.equal(got, L.eql_loss(x, y, FREQ, lambda_=1e-5))
 
 
@@ -504,23 +522,23 @@ def test_zero_count_message_lists_at_most_ten():
 def test_cls_loss_errors():
     x, y, _ = make_batch()
     xs, _, _ = make_batch(softmax=True)
-    with pytest.raises(ValueError, match=r"unknown classification loss 'focal'.*balanced_softmax"):
-        L.cls_loss("focal", x, y, STATS)
+    with pytest.raises(ValueError, match=r"unknown LTDET.LOSS.NAME 'focal'.*balanced_softmax"):
+        get_loss("focal")(x, y, STATS)
     for name, key in [("balanced_softmax", "log_prior"), ("balanced_sigmoid", "log_prior_odds"),
                       ("eql", "class_freq"), ("federated", "fed_weight")]:
         stats = {k: v for k, v in STATS.items() if k != key}
         with pytest.raises(ValueError, match=f"'{name}' needs the class statistic '{key}'"):
-            L.cls_loss(name, xs if name == "balanced_softmax" else x, y, stats)
+            get_loss(name)(xs if name == "balanced_softmax" else x, y, stats)
     with pytest.raises(ValueError, match=r"'sigmoid' expects K logits.*K\+1 columns: a softmax"):
-        L.cls_loss("sigmoid", xs, y, STATS)
+        get_loss("sigmoid")(xs, y, STATS)
     with pytest.raises(ValueError, match=r"'eql' expects K logits.*softmax checkpoint/head"):
-        L.cls_loss("eql", xs, y, STATS)
+        get_loss("eql")(xs, y, STATS)
     with pytest.raises(ValueError, match=r"'softmax' expects K\+1 logits.*K columns: a sigmoid"):
-        L.cls_loss("softmax", x, y, {"class_freq": FREQ})
+        get_loss("softmax")(x, y, {"class_freq": FREQ})
     with pytest.raises(ValueError, match="7 columns"):
-        L.cls_loss("balanced_softmax", torch.zeros(2, 7), y[:2], STATS)
+        get_loss("balanced_softmax")(torch.zeros(2, 7), y[:2], STATS)
     # no statistics at all: nothing to infer K from, the plain losses still run
-    assert torch.isfinite(L.cls_loss("sigmoid", x, y, {}))
+    assert torch.isfinite(get_loss("sigmoid")(x, y, {}))
 
 
 # ----------------------------------------------------------------------------------- DBM

@@ -186,31 +186,30 @@ def test_meta_loss_is_the_heads_whole_loss_or_the_plain_one(head, meta, expected
     with its prior, DBM-CB with its class weights); plain = the unbalanced loss of its family."""
     from types import SimpleNamespace
 
-    from ltdet.engine.decoupled import DecoupledTrainStep, _plain_loss_name
+    from ltdet.engine.decoupled import DecoupledTrainStep
 
     from .test_roi_heads import make
 
     predictor = make(head)
-    step = SimpleNamespace(predictor=predictor,
-                           _meta_loss_name=head if meta == "same" else _plain_loss_name(head))
+    step = SimpleNamespace(predictor=predictor, meta_loss=meta)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(12, 16, generator=g)
     gt = torch.arange(12) % (predictor.num_classes + 1)
     scores = predictor.cls_score(x)
     got = DecoupledTrainStep._meta_loss(step, scores, gt)
     want = {"head": lambda: predictor.classification_loss(scores, gt),
-            "cosine softmax": lambda: L.softmax_loss(predictor.dbm_scale * scores, gt),
+            "cosine softmax": lambda: L.softmax_loss(predictor.logit_scale * scores, gt),
             "sigmoid": lambda: L.sigmoid_loss(scores, gt),
             "softmax": lambda: L.softmax_loss(scores, gt)}[expected]()
     torch.testing.assert_close(got, want)
     if head == "dbm_bs" and meta == "same":  # the prior is in it
-        without = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.dbm_scale)
+        without = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.logit_scale)
         assert not torch.allclose(got, without)
     if head == "dbm_cb" and meta == "same":  # and the class weights (background: weight 1)
         k = predictor.num_classes
         cb = torch.where(gt < k, predictor.cb_weight[gt.clamp(max=k - 1)], torch.ones(()))
-        weighted = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.dbm_scale,
+        weighted = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.logit_scale,
                               weights=cb)
         torch.testing.assert_close(got, weighted)
-        without = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.dbm_scale)
+        without = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.logit_scale)
         assert not torch.allclose(got, without)

@@ -1,9 +1,9 @@
 """benchmarks/speed.py and the loss benchmark it collects, at sizes a CI machine runs in seconds."""
 import csv
+import importlib
 
 import pytest
 
-from .conftest import load_script
 from .markdown import tables
 from .test_end_to_end import tiny_root  # noqa: F401 (fixture)
 
@@ -14,7 +14,7 @@ TINY_INPUT = ["MODEL.ROI_HEADS.NUM_CLASSES", 8, "INPUT.MIN_SIZE_TRAIN", (64,),
 @pytest.fixture
 def speed(monkeypatch):
     """speed.py with the loss benchmark shrunk to 2 x 64 RoIs and 20 classes."""
-    mod = load_script("benchmarks/speed.py", "ltdet_speed")
+    mod = importlib.import_module("benchmarks.speed")
     for name, value in (("NUM_IMAGES", 2), ("PER_IMAGE", 64), ("NUM_CLASSES", 20), ("WARMUP", 0)):
         monkeypatch.setattr(mod.bench_losses, name, value)
     return mod
@@ -120,5 +120,5 @@ def test_main_writes_matching_markdown_and_csv(speed, tiny_root, tmp_path, monke
     assert all(float(r["time_ratio"]) > 0 for r in rows)
     assert text.startswith("# Speed report (cpu)\n\nMachine: cpu=")
     # the command names every setting the numbers depend on
-    assert ("python benchmarks/speed.py --device cpu --repeats 1 --iters 1 --batch 2 "
+    assert ("python -m benchmarks.speed --device cpu --repeats 1 --iters 1 --batch 2 "
             "--threads 1`") in text

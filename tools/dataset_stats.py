@@ -24,12 +24,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ltdet.data import class_stats, load_lvis_format_json  # noqa: E402
+from ltdet.data.class_stats import ClassStats, stats_of_dicts  # noqa: E402
 from ltdet.data.lvis_format import (  # noqa: E402
     COMMON_MAX_IMAGES,
     RARE_MAX_IMAGES,
-    ClassStats,
     read_dataset_json,
-    stats_of_dicts,
 )
 
 GROUPS = (("r", "rare", "#d62728"), ("c", "common", "#ff7f0e"), ("f", "frequent", "#1f77b4"))

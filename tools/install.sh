@@ -44,7 +44,7 @@ warnings.simplefilter("ignore")
 checks = {
     "torch": "import torch, torchvision; assert torch.__version__.startswith(\"2.14.1\") and torchvision.__version__.startswith(\"0.29.1\")"
              if sys.argv[2] == "pinned" else "import torch, torchvision, torch.func",
-    "deps": "import fvcore, iopath, pycocotools, cv2, matplotlib, yacs, tabulate, cloudpickle, tqdm, omegaconf, hydra, pytest, tensorboard, lvis",
+    "deps": "import fvcore, iopath, pycocotools, cv2, matplotlib, yacs, tabulate, cloudpickle, tqdm, omegaconf, hydra, pytest, tensorboard, lvis, ruff",
     "detectron2": "import detectron2.layers, detectron2.model_zoo as m; m.get_config_file(\"LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml\")",
     "ltdet": "import importlib.util as u; assert u.find_spec(\"ltdet\").origin.startswith(sys.argv[1])",
 }
@@ -87,7 +87,8 @@ fi
 # GUI opencv-python (installed with --no-deps; we use opencv-python-headless).
 DEPS=(fvcore iopath pycocotools opencv-python-headless matplotlib termcolor yacs tabulate
       cloudpickle tqdm tensorboard omegaconf hydra-core pydot future Pillow numpy pytest
-      cycler kiwisolver pyparsing python-dateutil six Cython)
+      cycler kiwisolver pyparsing python-dateutil six Cython
+      ruff==0.17.5)  # lint and format check of .ci/run (ruff.toml)
 if needs deps; then
   echo "[install] runtime dependencies"
   "${PIP[@]}" "${DEPS[@]}"

@@ -13,7 +13,9 @@ import contextlib
 import os
 import shlex
 
-import ltdet  # noqa: F401  (compat fixes, dataset and head registration)
+import ltdet  # noqa: F401  (compat fixes, dataset and head registration: before detectron2)
+
+# isort: split
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
@@ -23,7 +25,8 @@ from detectron2.utils.logger import setup_logger
 from ltdet.checkpoint import CHANGED_CONFIG_FLAG, EVAL_ONLY, LongTailCheckpointer, check_resume
 from ltdet.config import add_ltdet_config, merge_config
 from ltdet.data.user_datasets import register_from_config
-from ltdet.engine import Trainer, check_config, launch
+from ltdet.config_rules import check_config
+from ltdet.engine import Trainer, launch
 from ltdet.engine.divergence import TrainingDiverged
 from ltdet.file_io import restored_on_error
 

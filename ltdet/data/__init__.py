@@ -1,9 +1,12 @@
+__all__ = ["ClassStats", "class_stats", "clear_class_stats", "frequency_group",
+           "training_class_stats", "load_lvis_format_json", "register_lvis_format"]
+
 from . import builtin  # noqa: F401  (registers the LVIS and synthetic splits)
-from .lvis_format import (
+from .class_stats import (
     ClassStats,
     class_stats,
+    clear_class_stats,
     frequency_group,
-    load_lvis_format_json,
-    register_lvis_format,
+    training_class_stats,
 )
-from .dev_split import training_class_stats
+from .lvis_format import load_lvis_format_json, register_lvis_format

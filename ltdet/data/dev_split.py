@@ -12,8 +12,6 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .lvis_format import _STATS_CACHE, ClassStats, annotation_dicts, class_stats, stats_of_dicts
-
 
 def split_dev(dataset_dicts: List[Dict], num_classes: int, per_class: int, seed: int = 0,
               allow_uncovered: bool = False) -> Tuple[List[int], List[int]]:
@@ -68,24 +66,3 @@ def holds_out_dev(cfg) -> bool:
     any run with LTDET.TWO_COMPONENT.HOLD_OUT_DEV, such as the base model of Algorithm 1)."""
     tc = cfg.LTDET.TWO_COMPONENT
     return bool(tc.ENABLED or tc.HOLD_OUT_DEV)
-
-
-def training_class_stats(cfg) -> ClassStats:
-    """Class statistics of what the model trains on: ``class_stats(DATASETS.TRAIN)``, or when
-    ``holds_out_dev(cfg)`` those of the images left after the development split (a class with 3
-    images, 2 of them held out, trains on 1: its prior and class weight must say 1)."""
-    stats = class_stats(cfg.DATASETS.TRAIN)
-    if not holds_out_dev(cfg):
-        return stats
-    # In class_stats' cache: the heads, M2m, w_y, hooks and every evaluation ask for these, and
-    # each miss re-reads the training json. The names stay top-level entries of the key, so
-    # re-registering one of them drops it like class_stats' own entries.
-    tc = cfg.LTDET.TWO_COMPONENT
-    key = (*cfg.DATASETS.TRAIN, ("dev_split", cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                                  cfg.MODEL.ROI_HEADS.NUM_CLASSES, tc.DEV_IMAGES_PER_CLASS,
-                                  tc.ALLOW_UNCOVERED))
-    if key not in _STATS_CACHE:
-        dicts = annotation_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-        train, _ = split_for_config(cfg, dicts)
-        _STATS_CACHE[key] = stats_of_dicts([dicts[i] for i in train], stats.names)
-    return _STATS_CACHE[key]

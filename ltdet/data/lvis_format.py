@@ -2,7 +2,8 @@
 
 Unlike detectron2's ``register_lvis_instances``, the metadata (class names, id mapping) comes from
 the json itself, so no built-in class list is needed, and the per-class training statistics that
-the balanced losses and samplers consume are computed from the annotations (``class_stats``).
+the balanced losses and samplers consume are computed from its annotations
+(``ltdet.data.class_stats``).
 """
 from __future__ import annotations
 
@@ -10,60 +11,17 @@ import json
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
 
-# LVIS frequency groups from the number of training images (Gupta et al. 2019).
+# LVIS frequency groups from the number of training images (Gupta et al. 2019): rare up to 10,
+# common up to 100, frequent above (class_stats.frequency_group; derived for COCO-format jsons).
 RARE_MAX_IMAGES = 10
 COMMON_MAX_IMAGES = 100
-
-
-def frequency_group(image_count: int) -> str:
-    """'r' (<= 10 training images), 'c' (11-100) or 'f' (> 100): the LVIS rule."""
-    if image_count <= RARE_MAX_IMAGES:
-        return "r"
-    return "c" if image_count <= COMMON_MAX_IMAGES else "f"
-
-
-@dataclass(frozen=True)
-class ClassStats:
-    """Per-class statistics of a training set, indexed by contiguous class id."""
-
-    names: List[str]
-    image_counts: np.ndarray  # images containing the class
-    instance_counts: np.ndarray  # annotated instances
-    # Images with at least one annotation: the original BALMS code's prior denominator, and what
-    # the loader trains on with detectron2's default DATALOADER.FILTER_EMPTY_ANNOTATIONS True.
-    num_images: int
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.names)
-
-    @property
-    def frequency(self) -> List[str]:
-        return [frequency_group(int(n)) for n in self.image_counts]
-
-    def counts(self, source: str) -> np.ndarray:
-        """``source`` is "image_count" or "instance_count" (LTDET.CLASS_STATS.SOURCE)."""
-        check_count_source(source)
-        return self.image_counts if source == "image_count" else self.instance_counts
-
-
-def check_count_source(source: str) -> None:
-    """Raise unless ``source`` names a count of ClassStats (LTDET.CLASS_STATS.SOURCE)."""
-    if source not in ("image_count", "instance_count"):
-        raise ValueError(
-            f"LTDET.CLASS_STATS.SOURCE = {source!r} is not valid: use 'image_count' or "
-            "'instance_count'"
-        )
-
 
 def _read_json(json_file: str) -> dict:
     if not os.path.isfile(json_file):
@@ -355,84 +313,24 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     # Statistics of an earlier registration under this name (alone or in a sum) are stale now.
-    for key in [k for k in _STATS_CACHE if k == name or (isinstance(k, tuple) and name in k)]:
-        del _STATS_CACHE[key]
+    from .class_stats import clear_class_stats  # (class_stats reads datasets through this module)
+
+    clear_class_stats(name)
 
     DatasetCatalog.register(name, lambda: _load_registered(json_file, image_root, name))
     _REGISTERED.add(name)
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="lvis")
 
 
-_STATS_CACHE: Dict[Union[str, tuple], ClassStats] = {}  # names, or a tuple with them on top
+def is_registered_lvis_format(name: str) -> bool:
+    """Whether ``name`` was registered by ``register_lvis_format`` (its json and image root are
+    in its metadata)."""
+    return name in _REGISTERED
 
 
-def class_stats(datasets: Union[str, Sequence[str]]) -> ClassStats:
-    """Per-class image/instance counts and LVIS frequency groups of a registered dataset, or summed
-    over several (``DATASETS.TRAIN``: what the training loader concatenates), computed from the
-    annotations (the one place later stages read class statistics from)."""
-    if isinstance(datasets, str):
-        return _dataset_stats(datasets)
-    names = tuple(datasets)
-    if not names:
-        raise ValueError("no training dataset: DATASETS.TRAIN is empty")
-    if len(names) == 1:
-        return _dataset_stats(names[0])
-    if names not in _STATS_CACHE:
-        parts = [_dataset_stats(n) for n in names]
-        for n, part in zip(names[1:], parts[1:]):
-            if part.names != parts[0].names:
-                raise ValueError(
-                    f"training sets {names[0]} ({parts[0].num_classes} classes) and {n} "
-                    f"({part.num_classes}) have different category lists; the sets of "
-                    "DATASETS.TRAIN must share one"
-                )
-        _STATS_CACHE[names] = ClassStats(parts[0].names, sum(p.image_counts for p in parts),
-                                         sum(p.instance_counts for p in parts),
-                                         sum(p.num_images for p in parts))
-    return _STATS_CACHE[names]
-
-
-def _dataset_stats(dataset_name: str) -> ClassStats:
-    if dataset_name not in DatasetCatalog.list():
-        raise KeyError(
-            f"dataset {dataset_name!r} is not registered; registered LVIS-format sets: "
-            f"{sorted(n for n in DatasetCatalog.list() if 'lvis' in n or 'ltdet' in n)}"
-        )
-    if dataset_name not in _STATS_CACHE:
-        meta = MetadataCatalog.get(dataset_name)
-        if dataset_name in _REGISTERED:
-            # annotations only: evaluating a model (whose losses need the training statistics)
-            # must not require the training images on disk
-            dicts = _load_registered(meta.json_file, meta.image_root, dataset_name,
-                                     check_images=False)
-        else:
-            dicts = DatasetCatalog.get(dataset_name)
-        _STATS_CACHE[dataset_name] = stats_of_dicts(dicts, list(meta.thing_classes))
-    return _STATS_CACHE[dataset_name]
-
-
-def stats_of_dicts(dicts: Sequence[Dict], names: List[str]) -> ClassStats:
-    """``ClassStats`` of detectron2 dataset dicts (contiguous ``category_id``)."""
-    image_counts = np.zeros(len(names), dtype=np.int64)
-    instance_counts = np.zeros(len(names), dtype=np.int64)
-    annotated = 0
-    for d in dicts:
-        cls = np.fromiter((a["category_id"] for a in d["annotations"]), dtype=np.int64)
-        np.add.at(instance_counts, cls, 1)
-        image_counts[np.unique(cls)] += 1
-        annotated += cls.size > 0
-    return ClassStats(names, image_counts, instance_counts, annotated)
-
-
-def annotation_dicts(datasets: Sequence[str], filter_empty: bool = True) -> List[Dict]:
-    """The dicts of ``datasets`` concatenated in order, images without annotations dropped when
-    ``filter_empty``: the list detectron2's ``get_detection_dataset_dicts`` gives the training
-    loader (LVIS has no crowd annotations), read without checking that the images exist."""
-    dicts: List[Dict] = []
-    for name in datasets:
-        if name in _REGISTERED:
-            meta = MetadataCatalog.get(name)
-            dicts += _load_registered(meta.json_file, meta.image_root, name, check_images=False)
-        else:
-            dicts += DatasetCatalog.get(name)
-    return [d for d in dicts if d["annotations"]] if filter_empty else dicts
+def lvis_format_dicts(name: str, check_images: bool = True) -> List[dict]:
+    """The dicts of a dataset registered by ``register_lvis_format``, as ``DatasetCatalog.get``
+    gives them, optionally without checking that the image files exist (class statistics need
+    the annotations only); shared within ``shared_loads``."""
+    meta = MetadataCatalog.get(name)
+    return _load_registered(meta.json_file, meta.image_root, name, check_images=check_images)

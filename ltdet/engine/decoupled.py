@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 from detectron2.engine import SimpleTrainer
 from detectron2.layers import cat
 from detectron2.structures import ImageList
@@ -23,7 +22,7 @@ from torch import nn
 
 from ..modeling.m2m import M2mTranslator
 from ..modeling.meta_reweigher import MetaReweigher
-from .meta_step import meta_reweigher_step, two_component_weights
+from .meta_step import all_reduce_tensors, meta_reweigher_step, two_component_weights
 
 
 def freeze_except(model: nn.Module, patterns: Sequence[str]) -> List[str]:
@@ -96,12 +95,6 @@ def _unlogged_inputs(model: nn.Module, batched_inputs: List[Dict],
         return classifier_inputs(model, batched_inputs, chunk)
 
 
-def _plain_loss_name(loss_name: str) -> str:
-    from ..modeling.losses import SIGMOID_LOSSES
-
-    return "sigmoid" if loss_name in SIGMOID_LOSSES else "softmax"
-
-
 class DecoupledTrainStep(SimpleTrainer):
     """Training step of the decoupled regime, with the optional Meta Reweigher step.
 
@@ -119,14 +112,11 @@ class DecoupledTrainStep(SimpleTrainer):
         features to every batch (before any meta step, so all steps see the same batch).
         ``trunk_chunk``: images per frozen-trunk forward (0: the whole batch at once)."""
         if meta_loss not in ("plain", "same"):
-            raise ValueError(f"LTDET.META.LOSS must be 'plain' (the paper: softmax/sigmoid) or "
-                             f"'same' (the head's own loss), got {meta_loss!r}")
+            raise ValueError(f"meta_loss must be 'plain' or 'same', got {meta_loss!r}")
         if meta_interval < 1:
-            raise ValueError(f"LTDET.META.INTERVAL must be >= 1 (a meta step every INTERVAL "
-                             f"iterations), got {meta_interval}")
+            raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
         if trunk_chunk < 0:
-            raise ValueError(f"LTDET.DECOUPLED.TRUNK_CHUNK must be >= 0 (0 = whole batch), "
-                             f"got {trunk_chunk}")
+            raise ValueError(f"trunk_chunk must be >= 0 (0 = whole batch), got {trunk_chunk}")
         super().__init__(model, data_loader, optimizer)
         self.predictor = model.roi_heads.box_predictor
         self.reweigher = reweigher
@@ -136,9 +126,10 @@ class DecoupledTrainStep(SimpleTrainer):
         self.meta_optimizer = meta_optimizer
         self.meta_interval = meta_interval
         self.set_meta_loader(meta_loader)
-        self._draws: Dict = {}  # this iteration's draws of the training loss (_draw_once)
-        name = self.predictor.loss_name if meta_loss == "same" else _plain_loss_name(self.predictor.loss_name)
-        self._meta_loss_name = name
+        self._draws: Dict = {}  # this iteration's draws of the training loss
+        # "same": the head's own loss, whole (DBM-BS's prior and DBM-CB's class weights too);
+        # "plain": its family's loss without class statistics (the paper)
+        self.meta_loss = meta_loss
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         # The trunk runs without autograd and only the classification loss is computed, so a
         # parameter outside the class-score layer would be "trained" without ever a gradient.
@@ -166,26 +157,10 @@ class DecoupledTrainStep(SimpleTrainer):
     def _train_loss(self, scores, gt, weights):
         return self.predictor.classification_loss(scores, gt, weights, **self._draws)
 
-    def _draw_once(self, gt: torch.Tensor) -> Dict:
-        """The random part of the training loss, drawn once per iteration: the federated loss's
-        class subset. A meta look-ahead with a draw of its own would simulate another loss than
-        the step that follows (the federated loss without meta draws where it did before)."""
-        if self.predictor.loss_name != "federated":
-            return {}
-        from ..modeling.losses import federated_classes
-
-        return {"classes": federated_classes(gt, self.predictor.stats["fed_weight"],
-                                             self.predictor.loss_kwargs["num_classes"])}
-
     def _meta_loss(self, scores, gt):
-        from ..modeling.losses import cls_loss, softmax_loss
-
-        if self._meta_loss_name == self.predictor.loss_name:
-            # "same": the head's own loss, whole (DBM-BS's prior and DBM-CB's class weights too)
+        if self.meta_loss == "same":
             return self.predictor.classification_loss(scores, gt)
-        if self.predictor.use_cosine:
-            return softmax_loss(self.predictor.dbm_scale * scores, gt)  # plain scaled cosine
-        return cls_loss(self._meta_loss_name, scores, gt, self.predictor.stats)
+        return self.predictor.plain_loss(scores, gt)
 
     def run_step(self):
         self.model.eval()  # frozen trunk: BN statistics and dropout stay as in the base model
@@ -196,12 +171,13 @@ class DecoupledTrainStep(SimpleTrainer):
         metrics = {}
         weights = None
         if self.m2m is not None:
-            scale = self.predictor.dbm_scale if self.predictor.use_cosine else 1.0
-            x_gen, gt_gen, m2m_stats = self.m2m(
-                x, gt, len(data), lambda z: scale * self.predictor.cls_score(z), scale)
+            x_gen, gt_gen, m2m_stats = self.m2m(x, gt, len(data), self.predictor.logits,
+                                                self.predictor.logit_scale)
             metrics.update(m2m_stats)
             x, gt = torch.cat([x, x_gen]), torch.cat([gt, gt_gen])
-        self._draws = self._draw_once(gt)
+        # the random part of the loss (the federated classes), drawn once: a meta look-ahead
+        # with a draw of its own would simulate another loss than the step that follows
+        self._draws = self.predictor.draw_loss_inputs(gt)
         if self.two_component is not None:  # a development batch every iteration (Algorithm 1)
             x_dev, gt_dev = _unlogged_inputs(self.model, next(self._meta_iter), self.trunk_chunk)
             class_weights, eps_lr = self.two_component
@@ -223,15 +199,11 @@ class DecoupledTrainStep(SimpleTrainer):
         loss = self._train_loss(scores, gt, weights)
         self.optimizer.zero_grad()
         loss.backward()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            grads = [p.grad for p in self.trainable]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= dist.get_world_size()
-            i = 0
-            for g in grads:
-                g.copy_(flat[i:i + g.numel()].view_as(g))
-                i += g.numel()
+        averaged = all_reduce_tensors({i: p.grad for i, p in enumerate(self.trainable)},
+                                      average=True)
+        for p, g in zip(self.trainable, averaged.values()):
+            if g is not p.grad:
+                p.grad.copy_(g)
         self._write_metrics({"loss_cls": loss}, data_time)
         if metrics and comm.is_main_process():
             get_event_storage().put_scalars(**metrics)

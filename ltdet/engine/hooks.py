@@ -20,8 +20,8 @@ class MetaWeightsHook(HookBase):
     def __init__(self, reweigher, train_dataset: Union[str, Sequence[str], ClassStats],
                  output_dir: str, period: int = 20):
         if period < 1:
-            raise ValueError(f"LTDET.META.LOG_PERIOD must be >= 1 (iterations between class-weight "
-                             f"logs), got {period}")
+            raise ValueError(f"period must be >= 1 (iterations between class-weight logs), "
+                             f"got {period}")
         self.reweigher, self.period, self.output_dir = reweigher, period, output_dir
         # the statistics of the images trained on (the Trainer passes training_class_stats)
         self.stats = (train_dataset if isinstance(train_dataset, ClassStats)

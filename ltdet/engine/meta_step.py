@@ -31,7 +31,9 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _all_reduce(tensors: Dict[str, torch.Tensor], average: bool) -> Dict[str, torch.Tensor]:
+def all_reduce_tensors(tensors: Dict, average: bool) -> Dict:
+    """Sum (or average) each tensor over all ranks in one collective; the same dict when there
+    is one process. Used for the meta gradients here and the decoupled step's gradients."""
     world = _world()
     if world == 1:
         return tensors
@@ -108,16 +110,16 @@ def meta_gradient(
         return grad(loss)(params)
 
     g_local, back = vjp(inner, w.detach())
-    g_avg = _all_reduce(g_local, average=True)
+    g_avg = all_reduce_tensors(g_local, average=True)
     new_params, coef = sgd_lookahead(optimizer, named, g_avg)
 
     def outer(ps):
         return meta_loss(functional_call(classifier, ps, (x_meta,)), gt_meta)
 
-    v = _all_reduce(grad(outer)(new_params), average=True)
+    v = all_reduce_tensors(grad(outer)(new_params), average=True)
     world = _world()
     (h,) = back({k: v[k] * (coef[k] / world) for k in v})
-    return _all_reduce({"w": h}, average=False)["w"] if shared else h
+    return all_reduce_tensors({"w": h}, average=False)["w"] if shared else h
 
 
 def meta_reweigher_step(

@@ -15,7 +15,6 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSample
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.defaults import AMPTrainer
-from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from detectron2.utils.logger import setup_logger
@@ -23,81 +22,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import LongTailCheckpointer, config_fingerprint, last_checkpoint
 from ..compat import set_data_loader_iter
-from ..data import class_stats, training_class_stats
+from ..config_rules import check_config
+from ..data.class_stats import config_class_counts, training_class_stats
 from ..data.dev_split import holds_out_dev, split_for_config
-from ..data.lvis_format import check_count_source, lvis_eval_error, shared_loads
+from ..data.lvis_format import shared_loads
 from ..data.positioned import build_positioned_train_loader
 from ..data.samplers import class_balanced_repeat_factors
 from ..evaluation import LongTailLVISEvaluator
 from ..evaluation.lvis_evaluation import LVIS_MAX_DETS
-from ..modeling.class_counts import config_class_counts, count_floor
-from ..modeling.losses import SIGMOID_LOSSES, effective_number_weights
+from ..modeling.losses import effective_number_weights
 from ..modeling.m2m import M2mTranslator
 from ..modeling.meta_reweigher import MetaReweigher
-from ..modeling.roi_heads import LongTailROIHeads
 from . import rng_state
 from .decoupled import DecoupledTrainStep, freeze_except
 from .divergence import LossGrowthHook, TrainingDiverged
 from .hooks import MetaWeightsHook
-
-
-def check_config(cfg: CfgNode, *, training: bool = True) -> None:
-    """Fail early, with the fix, on a config that does not match its datasets or ignores its own
-    LTDET options. ``training=False`` (``--eval-only``) leaves the training sets unread."""
-    _check_ltdet_options(cfg)
-    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    if training:
-        train = ", ".join(cfg.DATASETS.TRAIN)
-        stats = class_stats(cfg.DATASETS.TRAIN)  # raises for unregistered names and broken files
-        if num_classes != stats.num_classes:
-            raise ValueError(
-                f"MODEL.ROI_HEADS.NUM_CLASSES = {num_classes} but dataset {train} has "
-                f"{stats.num_classes} classes; set MODEL.ROI_HEADS.NUM_CLASSES {stats.num_classes}"
-            )
-    for name in cfg.DATASETS.TEST:
-        meta = MetadataCatalog.get(name)
-        if meta.get("evaluator_type") == "lvis" and meta.get("thing_classes") is None:
-            class_stats(name)  # loads it: fills its class list
-        meta = MetadataCatalog.get(name)
-        n = len(meta.get("thing_classes", []))
-        if n and n != num_classes:
-            raise ValueError(
-                f"test set {name} has {n} classes, training set {train} has {num_classes}: they "
-                "must share one category list" if training else
-                f"test set {name} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES = {num_classes}: "
-                "evaluate with the config the model was trained with, on a test set of its "
-                "category list")
-        names = list(meta.get("thing_classes", []))
-        if training and n and names != list(stats.names):
-            i = next(i for i, (a, b) in enumerate(zip(names, stats.names)) if a != b)
-            raise ValueError(
-                f"test set {name} and training set {train} order their categories differently "
-                f"(class {i}: {names[i]!r} vs {stats.names[i]!r}): a model's class i would be "
-                "scored as another category; they must share one category list")
-        # recorded when ltdet loaded the json: refused now, not after a whole training run
-        problems = meta.get("lvis_eval_problems", None)
-        if problems:
-            raise ValueError(lvis_eval_error(problems, meta.get("json_file", name)) + " (in a "
-                             "running session, register the dataset again after fixing the json)")
-
-
-def _check_ltdet_options(cfg: CfgNode) -> None:
-    """LTDET values that would be ignored or that no component accepts."""
-    head = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
-    if ((cfg.LTDET.LOSS.NAME != "softmax" or cfg.LTDET.DECOUPLED.ENABLED)
-            and not (isinstance(head, type) and issubclass(head, LongTailROIHeads))):
-        raise ValueError(
-            f"MODEL.ROI_HEADS.NAME = {cfg.MODEL.ROI_HEADS.NAME!r} is not one of ltdet's ROI heads, "
-            "so LTDET.LOSS and LTDET.DECOUPLED would have no effect: set MODEL.ROI_HEADS.NAME "
-            "LongTailROIHeads (configs/Base-LTDet-RCNN-FPN.yaml does), or subclass it")
-    count_floor(cfg.LTDET.CLASS_STATS.FLOOR)
-    check_count_source(cfg.LTDET.CLASS_STATS.SOURCE)
-    if cfg.LTDET.LOSS.FED_NUM_CLASSES < 1:
-        raise ValueError(f"LTDET.LOSS.FED_NUM_CLASSES must be >= 1 (classes per step of the "
-                         f"federated loss; Zhou et al.: 50), got {cfg.LTDET.LOSS.FED_NUM_CLASSES}")
-    if cfg.LTDET.TWO_COMPONENT.EPS_LR < 0:
-        raise ValueError(f"LTDET.TWO_COMPONENT.EPS_LR must be >= 0 (the step size of the eps "
-                         f"descent), got {cfg.LTDET.TWO_COMPONENT.EPS_LR}")
 
 
 def _all_train_dicts(cfg: CfgNode):
@@ -165,14 +104,6 @@ class Trainer(DefaultTrainer):
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         decoupled = cfg.LTDET.DECOUPLED.ENABLED
-        if decoupled and cfg.SOLVER.AMP.ENABLED:
-            raise ValueError("SOLVER.AMP.ENABLED is not supported with LTDET.DECOUPLED.ENABLED "
-                             "(the classifier step runs in fp32): set SOLVER.AMP.ENABLED False")
-        if not decoupled:  # before the loaders: TWO_COMPONENT changes the training split
-            for key in ("META", "TWO_COMPONENT", "M2M"):
-                if cfg.LTDET[key].ENABLED:
-                    raise ValueError(f"LTDET.{key}.ENABLED needs LTDET.DECOUPLED.ENABLED (it "
-                                     "works on the frozen features of the decoupled classifier)")
         self.reweigher = self.m2m = None
         model = self.build_model(cfg)
         if decoupled:
@@ -184,10 +115,6 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg, seed=self.data_seeds[0])
         extra = {}
         if decoupled:
-            meta = cfg.LTDET.META.ENABLED or cfg.LTDET.TWO_COMPONENT.ENABLED
-            if meta and cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
-                raise ValueError("LTDET.META / LTDET.TWO_COMPONENT with SOLVER.CLIP_GRADIENTS is "
-                                 "not supported: the look-ahead would not clip like the real step")
             if cfg.LTDET.META.ENABLED:
                 self.reweigher = MetaReweigher(cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(model.device)
                 extra["meta_reweigher"] = self.reweigher
@@ -219,9 +146,6 @@ class Trainer(DefaultTrainer):
     def build_m2m(cfg, model) -> M2mTranslator:
         """The M2m translator, with g shaped like the classifier (its weights are the base
         model's, set in ``resume_or_load``, or a checkpoint's)."""
-        if cfg.LTDET.LOSS.NAME in SIGMOID_LOSSES:
-            raise ValueError(f"LTDET.M2M needs a softmax-family LTDET.LOSS.NAME (M2m Eq. 2 uses "
-                             f"g's softmax cross entropy), got {cfg.LTDET.LOSS.NAME!r}")
         m2m = M2mTranslator(cfg)
         m2m.build_generator(model.roi_heads.box_predictor.cls_score)
         return m2m.to(model.device)
@@ -232,9 +156,6 @@ class Trainer(DefaultTrainer):
         before ``_prime_data``)."""
         chunk = cfg.LTDET.DECOUPLED.TRUNK_CHUNK
         if cfg.LTDET.TWO_COMPONENT.ENABLED:
-            if cfg.LTDET.META.ENABLED:
-                raise ValueError("LTDET.TWO_COMPONENT and LTDET.META are alternatives (Jamal et "
-                                 "al. vs BALMS meta weights): enable one")
             # w_y from the images left for training, counted as the losses count (SOURCE, FLOOR)
             counts = config_class_counts(cfg, "two-component class counts")
             beta = cfg.LTDET.LOSS.CB_BETA if cfg.LTDET.LOSS.CB_BETA >= 0 else None
@@ -247,14 +168,19 @@ class Trainer(DefaultTrainer):
         if self.reweigher is None:
             return DecoupledTrainStep(model, data_loader, optimizer, m2m=self.m2m,
                                       trunk_chunk=chunk)
-        meta_optimizer = torch.optim.Adam(self.reweigher.parameters(), lr=cfg.LTDET.META.LR,
-                                          betas=tuple(cfg.LTDET.META.BETAS), weight_decay=0.0)
         return DecoupledTrainStep(
             model, data_loader, optimizer, reweigher=self.reweigher,
             meta_loader=self.build_meta_loader(cfg, seed=self.data_seeds[1]),
-            meta_optimizer=meta_optimizer,
+            meta_optimizer=self.build_meta_optimizer(cfg, self.reweigher),
             meta_loss=cfg.LTDET.META.LOSS, meta_interval=cfg.LTDET.META.INTERVAL, m2m=self.m2m,
             trunk_chunk=chunk)
+
+    @staticmethod
+    def build_meta_optimizer(cfg, reweigher: MetaReweigher) -> torch.optim.Optimizer:
+        """Adam on the Meta Reweigher's class-weight logits (BALMS supp. B.2), LTDET.META.LR and
+        BETAS, no weight decay."""
+        return torch.optim.Adam(reweigher.parameters(), lr=cfg.LTDET.META.LR,
+                                betas=tuple(cfg.LTDET.META.BETAS), weight_decay=0.0)
 
     @classmethod
     def build_train_loader(cls, cfg, skip: int = 0, seed: Optional[int] = None):

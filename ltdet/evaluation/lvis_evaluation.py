@@ -17,7 +17,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
-from ..data import ClassStats, class_stats
+from ..data.class_stats import ClassStats, class_stats
 from ..data.lvis_format import lvis_eval_error, lvis_eval_problems
 from ..file_io import atomic_open
 from .fast_lvis import FastLVISEval, LVISDetections

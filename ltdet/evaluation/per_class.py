@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..data import ClassStats, frequency_group
+from ..data.class_stats import ClassStats, frequency_group
 from ..file_io import atomic_open
 
 GROUP_COLORS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}

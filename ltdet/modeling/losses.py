@@ -10,15 +10,15 @@ weights keep their absolute scale); ``weights=None`` is the plain mean.
 Equation numbers refer to the BALMS supplementary material (Ren et al., NeurIPS 2020).
 """
 import math
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.class_stats import CountsLike, check_num_images, validate_counts
+
 __all__ = [
-    "LOSS_NAMES",
-    "SIGMOID_LOSSES",
     "softmax_loss",
     "sigmoid_loss",
     "balanced_softmax_loss",
@@ -27,6 +27,7 @@ __all__ = [
     "federated_classes",
     "federated_loss",
     "dbm_loss",
+    "dbm_cb_loss",
     "dbm_class_margins",
     "effective_number_weights",
     "validate_counts",
@@ -34,28 +35,8 @@ __all__ = [
     "sigmoid_log_prior_odds",
     "image_frequency",
     "sigmoid_bias_init",
-    "cls_loss",
+    "check_logit_width",
 ]
-
-LOSS_NAMES = ("softmax", "sigmoid", "balanced_softmax", "balanced_sigmoid", "eql", "federated",
-              "dbm", "dbm_bs", "dbm_cb")
-# Losses on a cosine classifier (K+1 cosine similarities instead of logits).
-COSINE_LOSSES = frozenset({"dbm", "dbm_bs", "dbm_cb"})
-SIGMOID_LOSSES = frozenset({"sigmoid", "balanced_sigmoid", "eql", "federated"})
-
-# Statistic each loss needs from ``cls_loss``'s ``stats`` mapping (all are [K] tensors).
-_REQUIRED_STAT = {
-    "balanced_softmax": "log_prior",
-    "balanced_sigmoid": "log_prior_odds",
-    "eql": "class_freq",
-    "federated": "fed_weight",
-    "dbm": "class_margin",
-    "dbm_bs": "class_margin",
-    "dbm_cb": "class_margin",
-}
-_STAT_KEYS = ("log_prior", "log_prior_odds", "class_freq", "fed_weight", "class_margin")
-
-CountsLike = Union[Tensor, Sequence[float]]
 
 
 # --------------------------------------------------------------------------- reduction helpers
@@ -127,7 +108,7 @@ def balanced_softmax_loss(
     """
     if logits.shape[0] == 0:
         return _empty(logits)
-    _check_logit_width("balanced_softmax", logits.shape[1], log_prior.numel())
+    check_logit_width("balanced_softmax", logits.shape[1], log_prior.numel(), True)
     _check_weights(weights, gt_classes)
     logits = _fused_input(logits)
     return _BalancedSoftmaxCE.apply(logits, log_prior.to(logits), gt_classes, weights)[0]
@@ -247,7 +228,7 @@ def balanced_sigmoid_loss(
     """
     if logits.shape[0] == 0:
         return _empty(logits)
-    _check_logit_width("balanced_sigmoid", logits.shape[1], log_prior_odds.numel())
+    check_logit_width("balanced_sigmoid", logits.shape[1], log_prior_odds.numel(), False)
     _check_weights(weights, gt_classes)
     logits = _fused_input(logits)
     return _BalancedSigmoidBCE.apply(logits, log_prior_odds.to(logits), gt_classes, weights)[0]
@@ -442,6 +423,23 @@ def dbm_loss(
     return softmax_loss(logits, gt_classes, weights)
 
 
+def dbm_cb_loss(
+    cos: Tensor,
+    gt_classes: Tensor,
+    class_margin: Tensor,
+    cb_weight: Tensor,
+    scale: float = 30.0,
+    weights: Optional[Tensor] = None,
+) -> Tensor:
+    """DBM-CB (Son et al. 2025, Eq. 10): ``dbm_loss`` with each foreground proposal's loss
+    multiplied by its class's class-balanced weight ``cb_weight`` [K] (background: 1), on top of
+    any per-proposal ``weights``."""
+    _check_weights(weights, gt_classes)
+    cb = torch.cat([cb_weight, cb_weight.new_ones(1)])[gt_classes]
+    weights = cb if weights is None else weights * cb
+    return dbm_loss(cos, gt_classes, class_margin, scale=scale, weights=weights)
+
+
 def dbm_class_margins(counts: CountsLike, k: float = 0.1, tau: float = 1.0) -> Tensor:
     """``m_C = K rho_y^(-tau)``, ``rho_y = n_y / n_min`` (DBM Eq. 6): the rarest class gets K."""
     counts = torch.as_tensor(counts, dtype=torch.float64)
@@ -468,63 +466,6 @@ def effective_number_weights(counts: CountsLike, beta: Optional[float] = None) -
 
 
 # --------------------------------------------------------------------------- statistics
-def _check_counts(counts: CountsLike, num_classes: int, name: str) -> Tensor:
-    counts = torch.as_tensor(counts, dtype=torch.float64)
-    if counts.dim() != 1 or counts.numel() != num_classes:
-        raise ValueError(
-            f"{name} must be a 1-D tensor of length num_classes={num_classes}, got shape "
-            f"{list(counts.shape)} ({counts.numel()} entries); check MODEL.ROI_HEADS.NUM_CLASSES "
-            f"vs the dataset's number of categories"
-        )
-    if not torch.isfinite(counts).all():
-        raise ValueError(f"{name} contain non-finite values (NaN or inf)")
-    if (counts < 0).any():
-        bad = torch.nonzero(counts < 0).flatten()[:10].tolist()
-        raise ValueError(f"{name} must be non-negative; negative at class indices {bad}")
-    return counts
-
-
-def _check_num_images(counts: Tensor, num_images: float, name: str) -> None:
-    if not num_images > 0:
-        raise ValueError(f"num_images must be > 0, got {num_images}")
-    largest = counts.max().item() if counts.numel() else 0.0
-    if num_images < largest:
-        raise ValueError(
-            f"num_images ({num_images}) is smaller than the largest of the {name} ({largest}); "
-            f"counts must be image counts (training images containing each class), not "
-            f"instance counts, and num_images the number of training images"
-        )
-
-
-def validate_counts(
-    counts: CountsLike, num_classes: int, name: str = "class counts", floor: Optional[float] = None,
-    allow_zero: bool = False,
-) -> Tensor:
-    """Check per-class counts and return them as a float64 ``[K]`` tensor.
-
-    Raises ValueError on a wrong length, non-finite or negative values, and on zero counts unless
-    ``floor`` (> 0) is given, in which case every count is clamped to at least ``floor``, or
-    ``allow_zero`` (statistics that stay defined at zero, such as EQL's frequency).
-    """
-    counts = _check_counts(counts, num_classes, name)
-    if allow_zero and floor is None:
-        return counts
-    if floor is not None:
-        if not floor > 0:
-            raise ValueError(f"floor must be > 0 (a floor count for empty classes), got {floor}")
-        return counts.clamp(min=floor)
-    zero = torch.nonzero(counts == 0).flatten()
-    if zero.numel():
-        shown = zero[:10].tolist()
-        more = f" (and {zero.numel() - 10} more)" if zero.numel() > 10 else ""
-        raise ValueError(
-            f"{name}: {zero.numel()} classes have zero count, e.g. class indices {shown}{more}; "
-            f"their log prior would be -inf. Set LTDET.CLASS_STATS.FLOOR (e.g. 1.0) to give them "
-            f"a floor count"
-        )
-    return counts
-
-
 def softmax_log_prior(counts: CountsLike, floor: Optional[float] = None) -> Tensor:
     """``log(n_j / mean_k n_k)``: Balanced Softmax prior (Eq. 10) relative to a uniform prior."""
     counts = torch.as_tensor(counts, dtype=torch.float64)
@@ -543,7 +484,7 @@ def sigmoid_log_prior_odds(
     """
     counts = torch.as_tensor(counts, dtype=torch.float64)
     counts = validate_counts(counts, counts.numel(), name="class image counts", floor=floor)
-    _check_num_images(counts, num_images, "class image counts")
+    check_num_images(counts, num_images, "class image counts")
     p = (counts / num_images).clamp(max=num_images / (num_images + 1.0))
     return torch.log(p) - torch.log1p(-p)
 
@@ -554,8 +495,8 @@ def image_frequency(counts: CountsLike, num_images: float) -> Tensor:
     Zero counts are allowed here: such a class simply has frequency 0 (rare).
     """
     counts = torch.as_tensor(counts, dtype=torch.float64)
-    counts = _check_counts(counts, counts.numel(), "class image counts")
-    _check_num_images(counts, num_images, "class image counts")
+    counts = validate_counts(counts, counts.numel(), "class image counts", allow_zero=True)
+    check_num_images(counts, num_images, "class image counts")
     return counts / num_images
 
 
@@ -566,63 +507,19 @@ def sigmoid_bias_init(prior_prob: float = 0.001) -> float:
     return -math.log((1.0 - prior_prob) / prior_prob)
 
 
-# --------------------------------------------------------------------------- dispatch
-def _check_logit_width(name: str, num_columns: int, num_classes: int) -> None:
-    sigmoid = name in SIGMOID_LOSSES
-    expected = num_classes if sigmoid else num_classes + 1
+# --------------------------------------------------------------------------- logit width
+def check_logit_width(name: str, num_columns: int, num_classes: int, background: bool) -> None:
+    """Raise unless loss ``name`` gets K+1 columns (``background``) or K: a softmax head or
+    checkpoint used with a sigmoid loss (or the reverse) fails loudly."""
+    expected = num_classes + 1 if background else num_classes
     if num_columns == expected:
         return
-    want = f"K logits (K={num_classes})" if sigmoid else f"K+1 logits (K={num_classes} + background)"
-    if sigmoid and num_columns == num_classes + 1:
+    want = (f"K+1 logits (K={num_classes} + background)" if background
+            else f"K logits (K={num_classes})")
+    if not background and num_columns == num_classes + 1:
         got = "K+1 columns: a softmax checkpoint/head?"
-    elif not sigmoid and num_columns == num_classes:
+    elif background and num_columns == num_classes:
         got = "K columns: a sigmoid checkpoint/head?"
     else:
         got = f"{num_columns} columns: check MODEL.ROI_HEADS.NUM_CLASSES vs the class statistics"
     raise ValueError(f"loss {name!r} expects {want} but got {got}")
-
-
-_LOSSES = {
-    "softmax": softmax_loss,
-    "sigmoid": sigmoid_loss,
-    "balanced_softmax": balanced_softmax_loss,
-    "balanced_sigmoid": balanced_sigmoid_loss,
-    "eql": eql_loss,
-    "federated": federated_loss,
-    "dbm": dbm_loss,
-    "dbm_bs": dbm_loss,
-    "dbm_cb": dbm_loss,
-}
-
-
-def cls_loss(
-    name: str,
-    logits: Tensor,
-    gt_classes: Tensor,
-    stats: Mapping[str, Tensor],
-    weights: Optional[Tensor] = None,
-    **kwargs,
-) -> Tensor:
-    """Dispatch to the loss ``name``; ``stats`` holds the [K] statistics the loss needs.
-
-    Keys: ``log_prior`` (balanced_softmax), ``log_prior_odds`` (balanced_sigmoid), ``class_freq``
-    (eql), ``fed_weight`` (federated), ``class_margin`` (dbm, dbm_bs, dbm_cb).  Extra ``kwargs``
-    (``lambda_``, ``num_classes``, ``generator``, ``classes``, ...) go to the loss.  Checks the logit width against K from the statistics so a
-    softmax head/checkpoint used with a sigmoid loss (or vice versa) fails loudly.
-    """
-    if name not in LOSS_NAMES:
-        raise ValueError(f"unknown classification loss {name!r}; expected one of {LOSS_NAMES}")
-    needed = _REQUIRED_STAT.get(name)
-    if needed is not None and needed not in stats:
-        raise ValueError(
-            f"loss {name!r} needs the class statistic {needed!r}, missing from stats "
-            f"(got keys {sorted(stats)})"
-        )
-    source = needed or next((key for key in _STAT_KEYS if key in stats), None)
-    if source is not None:
-        _check_logit_width(name, logits.shape[1], stats[source].numel())
-
-    loss_fn = _LOSSES[name]
-    if needed is None:
-        return loss_fn(logits, gt_classes, weights=weights, **kwargs)
-    return loss_fn(logits, gt_classes, stats[needed], weights=weights, **kwargs)

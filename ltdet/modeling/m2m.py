@@ -143,7 +143,7 @@ class M2mTranslator(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        from .class_counts import config_class_counts
+        from ..data.class_stats import config_class_counts
 
         c = cfg.LTDET.M2M
         counts = config_class_counts(cfg, "M2m class counts")
