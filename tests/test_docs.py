@@ -139,8 +139,10 @@ def test_readme_links_every_docs_page():
 # commands
 
 def _commands(text: str) -> List[Tuple[str, List[str]]]:
-    """Every ``python X.py ...`` command, in code blocks (with line continuations) and in inline
-    code, as (script, arguments); ``<placeholders>`` become one token."""
+    """Every ``python X.py ...`` or ``python -m pkg.mod ...`` command, in code blocks (with line
+    continuations) and in inline code, as (script, arguments); a module becomes its file
+    (``pkg/mod.py``, or ``pkg/mod/__init__.py`` for a package); ``<placeholders>`` become one
+    token."""
     found = []
     blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
     lines = [line for b in blocks for line in b.replace("\\\n", " ").splitlines()]
@@ -148,10 +150,15 @@ def _commands(text: str) -> List[Tuple[str, List[str]]]:
     lines += [" ".join(c.split()) for c in re.findall(r"`(python [^`]+)`", inline)]
     for line in lines:
         line = line.split(" #")[0].strip()
-        m = re.match(r"(?:\S+=\S+ )*python3? (\S+\.py)(.*)$", line)
+        m = re.match(r"(?:\S+=\S+ )*python3? (?:-m (\S+)|(\S+\.py))(.*)$", line)
         if m:
-            args = re.sub(r"<[^>]*>", "PLACEHOLDER", m.group(2))
-            found.append((m.group(1), shlex.split(args)))
+            script = m.group(2)
+            if m.group(1):
+                module = m.group(1).replace(".", "/")
+                package = os.path.isdir(os.path.join(REPO, module))
+                script = f"{module}/__init__.py" if package else f"{module}.py"
+            args = re.sub(r"<[^>]*>", "PLACEHOLDER", m.group(3))
+            found.append((script, shlex.split(args)))
     return found
 
 
@@ -161,9 +168,10 @@ def _all_commands() -> List[Tuple[str, str, List[str]]]:
 
 def test_command_parser_reads_blocks_and_inline_code():
     text = ("```bash\n# a comment\npython tools/x.py --a 1 \\\n    --b <some thing>  # why\n```\n"
-            "and `python benchmarks/y.py --c\n2`.\n")
+            "and `python benchmarks/y.py --c\n2`, `python -m benchmarks.longtail --d`.\n")
     assert _commands(text) == [("tools/x.py", ["--a", "1", "--b", "PLACEHOLDER"]),
-                               ("benchmarks/y.py", ["--c", "2"])]
+                               ("benchmarks/y.py", ["--c", "2"]),
+                               ("benchmarks/longtail/__init__.py", ["--d"])]
 
 
 def test_every_command_names_a_script_and_options_it_has():
@@ -205,9 +213,10 @@ def test_make_bash_and_pytest_commands_name_what_exists():
 
 
 def _defines(script: str, flag: str) -> bool:
-    """Whether the script, or a module beside it (a shared argument helper), defines ``flag``."""
+    """Whether the script, or a module beside or below it (a shared argument helper), defines
+    ``flag``."""
     folder = os.path.dirname(script)
-    sources = [script] + sorted(glob.glob(os.path.join(folder, "*.py")))
+    sources = [script] + sorted(glob.glob(os.path.join(folder, "**", "*.py"), recursive=True))
     return any(f'"{flag}"' in _read(f) or f"'{flag}'" in _read(f) for f in sources)
 
 

@@ -15,8 +15,9 @@ from detectron2.utils.events import EventStorage
 
 from ltdet.checkpoint import (FINGERPRINT, LongTailCheckpointer, config_fingerprint,
                               fingerprint_differences)
-from ltdet.data.lvis_format import (_STATS_CACHE, class_stats, load_lvis_format_json,
-                                    lvis_eval_problems, register_lvis_format)
+from ltdet.data.class_stats import class_stats, clear_class_stats
+from ltdet.data.lvis_format import (load_lvis_format_json, lvis_eval_problems,
+                                    register_lvis_format)
 from ltdet.data.samplers import class_balanced_repeat_factors
 from ltdet.engine import Trainer
 from ltdet.engine.decoupled import DecoupledTrainStep
@@ -276,7 +277,7 @@ def test_crowd_annotations_are_not_instances(handmade, tmp_path):  # noqa: F811
         assert not any("crowd" in p for p in lvis_eval_problems(json.load(open(handmade["json"]))))
         assert MetadataCatalog.get("ltdet_test_crowd").lvis_eval_problems == problems
     finally:
-        _STATS_CACHE.clear()
+        clear_class_stats()
         for name in ("ltdet_test_crowd", "ltdet_test_plain"):
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
