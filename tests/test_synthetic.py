@@ -232,7 +232,7 @@ def test_cli_writes_where_the_registered_datasets_read(tmp_path, monkeypatch):
 def test_peer_loss_configs_are_scaled_to_the_synthetic_set(default_ds):
     """EQL's lambda and the federated class count are LVIS-sized in the papers; the synthetic
     recipes translate them (configs/synthetic/decoupled/{eql,federated}.yaml). EQL must suppress
-    exactly the rare and common classes, as 1.76e-3 does on LVIS v0.5 (< ~101 training images),
+    exactly the rare and common classes, as 1.77e-3 does on LVIS v0.5 (<= 100 training images),
     and the federated loss must not take every class (it would be plain sigmoid)."""
     from detectron2.config import get_cfg
 
@@ -251,7 +251,8 @@ def test_peer_loss_configs_are_scaled_to_the_synthetic_set(default_ds):
     suppressed = {c["frequency"] for c in train["categories"] if c["image_count"] / num_images < lam}
     kept = {c["frequency"] for c in train["categories"] if c["image_count"] / num_images >= lam}
     assert suppressed == {"r", "c"} and kept == {"f"}
-    # the same boundary in training images as the paper's value on LVIS v0.5 (57,263 images)
-    assert abs(lam * num_images - 1.76e-3 * 57263) < 1.0
+    # the same boundary in training images as the EQL code's value on LVIS v0.5 (56,740 images
+    # with annotations)
+    assert abs(lam * num_images - 1.77e-3 * 56740) < 1.0
     fed = load("federated.yaml").LTDET.LOSS.FED_NUM_CLASSES
     assert 0 < fed < len(train["categories"])
