@@ -61,7 +61,8 @@ def test_tiny_is_deterministic(tmp_path):
     syn.generate(str(tmp_path / "b"), preset="tiny", seed=0)
     syn.generate(str(tmp_path / "c"), preset="tiny", seed=1)
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert len(fa) == a["num_train_images"] + a["num_val_images"] + 3
+    # the marker and three jsons (train, val with LVIS's negatives, val with hard negatives)
+    assert len(fa) == a["num_train_images"] + a["num_val_images"] + 4
     assert fa == fb
     fc = _files(tmp_path / "c")
     assert fc["lvis_synthetic_train.json"] != fa["lvis_synthetic_train.json"]
@@ -112,8 +113,9 @@ def test_default_long_tail(default_ds):
 @pytest.mark.parametrize("which", ["default_ds", "tiny_ds"])
 def test_annotations_are_consistent(which, request):
     out, info = request.getfixturevalue(which)
-    for split in ("train", "val"):
-        data = _load(info[f"{split}_json"])
+    for name in ("train", "val", "val_hardneg"):
+        split = name.split("_")[0]
+        data = _load(info[f"{name}_json"])
         assert set(data) >= {"info", "licenses", "images", "annotations", "categories"}
         images = {im["id"]: im for im in data["images"]}
         cat_ids = {c["id"] for c in data["categories"]}
@@ -138,7 +140,10 @@ def test_annotations_are_consistent(which, request):
             assert im["file_name"] == f"{split}/{im['id']:06d}.png"
             assert im["coco_url"] == f"synthetic://{im['file_name']}"
             assert not set(im["neg_category_ids"]) & present[im["id"]]
-            assert set(im["neg_category_ids"]) <= cat_ids and im["not_exhaustive_category_ids"] == []
+            assert set(im["neg_category_ids"]) <= cat_ids
+            # not-exhaustive labels, on positive classes, only in LVIS's protocol (the val json)
+            ne = set(im["not_exhaustive_category_ids"])
+            assert ne <= present[im["id"]] if name == "val" else not ne
             with Image.open(out / im["file_name"]) as pil:
                 assert pil.mode == "RGB" and pil.size == (im["width"], im["height"])
 
