@@ -164,8 +164,9 @@ def _groups(preset):
         return GROUPS[: preset["num_groups"]]
     shapes = [g[0] for g in GROUPS]
     cues = ["striped", "dotted", "outlined"]
+    families = [(color, hue, shape) for color, hue in preset["hues"] for shape in shapes]
     out = [(shape, color, hue, cues[i % 3:] + cues[: i % 3])
-           for i, ((color, hue), shape) in enumerate((h, s) for h in preset["hues"] for s in shapes)]
+           for i, (color, hue, shape) in enumerate(families)]
     if len(out) != preset["num_groups"]:
         raise ValueError(f"num_groups={preset['num_groups']} but hues x shapes = {len(out)}")
     return out
@@ -446,7 +447,8 @@ def generate(out_dir, preset="default", seed=0, force=False):
     if not force and os.path.isfile(marker_path):
         with open(marker_path) as f:
             marker = json.load(f)
-        done = all(os.path.isfile(os.path.join(out_dir, f"lvis_synthetic_{s}.json")) for s in _JSONS)
+        done = all(os.path.isfile(os.path.join(out_dir, f"lvis_synthetic_{s}.json"))
+                   for s in _JSONS)
         # images deleted since (a cleaned folder) make it incomplete too: regenerate them
         done = done and all(_num_pngs(os.path.join(out_dir, s)) == marker.get(f"num_{s}_images")
                             for s in ("train", "val"))
