@@ -40,10 +40,12 @@ def add_ltdet_config(cfg: CN) -> None:
     # softmax | sigmoid | balanced_softmax | balanced_sigmoid | eql | federated | dbm | dbm_bs |
     # dbm_cb (the DBM losses put a cosine classifier in the head; LTDET.DBM below).
     cfg.LTDET.LOSS.NAME = "softmax"
-    # EQL frequency threshold lambda on image frequency (Tan et al. 2020, LVIS v0.5: 1.76e-3,
-    # i.e. fewer than ~101 of its 57,263 training images: the rare and common groups). It is
-    # dataset-dependent: the head logs how many classes it suppresses and warns at none.
-    cfg.LTDET.LOSS.EQL_LAMBDA = 1.76e-3
+    # EQL frequency threshold lambda on image frequency: image count / training images with
+    # annotations (Tan et al. 2020: 1.76e-3 in the paper; the EQL code's LVIS v0.5 config 1.77e-3,
+    # i.e. at most 100 of the 56,740 annotated training images: exactly the rare and common groups,
+    # where 1.76e-3 = 99.9 images keeps the three common classes with 100). Dataset-dependent: the
+    # head logs how many classes it suppresses and warns at none.
+    cfg.LTDET.LOSS.EQL_LAMBDA = 1.77e-3
     # Federated loss: number of classes per batch (Zhou et al. 2021: 50 of LVIS's 1203). At or
     # above the class count every class is used and the loss is plain sigmoid (the head warns) ...
     cfg.LTDET.LOSS.FED_NUM_CLASSES = 50
@@ -90,9 +92,9 @@ def add_ltdet_config(cfg: CN) -> None:
     cfg.LTDET.META.ENABLED = False
     # Adam learning rate: the paper's 1e-3 (the original code used 1e-2).
     cfg.LTDET.META.LR = 1e-3
-    # Adam betas (0.9, 0.99): the BALMS supplementary's CIFAR / ImageNet settings (C.3; its LVIS
-    # paragraph gives only the lr).
-    cfg.LTDET.META.BETAS = (0.9, 0.99)
+    # Adam betas: PyTorch's default (0.9, 0.999), as the original instance-segmentation code (the
+    # BALMS paper's LVIS paragraph gives only the lr; (0.9, 0.99) is its CIFAR / ImageNet setting).
+    cfg.LTDET.META.BETAS = (0.9, 0.999)
     # Meta loss on the class-balanced batch: "plain" (softmax/sigmoid, the paper: the meta set
     # is already balanced) or "same" (the head's own loss, what the original code effectively
     # used through an in-place logit edit).

@@ -125,7 +125,7 @@ def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
     assert "meta_optimizer" in ckpt["trainer"]["_trainer"]
     group = trainer._trainer.meta_optimizer.param_groups[0]  # Adam with the configured settings
     assert group["lr"] == trainer.cfg.LTDET.META.LR and group["weight_decay"] == 0.0
-    assert tuple(group["betas"]) == tuple(trainer.cfg.LTDET.META.BETAS) == (0.9, 0.99)
+    assert tuple(group["betas"]) == tuple(trainer.cfg.LTDET.META.BETAS) == (0.9, 0.999)
     assert "optimizer" in ckpt["trainer"]["_trainer"]
     # learned weights logged during training and plotted against class frequency at the end
     assert trainer.storage.history("meta_w/mean").latest() == pytest.approx(float(w.detach().mean()))

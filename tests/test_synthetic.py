@@ -61,7 +61,8 @@ def test_tiny_is_deterministic(tmp_path):
     syn.generate(str(tmp_path / "b"), preset="tiny", seed=0)
     syn.generate(str(tmp_path / "c"), preset="tiny", seed=1)
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert len(fa) == a["num_train_images"] + a["num_val_images"] + 3
+    # the marker and three jsons (train, val with LVIS's negatives, val with hard negatives)
+    assert len(fa) == a["num_train_images"] + a["num_val_images"] + 4
     assert fa == fb
     fc = _files(tmp_path / "c")
     assert fc["lvis_synthetic_train.json"] != fa["lvis_synthetic_train.json"]
@@ -112,8 +113,9 @@ def test_default_long_tail(default_ds):
 @pytest.mark.parametrize("which", ["default_ds", "tiny_ds"])
 def test_annotations_are_consistent(which, request):
     out, info = request.getfixturevalue(which)
-    for split in ("train", "val"):
-        data = _load(info[f"{split}_json"])
+    for name in ("train", "val", "val_hardneg"):
+        split = name.split("_")[0]
+        data = _load(info[f"{name}_json"])
         assert set(data) >= {"info", "licenses", "images", "annotations", "categories"}
         images = {im["id"]: im for im in data["images"]}
         cat_ids = {c["id"] for c in data["categories"]}
@@ -138,7 +140,10 @@ def test_annotations_are_consistent(which, request):
             assert im["file_name"] == f"{split}/{im['id']:06d}.png"
             assert im["coco_url"] == f"synthetic://{im['file_name']}"
             assert not set(im["neg_category_ids"]) & present[im["id"]]
-            assert set(im["neg_category_ids"]) <= cat_ids and im["not_exhaustive_category_ids"] == []
+            assert set(im["neg_category_ids"]) <= cat_ids
+            # not-exhaustive labels, on positive classes, only in LVIS's protocol (the val json)
+            ne = set(im["not_exhaustive_category_ids"])
+            assert ne <= present[im["id"]] if name == "val" else not ne
             with Image.open(out / im["file_name"]) as pil:
                 assert pil.mode == "RGB" and pil.size == (im["width"], im["height"])
 
@@ -232,7 +237,7 @@ def test_cli_writes_where_the_registered_datasets_read(tmp_path, monkeypatch):
 def test_peer_loss_configs_are_scaled_to_the_synthetic_set(default_ds):
     """EQL's lambda and the federated class count are LVIS-sized in the papers; the synthetic
     recipes translate them (configs/synthetic/decoupled/{eql,federated}.yaml). EQL must suppress
-    exactly the rare and common classes, as 1.76e-3 does on LVIS v0.5 (< ~101 training images),
+    exactly the rare and common classes, as 1.77e-3 does on LVIS v0.5 (<= 100 training images),
     and the federated loss must not take every class (it would be plain sigmoid)."""
     from detectron2.config import get_cfg
 
@@ -251,7 +256,8 @@ def test_peer_loss_configs_are_scaled_to_the_synthetic_set(default_ds):
     suppressed = {c["frequency"] for c in train["categories"] if c["image_count"] / num_images < lam}
     kept = {c["frequency"] for c in train["categories"] if c["image_count"] / num_images >= lam}
     assert suppressed == {"r", "c"} and kept == {"f"}
-    # the same boundary in training images as the paper's value on LVIS v0.5 (57,263 images)
-    assert abs(lam * num_images - 1.76e-3 * 57263) < 1.0
+    # the same boundary in training images as the EQL code's value on LVIS v0.5 (56,740 images
+    # with annotations)
+    assert abs(lam * num_images - 1.77e-3 * 56740) < 1.0
     fed = load("federated.yaml").LTDET.LOSS.FED_NUM_CLASSES
     assert 0 < fed < len(train["categories"])

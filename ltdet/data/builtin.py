@@ -4,6 +4,7 @@ import os
 from detectron2.data import DatasetCatalog
 
 from .lvis_format import register_lvis_format
+from .synthetic import DATASET_DIRS
 
 # name: (json relative to the root, image root relative to the root)
 _LVIS_SPLITS = {
@@ -12,11 +13,16 @@ _LVIS_SPLITS = {
     "lvis_v1_train": ("lvis/lvis_v1_train.json", "coco/"),
     "lvis_v1_val": ("lvis/lvis_v1_val.json", "coco/"),
 }
-# The embedded demo set written by tools/make_synthetic.py (ltdet.data.synthetic).
-SYNTHETIC_DIR = "ltdet_synthetic"
+# The embedded sets written by tools/make_synthetic.py (ltdet.data.synthetic): the demo set
+# (preset default) and the large-vocabulary one (preset lv). <name>_val scores with LVIS's
+# negative-label protocol, <name>_val_hardneg (same images and annotations) with every
+# confusable sibling of a present class as a negative (docs/SYNTHETIC_PROTOCOLS.md).
+SYNTHETIC_DIR = DATASET_DIRS["default"]
+SYNTHETIC_LV_DIR = DATASET_DIRS["lv"]
 _SYNTHETIC_SPLITS = {
-    "ltdet_synthetic_train": (f"{SYNTHETIC_DIR}/lvis_synthetic_train.json", SYNTHETIC_DIR),
-    "ltdet_synthetic_val": (f"{SYNTHETIC_DIR}/lvis_synthetic_val.json", SYNTHETIC_DIR),
+    f"{folder}_{split}": (f"{folder}/lvis_synthetic_{split}.json", folder)
+    for folder in (SYNTHETIC_DIR, SYNTHETIC_LV_DIR)
+    for split in ("train", "val", "val_hardneg")
 }
 
 

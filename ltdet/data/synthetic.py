@@ -19,16 +19,24 @@ Design (why it looks like this):
   assigned so every group's head is frequent and its other members are common or rare;
   each class hits its target image count exactly.
 * Validation is class-balanced (same number of instances for every class) so per-class
-  AP is equally reliable for head and tail; all categories (in both jsons) carry the
+  AP is equally reliable for head and tail; all categories (in every json) carry the
   TRAINING image_count / instance_count / frequency because LVIS APr/APc/APf are grouped
   by the evaluated json's ``frequency`` field.
+* Validation negatives come in two protocols over the same images and annotations (lvis-api
+  scores a class only on images where it is positive or a verified negative):
+  ``lvis_synthetic_val.json`` follows LVIS (negatives drawn at random among the absent
+  classes, as many per positive as in LVIS, fewer for rare classes, a few not-exhaustive
+  labels; the LVIS_* constants below); ``lvis_synthetic_val_hardneg.json`` lists every
+  confusable sibling of a present class as a negative (a stress test; the only val json
+  before generator version 2, byte-identical to it).
 * Backgrounds are plain low-saturation gradients and objects never overlap, so detection
   and segmentation are easy and the difficulty is classification. Because objects do not
   overlap, an instance's visible mask is exactly its drawn polygon: the mask is
   rasterised from that (rounded) polygon with the COCO pixel-centre convention, so the
   json polygon, the rendered pixels and ``area`` agree.
-* Output is byte-identical for a given (preset, seed): a seeded PCG64 stream per split,
-  json written with sorted keys and fixed separators, PNGs from Pillow.
+* Output is byte-identical for a given (preset, seed): a seeded PCG64 stream per split (and
+  one for the LVIS-like negatives), json written with sorted keys and fixed separators, PNGs
+  from Pillow.
 
 Only numpy, Pillow and the standard library are used, so the generator runs without
 detectron2 / torch.
@@ -43,9 +51,30 @@ import shutil
 import numpy as np
 from PIL import Image
 
-__all__ = ["PRESETS", "GROUPS", "generate", "describe", "lvis_frequency"]
+from ltdet.file_io import atomic_open
 
-VERSION = 1  # bump whenever the output of a (preset, seed) changes
+__all__ = ["PRESETS", "GROUPS", "DATASET_DIRS", "generate", "describe", "lvis_frequency",
+           "lvis_negatives"]
+
+# Bump whenever the output of a (preset, seed) changes; an older folder is then regenerated.
+# 2: the LVIS-like val json; the v1 val json became lvis_synthetic_val_hardneg.json.
+VERSION = 2
+# The generator version that last changed each json's content, written as its info.version, so
+# files unchanged since then stay byte-identical (train and hard-negative val: version 1).
+_JSON_VERSIONS = {"train": 1, "val": 2, "val_hardneg": 1}
+
+# Where each preset lives under $DETECTRON2_DATASETS (ltdet.data.builtin registers these).
+DATASET_DIRS = {"default": "ltdet_synthetic", "tiny": "ltdet_synthetic", "lv": "ltdet_synthetic_lv"}
+
+# LVIS's negative-label protocol, measured on the real LVIS v0.5 val annotations of 100 images
+# (tests/data/lvis_v0.5_val_100.json): 299 positive and 942 verified-negative (image, category)
+# pairs, 16 not-exhaustive ones, all on positive categories. Negatives per category: rare 161/454,
+# common 441/461, frequent 340/315 (rate relative to frequent: 0.33, 0.89, 1). The number of
+# negatives of an image is nearly unrelated to its positives (correlation 0.20), and they are
+# unrelated to its content.
+LVIS_NEG_PER_POS = 942 / 299
+LVIS_NEG_RATE = {"r": (161 / 454) / (340 / 315), "c": (441 / 461) / (340 / 315), "f": 1.0}
+LVIS_NOT_EXHAUSTIVE_PER_POS = 16 / 299
 
 # (shape, colour name, hue in degrees, cues of members 1..3); member 0 (the head) is solid.
 # A cue is "striped" | "dotted" | "outlined" | (colour name, hue): a hue-shifted solid.
@@ -72,6 +101,23 @@ PRESETS = {
         val_classes_per_image=(0.40, 0.45, 0.15),
         object_size=(16, 56),  # bounding-circle diameter range in px
         noise_std=0.0,  # >0 adds pixel noise but makes PNGs ~7x larger and slower
+    ),
+    # Large vocabulary: 8 hues x 7 shapes = 56 families of 4 (a solid head, striped, dotted,
+    # outlined): 224 classes. LVIS v1's group shares by training image count (337 rare, 461
+    # common, 405 frequent of 1,203: 28%, 38%, 34%): 63 rare, 85 common and 76 frequent classes,
+    # from 300 training images down to 1.
+    "lv": dict(
+        num_groups=56,
+        hues=(("red", 0), ("orange", 45), ("yellow", 90), ("green", 135), ("cyan", 180),
+              ("blue", 225), ("purple", 270), ("magenta", 315)),
+        image_size=128,
+        tail_knots=((0, 300), (75, 101), (160, 11), (161, 10), (223, 1)),
+        classes_per_image=(0.35, 0.40, 0.25),
+        extra_objects=(0.55, 0.30, 0.15),
+        val_images_per_class=10,
+        val_classes_per_image=(0.40, 0.45, 0.15),
+        object_size=(16, 56),
+        noise_std=0.0,
     ),
     "tiny": dict(
         num_groups=2,  # 8 classes, for pipeline unit tests
@@ -109,10 +155,27 @@ def lvis_frequency(image_count):
     return "r" if image_count <= 10 else ("c" if image_count <= 100 else "f")
 
 
-def _classes(num_groups):
+def _groups(preset):
+    """The preset's confusable groups, in the form of GROUPS. With ``hues`` (the large-vocabulary
+    preset) every (hue, shape) is a family whose members differ by a texture cue only: hues are
+    45 degrees apart, too close for hue-shifted members. The cue order rotates with the family so
+    that no cue stands for a frequency rank."""
+    if "hues" not in preset:
+        return GROUPS[: preset["num_groups"]]
+    shapes = [g[0] for g in GROUPS]
+    cues = ["striped", "dotted", "outlined"]
+    families = [(color, hue, shape) for color, hue in preset["hues"] for shape in shapes]
+    out = [(shape, color, hue, cues[i % 3:] + cues[: i % 3])
+           for i, (color, hue, shape) in enumerate(families)]
+    if len(out) != preset["num_groups"]:
+        raise ValueError(f"num_groups={preset['num_groups']} but hues x shapes = {len(out)}")
+    return out
+
+
+def _classes(groups):
     """Category specs, group-major; category id = index + 1."""
     out = []
-    for g, (shape, color, hue, cues) in enumerate(GROUPS[:num_groups]):
+    for g, (shape, color, hue, cues) in enumerate(groups):
         out.append(dict(group=g, member=0, shape=shape, hue=hue, cue="solid",
                         name=f"{color}_{shape}", desc=f"a solid {color} {shape}"))
         for m, cue in enumerate(cues, start=1):
@@ -286,9 +349,9 @@ def _make_split(out_dir, split, preset, classes, counts, rng):
             ))
         if preset["noise_std"] > 0:
             img += rng.normal(0.0, preset["noise_std"], size=img.shape)
-        # Negatives: confusable siblings of present classes (where head-biased false
-        # positives occur) plus up to 5 random other absent classes; annotation is
-        # exhaustive, so every absent class is a verified negative.
+        # Hard negatives (lvis_synthetic_val_hardneg.json): confusable siblings of present
+        # classes (where head-biased false positives occur) plus up to 5 random other absent
+        # classes; annotation is exhaustive, so every absent class is a verified negative.
         groups = {classes[c]["group"] for c in present}
         absent = [c for c in range(num_cls) if c not in present]
         neg = {c for c in absent if classes[c]["group"] in groups}
@@ -304,6 +367,35 @@ def _make_split(out_dir, split, preset, classes, counts, rng):
     return images, anns
 
 
+def lvis_negatives(rng, positives, frequency):
+    """LVIS's negative-label protocol (LVIS_* above) for images whose positive classes are
+    ``positives`` (a list of sets of class indices); ``frequency[c]`` is class c's training group
+    ("r" | "c" | "f"). Returns (negatives, not_exhaustive), lists of sorted index lists.
+
+    Every absent class is a negative independently with probability q * LVIS_NEG_RATE[group],
+    q set so that the expected negatives per positive equal LVIS's; each positive class is
+    not-exhaustive with LVIS's probability. Negatives never depend on what the image shows
+    beyond which classes it contains, as in LVIS.
+    """
+    num_cls = len(frequency)
+    rate = np.array([LVIS_NEG_RATE[f] for f in frequency])
+    absent_rate = sum(rate.sum() - rate[sorted(p)].sum() for p in positives)
+    if absent_rate <= 0:
+        raise ValueError("no absent class to draw negatives from")
+    q = LVIS_NEG_PER_POS * sum(len(p) for p in positives) / absent_rate
+    if q * rate.max() > 1:
+        raise ValueError(f"too few classes ({num_cls}) for LVIS's {LVIS_NEG_PER_POS:.2f} "
+                         "negatives per positive: use a preset with more classes")
+    negatives, not_exhaustive = [], []
+    for p in positives:
+        draw = rng.random(num_cls) < q * rate
+        draw[sorted(p)] = False
+        negatives.append([int(c) for c in np.flatnonzero(draw)])
+        ne = rng.random(len(p)) < LVIS_NOT_EXHAUSTIVE_PER_POS
+        not_exhaustive.append([c for c, m in zip(sorted(p), ne) if m])
+    return negatives, not_exhaustive
+
+
 def _stats(anns, num_cls):
     imgs = [set() for _ in range(num_cls)]
     inst = [0] * num_cls
@@ -314,8 +406,11 @@ def _stats(anns, num_cls):
 
 
 def _dump(path, obj):
-    with open(path, "w") as f:
+    with atomic_open(path, "w") as f:
         f.write(json.dumps(obj, sort_keys=True, separators=(",", ":")))
+
+
+_JSONS = ("train", "val", "val_hardneg")  # lvis_synthetic_<name>.json
 
 
 def _result(out_dir, marker):
@@ -323,6 +418,7 @@ def _result(out_dir, marker):
     return dict(
         train_json=os.path.join(out, "lvis_synthetic_train.json"),
         val_json=os.path.join(out, "lvis_synthetic_val.json"),
+        val_hardneg_json=os.path.join(out, "lvis_synthetic_val_hardneg.json"),
         train_images=os.path.join(out, "train"),
         val_images=os.path.join(out, "val"),
         num_classes=marker["num_classes"],
@@ -351,7 +447,8 @@ def generate(out_dir, preset="default", seed=0, force=False):
     if not force and os.path.isfile(marker_path):
         with open(marker_path) as f:
             marker = json.load(f)
-        done = all(os.path.isfile(os.path.join(out_dir, f"lvis_synthetic_{s}.json")) for s in ("train", "val"))
+        done = all(os.path.isfile(os.path.join(out_dir, f"lvis_synthetic_{s}.json"))
+                   for s in _JSONS)
         # images deleted since (a cleaned folder) make it incomplete too: regenerate them
         done = done and all(_num_pngs(os.path.join(out_dir, s)) == marker.get(f"num_{s}_images")
                             for s in ("train", "val"))
@@ -360,13 +457,13 @@ def generate(out_dir, preset="default", seed=0, force=False):
 
     os.makedirs(out_dir, exist_ok=True)
     # The marker is written last, so an interrupted run is never mistaken for a complete one.
-    for name in ("GENERATOR.json", "lvis_synthetic_train.json", "lvis_synthetic_val.json"):
+    for name in ["GENERATOR.json"] + [f"lvis_synthetic_{s}.json" for s in _JSONS]:
         if os.path.exists(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
     for split in ("train", "val"):
         shutil.rmtree(os.path.join(out_dir, split), ignore_errors=True)
 
-    classes = _classes(cfg["num_groups"])
+    classes = _classes(_groups(cfg))
     counts = _target_counts(cfg, classes)
     splits = {}
     for split_idx, split in enumerate(("train", "val")):
@@ -380,10 +477,27 @@ def generate(out_dir, preset="default", seed=0, force=False):
              frequency=lvis_frequency(img_counts[i]), image_count=img_counts[i], instance_count=inst_counts[i])
         for i, c in enumerate(classes)
     ]
-    for split, (images, anns) in splits.items():
-        info = dict(description=f"ltdet synthetic long-tailed dataset ({split})", preset=preset,
-                    seed=int(seed), version=VERSION, year=2024)
-        _dump(os.path.join(out_dir, f"lvis_synthetic_{split}.json"),
+    # The LVIS-like val negatives, from their own stream: the split streams stay as in version 1.
+    val_images, val_anns = splits["val"]
+    positives = [set() for _ in val_images]
+    for a in val_anns:
+        positives[a["image_id"] - 1].add(a["category_id"] - 1)
+    neg_rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 1, 1])))
+    negatives, not_exhaustive = lvis_negatives(neg_rng, positives,
+                                               [c["frequency"] for c in categories])
+    lvis_images = [dict(im, neg_category_ids=[c + 1 for c in neg],
+                        not_exhaustive_category_ids=[c + 1 for c in ne])
+                   for im, neg, ne in zip(val_images, negatives, not_exhaustive)]
+    jsons = {
+        "train": (splits["train"], "train"),
+        "val": ((lvis_images, val_anns), "val, LVIS-like negatives"),
+        # version 1's val json, unchanged (its description included)
+        "val_hardneg": (splits["val"], "val"),
+    }
+    for name, ((images, anns), what) in jsons.items():
+        info = dict(description=f"ltdet synthetic long-tailed dataset ({what})", preset=preset,
+                    seed=int(seed), version=_JSON_VERSIONS[name], year=2024)
+        _dump(os.path.join(out_dir, f"lvis_synthetic_{name}.json"),
               dict(info=info, licenses=[], images=images, annotations=anns, categories=categories))
     marker = dict(want, num_classes=len(classes), num_train_images=len(splits["train"][0]),
                   num_val_images=len(splits["val"][0]))
