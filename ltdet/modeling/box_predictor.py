@@ -38,7 +38,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         class_counts: Optional[Sequence[float]] = None,
         num_images: Optional[int] = None,
         count_floor: float = 0.0,
-        eql_lambda: float = 1.76e-3,
+        eql_lambda: float = 1.77e-3,
         fed_num_classes: int = 50,
         fed_power: float = 0.5,
         sigmoid_prior_prob: float = 0.001,

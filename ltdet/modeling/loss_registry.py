@@ -118,7 +118,7 @@ COSINE = LossFamily("cosine", background=True, scaled=True, plain=L.softmax_loss
 class LossOptions:
     """The LTDET.LOSS / LTDET.DBM values that statistics and loss arguments are built from."""
 
-    eql_lambda: float = 1.76e-3
+    eql_lambda: float = 1.77e-3  # LTDET.LOSS.EQL_LAMBDA's default
     fed_num_classes: int = 50
     fed_power: float = 0.5
     dbm_scale: float = 30.0
@@ -256,7 +256,8 @@ def report_eql_threshold(class_freq: Tensor, lambda_: float) -> None:
     if n == 0:
         logger.warning(
             msg + ", so the loss is plain sigmoid. lambda is a fraction of the training images "
-            "(1.76e-3 is ~101 of LVIS v0.5's 57,263); set LTDET.LOSS.EQL_LAMBDA for this dataset."
+            "with annotations (the EQL code's 1.77e-3 is just above 100 of LVIS v0.5's 56,740: "
+            "the rare and common groups); set LTDET.LOSS.EQL_LAMBDA for this dataset."
         )
     else:
         logger.info(msg)

@@ -310,6 +310,8 @@ def eql_loss(
     proposals (0 for background) and ``T(f) = 1[f < lambda_]`` on the image frequency ``f_j``:
     foreground proposals ignore the negative terms of rare classes (so rare classes are not
     discouraged by other classes' objects), background proposals keep all negatives.
+    ``lambda_``'s default is the paper's 1.76e-3; ltdet's configs use the EQL code's 1.77e-3
+    (LTDET.LOSS.EQL_LAMBDA).
     """
     if logits.shape[0] == 0:
         return _empty(logits)
