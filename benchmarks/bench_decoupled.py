@@ -45,6 +45,7 @@ keeps no allocator statistics, it is the running sum of the allocation and free 
 torch.profiler (profile_memory=True) over three extra, untimed steps of each variant (the
 max): tensors allocated through torch's CPU allocator (oneDNN's scratch buffers are not seen).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,16 +91,35 @@ M2M_CONFIG = ROOT / "configs/synthetic/decoupled/m2m.yaml"
 # --lvis-scale: these keys come from the LVIS recipe (Mask R-CNN R50-FPN, 800 px)
 LVIS_CONFIG = ROOT / "configs/LVISv1/base_softmax_rfs_R50_FPN.yaml"
 LVIS_SCALE_KEYS = (
-    "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.FPN.OUT_CHANNELS",
-    "MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "MODEL.RPN.PRE_NMS_TOPK_TEST",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "MODEL.RPN.POST_NMS_TOPK_TEST",
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_MASK_HEAD.NUM_CONV", "MODEL.ROI_MASK_HEAD.CONV_DIM",
-    "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
+    "MODEL.RESNETS.DEPTH",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "MODEL.FPN.OUT_CHANNELS",
+    "MODEL.ANCHOR_GENERATOR.SIZES",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "MODEL.ROI_MASK_HEAD.NUM_CONV",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    "INPUT.MAX_SIZE_TRAIN",
+    "INPUT.MIN_SIZE_TEST",
+    "INPUT.MAX_SIZE_TEST",
 )
 DATA_DIR = Path(os.path.expanduser(os.environ["DETECTRON2_DATASETS"])) / "ltdet_synthetic"
 CLASSIFIER = "roi_heads.box_predictor.cls_score"
-VARIANTS = ("stock", "decoupled", "decoupled_chunked", "balms", "original", "dbm_bs", "two_component", "m2m")
+VARIANTS = (
+    "stock",
+    "decoupled",
+    "decoupled_chunked",
+    "balms",
+    "original",
+    "dbm_bs",
+    "two_component",
+    "m2m",
+)
 DESCRIPTION = {
     "stock": "detectron2 SimpleTrainer step, full forward, only cls_score trainable",
     "decoupled": "ltdet DecoupledTrainStep, balanced_softmax",
@@ -200,17 +220,36 @@ class StockStep(_Variant):
 
 
 class DecoupledStep(_Variant):
-    def __init__(self, name, model, optimizer, batches, reweigher=None, meta_optimizer=None,
-                 meta_batches=None, meta_loss="plain", two_component=None, m2m=None,
-                 trunk_chunk=0):
+    def __init__(
+        self,
+        name,
+        model,
+        optimizer,
+        batches,
+        reweigher=None,
+        meta_optimizer=None,
+        meta_batches=None,
+        meta_loss="plain",
+        two_component=None,
+        m2m=None,
+        trunk_chunk=0,
+    ):
         self.name = name
         self.model = model
         self.reweigher = reweigher
-        self.trainer = DecoupledTrainStep(model, batches, optimizer, reweigher=reweigher,
-                                          meta_loader=meta_batches, meta_optimizer=meta_optimizer,
-                                          meta_loss=meta_loss, meta_interval=1,
-                                          two_component=two_component, m2m=m2m,
-                                          trunk_chunk=trunk_chunk)
+        self.trainer = DecoupledTrainStep(
+            model,
+            batches,
+            optimizer,
+            reweigher=reweigher,
+            meta_loader=meta_batches,
+            meta_optimizer=meta_optimizer,
+            meta_loss=meta_loss,
+            meta_interval=1,
+            two_component=two_component,
+            m2m=m2m,
+            trunk_chunk=trunk_chunk,
+        )
 
     def step(self):
         self.trainer.run_step()
@@ -240,8 +279,12 @@ class _TrainingForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batched_inputs, class_logits: Optional[torch.Tensor] = None,
-                meta_loss: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    def forward(
+        self,
+        batched_inputs,
+        class_logits: Optional[torch.Tensor] = None,
+        meta_loss: Optional[str] = None,
+    ) -> Dict[str, torch.Tensor]:
         model = self.model
         heads = model.roi_heads
         predictor = heads.box_predictor
@@ -252,21 +295,26 @@ class _TrainingForward(nn.Module):
         losses = dict(losses)
         proposals = heads.label_and_sample_proposals(proposals, gt)
 
-        x = heads.box_pooler([features[f] for f in heads.box_in_features],
-                             [p.proposal_boxes for p in proposals])
+        x = heads.box_pooler(
+            [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]
+        )
         x = heads.box_head(x)
         scores, deltas = predictor(x)
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         if meta_loss is None:
-            weights = proposal_weights(class_logits, gt_classes) if class_logits is not None else None
+            weights = (
+                proposal_weights(class_logits, gt_classes) if class_logits is not None else None
+            )
             loss_cls = predictor.classification_loss(scores, gt_classes, weights)
         elif meta_loss == "same":
             loss_cls = predictor.classification_loss(scores, gt_classes)
         else:
             loss_cls = predictor.plain_loss(scores, gt_classes)
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
-        gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor
-                        for p in proposals], dim=0)
+        gt_boxes = cat(
+            [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
+            dim=0,
+        )
         loss_box_reg = predictor.box_reg_loss(proposal_boxes, gt_boxes, deltas, gt_classes)
         losses["loss_cls"] = loss_cls * predictor.loss_weight.get("loss_cls", 1.0)
         losses["loss_box_reg"] = loss_box_reg * predictor.loss_weight.get("loss_box_reg", 1.0)
@@ -280,8 +328,9 @@ class OriginalBalmsStep(_Variant):
 
     name = "original"
 
-    def __init__(self, model, optimizer, batches, reweigher, meta_optimizer, meta_batches,
-                 meta_loss: str):
+    def __init__(
+        self, model, optimizer, batches, reweigher, meta_optimizer, meta_batches, meta_loss: str
+    ):
         self.model = model
         self.model.train()
         self.forward_module = _TrainingForward(model)
@@ -293,15 +342,18 @@ class OriginalBalmsStep(_Variant):
         self._meta = iter(meta_batches)
         self.classifier = dict(model.named_parameters())
         self.classifier = {k: p for k, p in self.classifier.items() if p.requires_grad}
-        assert sorted(self.classifier) == [f"{CLASSIFIER}.bias", f"{CLASSIFIER}.weight"], \
-            sorted(self.classifier)
+        assert sorted(self.classifier) == [f"{CLASSIFIER}.bias", f"{CLASSIFIER}.weight"], sorted(
+            self.classifier
+        )
 
     def _lookahead(self, fast: Dict[str, torch.Tensor], grads: Dict[str, torch.Tensor]):
         """One differentiable torch-SGD step (the optimiser's lr, momentum buffer, dampening,
         nesterov, weight decay) of the fast weights; graph kept through ``grads``."""
         new = {}
         for k, real in self.classifier.items():
-            group = next(g for g in self.optimizer.param_groups if any(q is real for q in g["params"]))
+            group = next(
+                g for g in self.optimizer.param_groups if any(q is real for q in g["params"])
+            )
             lr, mom = group["lr"], group.get("momentum", 0.0)
             wd, damp = group.get("weight_decay", 0.0), group.get("dampening", 0.0)
             d_p = grads[k] + wd * fast[k]
@@ -323,17 +375,21 @@ class OriginalBalmsStep(_Variant):
 
         # (1) training batch, classifier as differentiable fast weights, weighted loss.
         fast = {k: p.detach().clone().requires_grad_() for k, p in self.classifier.items()}
-        losses = functional_call(self.forward_module, {pk: fast[k] for pk, k in prefixed.items()},
-                                 (data, w))
+        losses = functional_call(
+            self.forward_module, {pk: fast[k] for pk, k in prefixed.items()}, (data, w)
+        )
         keys = list(fast)
-        grads = torch.autograd.grad(sum(losses.values()), [fast[k] for k in keys],
-                                    create_graph=True)
+        grads = torch.autograd.grad(
+            sum(losses.values()), [fast[k] for k in keys], create_graph=True
+        )
         new = self._lookahead(fast, dict(zip(keys, grads)))  # local gradient (no all-reduce)
 
         # (2) meta batch through the looked-ahead classifier; meta gradient to the class weights.
-        meta_losses = functional_call(self.forward_module,
-                                      {pk: new[k] for pk, k in prefixed.items()},
-                                      (meta, None, self.meta_loss))
+        meta_losses = functional_call(
+            self.forward_module,
+            {pk: new[k] for pk, k in prefixed.items()},
+            (meta, None, self.meta_loss),
+        )
         (h,) = torch.autograd.grad(sum(meta_losses.values()), [w])
         self.meta_optimizer.zero_grad(set_to_none=True)
         w.grad = h
@@ -358,20 +414,30 @@ DEMO_BASE = ROOT / "output/demo/base_softmax_rfs/model_final.pth"
 
 
 def resolve_weights(weights: str, lvis_scale: bool) -> str:
-    """"auto": make demo's synthetic base model if it exists (not at --lvis-scale, a different
+    """ "auto": make demo's synthetic base model if it exists (not at --lvis-scale, a different
     architecture), else random init; "none": random init; otherwise a checkpoint path."""
     if weights == "none":
         return ""
     if weights == "auto":
         return str(DEMO_BASE) if DEMO_BASE.is_file() and not lvis_scale else ""
     if not Path(weights).is_file():
-        raise FileNotFoundError(f"--weights {weights}: no such checkpoint (a base model of the "
-                                "synthetic config, e.g. make demo's " f"{DEMO_BASE})")
+        raise FileNotFoundError(
+            f"--weights {weights}: no such checkpoint (a base model of the "
+            "synthetic config, e.g. make demo's "
+            f"{DEMO_BASE})"
+        )
     return weights
 
 
-def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale: bool = False,
-                   seed: int = 0, weights: str = "") -> Dict[str, _Variant]:
+def build_variants(
+    device: str,
+    batch: int,
+    iters: int,
+    warmup: int,
+    lvis_scale: bool = False,
+    seed: int = 0,
+    weights: str = "",
+) -> Dict[str, _Variant]:
     if not (DATA_DIR / "GENERATOR.json").is_file():
         from ltdet.data.synthetic import generate
 
@@ -414,30 +480,44 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     m = model_from(dec_cfg)
     freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
     chunk = dec_cfg.LTDET.DECOUPLED.TRUNK_CHUNK  # every ltdet variant runs the config default
-    variants["decoupled"] = DecoupledStep("decoupled", m, build_optimizer(dec_cfg, m), batches,
-                                          trunk_chunk=chunk)
+    variants["decoupled"] = DecoupledStep(
+        "decoupled", m, build_optimizer(dec_cfg, m), batches, trunk_chunk=chunk
+    )
     m = model_from(dec_cfg)
     freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
-    variants["decoupled_chunked"] = DecoupledStep("decoupled_chunked", m,
-                                                  build_optimizer(dec_cfg, m), batches,
-                                                  trunk_chunk=1)
+    variants["decoupled_chunked"] = DecoupledStep(
+        "decoupled_chunked", m, build_optimizer(dec_cfg, m), batches, trunk_chunk=1
+    )
 
     # (c) BALMS, ltdet's implementation.
     m = model_from(dec_cfg)
     freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
     rw = MetaReweigher(dec_cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(m.device)
-    variants["balms"] = DecoupledStep("balms", m, build_optimizer(dec_cfg, m), batches,
-                                      reweigher=rw, meta_optimizer=Trainer.build_meta_optimizer(dec_cfg, rw),
-                                      meta_batches=meta_batches, meta_loss=dec_cfg.LTDET.META.LOSS,
-                                      trunk_chunk=chunk)
+    variants["balms"] = DecoupledStep(
+        "balms",
+        m,
+        build_optimizer(dec_cfg, m),
+        batches,
+        reweigher=rw,
+        meta_optimizer=Trainer.build_meta_optimizer(dec_cfg, rw),
+        meta_batches=meta_batches,
+        meta_loss=dec_cfg.LTDET.META.LOSS,
+        trunk_chunk=chunk,
+    )
 
     # (d) the original scheme, same losses and weighting as (c).
     m = model_from(dec_cfg)
     freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
     rw = MetaReweigher(dec_cfg.MODEL.ROI_HEADS.NUM_CLASSES).to(m.device)
     variants["original"] = OriginalBalmsStep(
-        m, build_optimizer(dec_cfg, m), batches, rw, Trainer.build_meta_optimizer(dec_cfg, rw), meta_batches,
-        dec_cfg.LTDET.META.LOSS)
+        m,
+        build_optimizer(dec_cfg, m),
+        batches,
+        rw,
+        Trainer.build_meta_optimizer(dec_cfg, rw),
+        meta_batches,
+        dec_cfg.LTDET.META.LOSS,
+    )
 
     # (e) DBM-BS: cosine classifier (weight only) initialised from the same classifier weights.
     dbm_cfg = dec_cfg.clone()
@@ -447,16 +527,23 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     m = build_model(dbm_cfg)
     m.load_state_dict(init, strict=False)  # the cosine classifier has no bias
     freeze_except(m, dbm_cfg.LTDET.DECOUPLED.TRAINABLE)
-    variants["dbm_bs"] = DecoupledStep("dbm_bs", m, build_optimizer(dbm_cfg, m), batches,
-                                       trunk_chunk=chunk)
+    variants["dbm_bs"] = DecoupledStep(
+        "dbm_bs", m, build_optimizer(dbm_cfg, m), batches, trunk_chunk=chunk
+    )
 
     # (f) two-component weights: one development batch and one eps step per iteration.
     m = model_from(dec_cfg)
     freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
     cw = torch.ones(dec_cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-    variants["two_component"] = DecoupledStep("two_component", m, build_optimizer(dec_cfg, m),
-                                              batches, meta_batches=meta_batches,
-                                              two_component=(cw, 1000.0), trunk_chunk=chunk)
+    variants["two_component"] = DecoupledStep(
+        "two_component",
+        m,
+        build_optimizer(dec_cfg, m),
+        batches,
+        meta_batches=meta_batches,
+        two_component=(cw, 1000.0),
+        trunk_chunk=chunk,
+    )
 
     # (g) M2m: the synthetic recipe's translation settings on the Balanced Softmax step.
     m2m_cfg = _load_cfg(M2M_CONFIG, device, batch, lvis_scale)
@@ -467,13 +554,17 @@ def build_variants(device: str, batch: int, iters: int, warmup: int, lvis_scale:
     freeze_except(m, dec_cfg.LTDET.DECOUPLED.TRAINABLE)
     translator = M2mTranslator(m2m_cfg).to(m.device)
     translator.init_generator(m.roi_heads.box_predictor.cls_score)
-    variants["m2m"] = DecoupledStep("m2m", m, build_optimizer(dec_cfg, m), batches, m2m=translator,
-                                    trunk_chunk=chunk)
+    variants["m2m"] = DecoupledStep(
+        "m2m", m, build_optimizer(dec_cfg, m), batches, m2m=translator, trunk_chunk=chunk
+    )
 
     for v in variants.values():
         trainable = sorted(k for k, p in v.model.named_parameters() if p.requires_grad)
-        expected = [f"{CLASSIFIER}.weight"] if v.name == "dbm_bs" else \
-            [f"{CLASSIFIER}.bias", f"{CLASSIFIER}.weight"]
+        expected = (
+            [f"{CLASSIFIER}.weight"]
+            if v.name == "dbm_bs"
+            else [f"{CLASSIFIER}.bias", f"{CLASSIFIER}.weight"]
+        )
         assert trainable == expected, (v.name, trainable)
     return variants
 
@@ -501,16 +592,24 @@ def cpu_step_peak(fn: Callable[[], object]) -> int:
     when it started: the running sum of the profiler's allocation (+) and free (-) records in
     time order. Frees of blocks allocated before the call are not recorded by the profiler, so
     memory released that was allocated earlier never lowers the curve (a slight overestimate)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         fn()
     results = getattr(prof.profiler, "kineto_results", None)
     if results is None:
-        raise RuntimeError("this torch's profiler exposes no kineto_results; CPU memory cannot "
-                           "be measured (run with --device cuda, or upgrade torch)")
-    records = sorted(((e.start_ns(), e.nbytes()) for e in results.events()
-                      if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
-                     key=lambda r: r[0])
+        raise RuntimeError(
+            "this torch's profiler exposes no kineto_results; CPU memory cannot "
+            "be measured (run with --device cuda, or upgrade torch)"
+        )
+    records = sorted(
+        (
+            (e.start_ns(), e.nbytes())
+            for e in results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        ),
+        key=lambda r: r[0],
+    )
     held = peak = 0
     for _, nbytes in records:
         held += nbytes
@@ -522,8 +621,16 @@ def _ratio(num: List[float], den: List[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den))
 
 
-def measure(device: str, iters: int, batch: int, warmup: Optional[int] = None, lvis_scale: bool = False,
-            seed: int = 0, variants: Sequence[str] = VARIANTS, weights: str = ""):
+def measure(
+    device: str,
+    iters: int,
+    batch: int,
+    warmup: Optional[int] = None,
+    lvis_scale: bool = False,
+    seed: int = 0,
+    variants: Sequence[str] = VARIANTS,
+    weights: str = "",
+):
     """Time and peak memory of one training step of each variant in ``variants``.
 
     Every round runs one step of each variant on the same batch, in an order rotated per round.
@@ -537,8 +644,9 @@ def measure(device: str, iters: int, batch: int, warmup: Optional[int] = None, l
     cuda = device.startswith("cuda")
     names = [v for v in VARIANTS if v in variants]
     # Building every variant is cheap; only the selected ones run.
-    built = build_variants(device, batch, iters + (0 if cuda else CPU_MEMORY_STEPS), warmup,
-                           lvis_scale, seed, weights)
+    built = build_variants(
+        device, batch, iters + (0 if cuda else CPU_MEMORY_STEPS), warmup, lvis_scale, seed, weights
+    )
     times: Dict[str, List[float]] = {k: [] for k in names}
     step_peak: Dict[str, int] = {k: 0 for k in names}
     with EventStorage(0) as storage:
@@ -557,8 +665,9 @@ def measure(device: str, iters: int, batch: int, warmup: Optional[int] = None, l
                 if r >= warmup:
                     times[name].append(elapsed)
                     if cuda:
-                        step_peak[name] = max(step_peak[name],
-                                              torch.cuda.max_memory_allocated() - before)
+                        step_peak[name] = max(
+                            step_peak[name], torch.cuda.max_memory_allocated() - before
+                        )
         # CPU: a few more (untimed, profiled) steps each, on the next batches; the peak depends
         # on the batch (foreground proposals feed the stock step's mask head), so take the max.
         for k in range(0 if cuda else CPU_MEMORY_STEPS):
@@ -568,11 +677,13 @@ def measure(device: str, iters: int, batch: int, warmup: Optional[int] = None, l
     stats = {}
     for name in names:
         resident = _bytes(built[name].state_tensors(), "cuda" if cuda else "cpu")
-        stats[name] = {"median_ms": 1e3 * statistics.median(times[name]),
-                       "min_ms": 1e3 * min(times[name]),
-                       "times_ms": [round(1e3 * t, 1) for t in times[name]],
-                       "peak_mb": (resident + step_peak[name]) / 2**20,
-                       "step_mb": step_peak[name] / 2**20}
+        stats[name] = {
+            "median_ms": 1e3 * statistics.median(times[name]),
+            "min_ms": 1e3 * min(times[name]),
+            "times_ms": [round(1e3 * t, 1) for t in times[name]],
+            "peak_mb": (resident + step_peak[name]) / 2**20,
+            "step_mb": step_peak[name] / 2**20,
+        }
 
     rows = []
     for num, den, t_target, m_target in COMPARISONS:
@@ -580,41 +691,66 @@ def measure(device: str, iters: int, batch: int, warmup: Optional[int] = None, l
             continue
         t_ratio = _ratio(times[num], times[den])
         m_ratio = stats[num]["peak_mb"] / stats[den]["peak_mb"]
-        rows.append({
-            "comparison": f"{num} / {den}",
-            "num_ms": round(stats[num]["median_ms"], 2),
-            "den_ms": round(stats[den]["median_ms"], 2),
-            "time_ratio": round(t_ratio, 3),
-            "time_target": f"<= {t_target}" if t_target else "",
-            "time_meets": ("yes" if t_ratio <= t_target else "no") if t_target else "",
-            "num_peak_mb": round(stats[num]["peak_mb"], 1),
-            "den_peak_mb": round(stats[den]["peak_mb"], 1),
-            "mem_ratio": round(m_ratio, 3),
-            "mem_target": f"<= {m_target}" if m_target else "",
-            "mem_meets": ("yes" if m_ratio <= m_target else "no") if m_target else "",
-        })
+        rows.append(
+            {
+                "comparison": f"{num} / {den}",
+                "num_ms": round(stats[num]["median_ms"], 2),
+                "den_ms": round(stats[den]["median_ms"], 2),
+                "time_ratio": round(t_ratio, 3),
+                "time_target": f"<= {t_target}" if t_target else "",
+                "time_meets": ("yes" if t_ratio <= t_target else "no") if t_target else "",
+                "num_peak_mb": round(stats[num]["peak_mb"], 1),
+                "den_peak_mb": round(stats[den]["peak_mb"], 1),
+                "mem_ratio": round(m_ratio, 3),
+                "mem_target": f"<= {m_target}" if m_target else "",
+                "mem_meets": ("yes" if m_ratio <= m_target else "no") if m_target else "",
+            }
+        )
     return rows, stats
 
 
-def run(device: str, iters: int, batch: int, warmup: Optional[int] = None, lvis_scale: bool = False,
-        seed: int = 0, variants: Sequence[str] = VARIANTS, weights: str = "") -> List[dict]:
+def run(
+    device: str,
+    iters: int,
+    batch: int,
+    warmup: Optional[int] = None,
+    lvis_scale: bool = False,
+    seed: int = 0,
+    variants: Sequence[str] = VARIANTS,
+    weights: str = "",
+) -> List[dict]:
     """One dict per comparison (time and memory ratios, with targets)."""
     return measure(device, iters, batch, warmup, lvis_scale, seed, variants, weights)[0]
 
 
 # --------------------------------------------------------------------------- report
 
+
 def weights_note(weights: str) -> str:
     if weights:
         return f"Weights: the base model `{os.path.relpath(weights, ROOT)}` in every variant."
-    return ("Weights: random init (no base model given): the RPN finds few foreground proposals, so "
-            "the stock step's mask head runs on few RoIs and its cost is understated.")
+    return (
+        "Weights: random init (no base model given): the RPN finds few foreground proposals, so "
+        "the stock step's mask head runs on few RoIs and its cost is understated."
+    )
 
 
-def to_markdown(rows: List[dict], stats: Dict[str, dict], device: str, iters: int, warmup: int,
-                batch: int, lvis_scale: bool, info: Dict[str, str], weights: str = "") -> str:
-    scale = ("ResNet-50 FPN (256 ch), 800 px short side, box head 1024, 512 RoIs/image"
-             if lvis_scale else "synthetic config: ResNet-18 FPN (64 ch), 128 px, 128 RoIs/image")
+def to_markdown(
+    rows: List[dict],
+    stats: Dict[str, dict],
+    device: str,
+    iters: int,
+    warmup: int,
+    batch: int,
+    lvis_scale: bool,
+    info: Dict[str, str],
+    weights: str = "",
+) -> str:
+    scale = (
+        "ResNet-50 FPN (256 ch), 800 px short side, box head 1024, 512 RoIs/image"
+        if lvis_scale
+        else "synthetic config: ResNet-18 FPN (64 ch), 128 px, 128 RoIs/image"
+    )
     cuda = device.startswith("cuda")
     lines = [
         f"# Decoupled training step cost ({device})",
@@ -626,8 +762,11 @@ def to_markdown(rows: List[dict], stats: Dict[str, dict], device: str, iters: in
         f"Median of {iters} interleaved rounds after {warmup} warm-up rounds; time ratio = median "
         "of per-round ratios. "
         + "Peak memory = the variant's resident state + peak allocated above it during its step"
-        + (" (torch.cuda.max_memory_allocated)." if cuda else
-           " (torch.profiler's CPU allocation records, max over 3 extra untimed steps)."),
+        + (
+            " (torch.cuda.max_memory_allocated)."
+            if cuda
+            else " (torch.profiler's CPU allocation records, max over 3 extra untimed steps)."
+        ),
         "",
         weights_note(weights),
         "",
@@ -635,38 +774,66 @@ def to_markdown(rows: List[dict], stats: Dict[str, dict], device: str, iters: in
         "|---|---|---:|---:|---:|---:|",
     ]
     for name, s in stats.items():
-        lines.append(f"| {name} | {DESCRIPTION[name]} | {s['median_ms']:.1f} | "
-                     f"{s['min_ms']:.1f} | {s['peak_mb']:.1f} | {s['step_mb']:.1f} |")
-    lines += ["", "Per-round times (ms): " + "; ".join(
-        f"{name} {', '.join(f'{t:.0f}' for t in s['times_ms'])}" for name, s in stats.items())]
+        lines.append(
+            f"| {name} | {DESCRIPTION[name]} | {s['median_ms']:.1f} | "
+            f"{s['min_ms']:.1f} | {s['peak_mb']:.1f} | {s['step_mb']:.1f} |"
+        )
+    lines += [
+        "",
+        "Per-round times (ms): "
+        + "; ".join(
+            f"{name} {', '.join(f'{t:.0f}' for t in s['times_ms'])}" for name, s in stats.items()
+        ),
+    ]
     lines += [
         "",
         "| comparison | time ratio | target | meets | memory ratio | target | meets |",
         "|---|---:|---|---|---:|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['comparison']} | {r['time_ratio']} | {r['time_target']} | "
-                     f"{r['time_meets']} | {r['mem_ratio']} | {r['mem_target']} | "
-                     f"{r['mem_meets']} |")
+        lines.append(
+            f"| {r['comparison']} | {r['time_ratio']} | {r['time_target']} | "
+            f"{r['time_meets']} | {r['mem_ratio']} | {r['mem_target']} | "
+            f"{r['mem_meets']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--iters", type=int, default=None, help="timed rounds; default 10 cpu, 30 cuda")
+    parser.add_argument(
+        "--iters", type=int, default=None, help="timed rounds; default 10 cpu, 30 cuda"
+    )
     parser.add_argument("--warmup", type=int, default=WARMUP)
-    parser.add_argument("--batch", type=int, default=None, help="images per batch; default 4 cpu, 8 cuda")
-    parser.add_argument("--lvis-scale", action="store_true",
-                        help="ResNet-50 FPN sizes and 800 px images (meant for GPU)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads; default 1 on cpu (on a shared machine more "
-                             "threads made steps swing 10x), torch's default on cuda; 0 = torch's")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
-                        help="variants to run (default all); comparisons need both sides")
-    parser.add_argument("--weights", default="auto",
-                        help="base model checkpoint; auto = make demo's output/demo/base_softmax_rfs"
-                             " if present, none = random init")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="images per batch; default 4 cpu, 8 cuda"
+    )
+    parser.add_argument(
+        "--lvis-scale",
+        action="store_true",
+        help="ResNet-50 FPN sizes and 800 px images (meant for GPU)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads; default 1 on cpu (on a shared machine more "
+        "threads made steps swing 10x), torch's default on cuda; 0 = torch's",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=VARIANTS,
+        help="variants to run (default all); comparisons need both sides",
+    )
+    parser.add_argument(
+        "--weights",
+        default="auto",
+        help="base model checkpoint; auto = make demo's output/demo/base_softmax_rfs"
+        " if present, none = random init",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     cuda = args.device == "cuda"
@@ -681,19 +848,31 @@ def main() -> None:
         print("warning: --lvis-scale on CPU is very slow", file=sys.stderr)
 
     weights = resolve_weights(args.weights, args.lvis_scale)
-    rows, stats = measure(args.device, iters, batch, warmup=args.warmup, lvis_scale=args.lvis_scale,
-                          variants=args.variants, weights=weights)
+    rows, stats = measure(
+        args.device,
+        iters,
+        batch,
+        warmup=args.warmup,
+        lvis_scale=args.lvis_scale,
+        variants=args.variants,
+        weights=weights,
+    )
     info = machine_info(args.device)
-    table = to_markdown(rows, stats, args.device, iters, args.warmup, batch, args.lvis_scale, info,
-                        weights)
+    table = to_markdown(
+        rows, stats, args.device, iters, args.warmup, batch, args.lvis_scale, info, weights
+    )
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"decoupled_{args.device}" + ("_lvis_scale" if args.lvis_scale else "")
     (out / f"{stem}.md").write_text(table)
-    extra = {"batch": str(batch), "iters": str(iters), "warmup": str(args.warmup),
-             "lvis_scale": str(args.lvis_scale),
-             "weights": os.path.relpath(weights, ROOT) if weights else "random"}
+    extra = {
+        "batch": str(batch),
+        "iters": str(iters),
+        "warmup": str(args.warmup),
+        "lvis_scale": str(args.lvis_scale),
+        "weights": os.path.relpath(weights, ROOT) if weights else "random",
+    }
     if not rows:  # e.g. --variants balms alone: timings in the markdown, no ratio to list
         (out / f"{stem}.csv").unlink(missing_ok=True)  # an older run's csv would not match
         print(f"wrote {out}/{stem}.md (no comparison among the chosen variants, so no .csv)")

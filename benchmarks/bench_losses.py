@@ -6,6 +6,7 @@ machine load hits every loss alike).  Target: balanced losses <= 1.15x their pla
 
     python -m benchmarks.bench_losses [--device cpu|cuda] [--repeats R] [--out DIR]
 """
+
 import argparse
 import csv
 import os
@@ -45,7 +46,7 @@ def _make_case(device: str, seed: int = 0) -> Dict[str, Callable[[], torch.Tenso
     n, k = NUM_IMAGES * PER_IMAGE, NUM_CLASSES
     # Long-tailed image counts (Zipf-like, every class seen at least once), in random class order.
     ranks = torch.randperm(k, generator=g).double() + 1
-    counts = torch.ceil(0.5 * NUM_TRAIN_IMAGES * ranks ** -1.5)
+    counts = torch.ceil(0.5 * NUM_TRAIN_IMAGES * ranks**-1.5)
     # Foreground labels drawn by frequency, as in real batches; the rest background (= K).
     gt = torch.full((n,), k, dtype=torch.long)
     num_fg = int(FG_FRACTION * n)
@@ -73,8 +74,9 @@ def _make_case(device: str, seed: int = 0) -> Dict[str, Callable[[], torch.Tenso
         if loss.family.scaled:
             logits = cosines
             kwargs = {"scale": 30.0}
-        cases[name] = (lambda loss=loss, logits=logits, kwargs=kwargs:
-                       loss(logits, gt, stats, **kwargs))
+        cases[name] = lambda loss=loss, logits=logits, kwargs=kwargs: loss(
+            logits, gt, stats, **kwargs
+        )
     cases["_leaves"] = (logits_softmax, logits_sigmoid, cosines)
     return cases
 
@@ -108,24 +110,29 @@ def run(device: str, repeats: int) -> List[dict]:
     kernel_ms = _kernel_ms(cases, leaves, names) if device.startswith("cuda") else {}
     rows = []
     for name, base in BASELINE.items():
-        ratio = (statistics.median(t / b for t, b in zip(times[name], times[base]))
-                 if base else None)
-        rows.append({
-            "loss": name,
-            "median_ms": round(1e3 * statistics.median(times[name]), 3),
-            "baseline": base or "",
-            "ratio": round(ratio, 3) if ratio is not None else "",
-            "target": f"<= {TARGET}" if name in TARGETED else "",
-            "meets_target": ("yes" if ratio <= TARGET else "no") if name in TARGETED else "",
-            "kernel_ms": round(kernel_ms[name], 4) if name in kernel_ms else "",
-            "kernel_ratio": (round(kernel_ms[name] / kernel_ms[base], 3)
-                             if base and name in kernel_ms and base in kernel_ms else ""),
-        })
+        ratio = statistics.median(t / b for t, b in zip(times[name], times[base])) if base else None
+        rows.append(
+            {
+                "loss": name,
+                "median_ms": round(1e3 * statistics.median(times[name]), 3),
+                "baseline": base or "",
+                "ratio": round(ratio, 3) if ratio is not None else "",
+                "target": f"<= {TARGET}" if name in TARGETED else "",
+                "meets_target": ("yes" if ratio <= TARGET else "no") if name in TARGETED else "",
+                "kernel_ms": round(kernel_ms[name], 4) if name in kernel_ms else "",
+                "kernel_ratio": (
+                    round(kernel_ms[name] / kernel_ms[base], 3)
+                    if base and name in kernel_ms and base in kernel_ms
+                    else ""
+                ),
+            }
+        )
     return rows
 
 
-def _kernel_ms(cases: Dict[str, Callable[[], torch.Tensor]], leaves, names: List[str],
-               rounds: int = 10) -> Dict[str, float]:
+def _kernel_ms(
+    cases: Dict[str, Callable[[], torch.Tensor]], leaves, names: List[str], rounds: int = 10
+) -> Dict[str, float]:
     """GPU kernel time per forward+backward (torch.profiler's CUPTI records), i.e. without the
     host's dispatch and launch time, which the wall-clock medians include and which dominates
     at this size on a fast GPU.  Empty if the profiler cannot trace kernels here."""
@@ -140,8 +147,10 @@ def _kernel_ms(cases: Dict[str, Callable[[], torch.Tensor]], leaves, names: List
                         leaf.grad = None
                     cases[name]().backward()
                 torch.cuda.synchronize()
-            total_us = sum(getattr(e, "self_device_time_total", None)
-                           or getattr(e, "self_cuda_time_total", 0) for e in prof.key_averages())
+            total_us = sum(
+                getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+                for e in prof.key_averages()
+            )
             if total_us > 0:
                 out[name] = total_us / rounds / 1e3
     except Exception as exc:  # profiler unavailable (no CUPTI): wall-clock numbers only
@@ -154,8 +163,9 @@ def machine_info(device: str) -> Dict[str, str]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+            )
     except OSError:
         pass
     info = {
@@ -168,8 +178,13 @@ def machine_info(device: str) -> Dict[str, str]:
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         from ltdet.modeling import fused_kernels  # LTDET_TRITON=0 times the eager path
 
-        info["triton_kernels"] = ("off (LTDET_TRITON=0)" if os.environ.get("LTDET_TRITON") == "0"
-                                  else "on" if fused_kernels.ENABLED else "off (no triton)")
+        info["triton_kernels"] = (
+            "off (LTDET_TRITON=0)"
+            if os.environ.get("LTDET_TRITON") == "0"
+            else "on"
+            if fused_kernels.ENABLED
+            else "off (no triton)"
+        )
     return info
 
 
@@ -192,9 +207,11 @@ def to_markdown(rows: List[dict], device: str, repeats: int, info: Dict[str, str
         "|---|---:|---|---:|---|---|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['loss']} | {r['median_ms']:.2f} | {r['baseline']} | {r['ratio']} | "
-                     f"{r['target']} | {r['meets_target']} | {r['kernel_ms']} | "
-                     f"{r['kernel_ratio']} |")
+        lines.append(
+            f"| {r['loss']} | {r['median_ms']:.2f} | {r['baseline']} | {r['ratio']} | "
+            f"{r['target']} | {r['meets_target']} | {r['kernel_ms']} | "
+            f"{r['kernel_ratio']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

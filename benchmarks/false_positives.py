@@ -17,6 +17,7 @@ negatives (ltdet/data/synthetic.py), so a method that fires on siblings loses AP
 the negative lists are sparse. Comparing (2)'s two columns shows how much of a gap between
 methods comes from such false positives.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,16 @@ VAL_JSON = os.path.join("ltdet_synthetic", "lvis_synthetic_val.json")
 
 
 def _detections(out: str, method: str, seed: int) -> str:
-    path = os.path.join(completed_run_dir(out, method, seed), "inference",
-                        "ltdet_synthetic_val", "lvis_instances_results.json")
+    path = os.path.join(
+        completed_run_dir(out, method, seed),
+        "inference",
+        "ltdet_synthetic_val",
+        "lvis_instances_results.json",
+    )
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no detections for {method} seed {seed} ({path}); re-run "
-                                "benchmarks/longtail.py")
+        raise FileNotFoundError(
+            f"no detections for {method} seed {seed} ({path}); re-run benchmarks/longtail.py"
+        )
     return path
 
 
@@ -61,8 +67,13 @@ def confident_counts(val: dict, dets: List[dict], score: float) -> Counter:
     for d in dets:
         if d["score"] >= score:
             img, cat = d["image_id"], d["category_id"]
-            where = ("with class" if cat in present.get(img, ()) else
-                     "negative" if cat in negative.get(img, ()) else "other")
+            where = (
+                "with class"
+                if cat in present.get(img, ())
+                else "negative"
+                if cat in negative.get(img, ())
+                else "other"
+            )
             out[(freq[cat], where)] += 1
     return out
 
@@ -80,8 +91,11 @@ def mask_ap(gt_path: str, det_path: str) -> tuple:
 
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+", default=["softmax", "balanced_softmax", "sigmoid",
-                                                    "balanced_sigmoid"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["softmax", "balanced_softmax", "sigmoid", "balanced_sigmoid"],
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--score", type=float, default=0.3)
     add_run_table_arguments(p)
@@ -102,10 +116,14 @@ def main(argv: Sequence[str] = None) -> int:
     json.dump(no_neg, tmp)
     tmp.close()
 
-    print(f"confident detections (score >= {args.score}), summed over seeds {args.seeds}; "
-          "mask AP / APr mean over seeds\n")
-    print("| method | r with / negative / other | c with / negative / other | "
-          "f with / negative / other | AP | APr | AP, no negatives | APr, no negatives |")
+    print(
+        f"confident detections (score >= {args.score}), summed over seeds {args.seeds}; "
+        "mask AP / APr mean over seeds\n"
+    )
+    print(
+        "| method | r with / negative / other | c with / negative / other | "
+        "f with / negative / other | AP | APr | AP, no negatives | APr, no negatives |"
+    )
     print("|---|---|---|---|---:|---:|---:|---:|")
     try:
         for m in args.methods:
@@ -118,10 +136,13 @@ def main(argv: Sequence[str] = None) -> int:
                 scores["as is"].append(mask_ap(val_path, path))
                 scores["no neg"].append(mask_ap(tmp.name, path))
             mean = {k: [sum(x[i] for x in v) / len(v) for i in (0, 1)] for k, v in scores.items()}
-            groups = " | ".join(" / ".join(str(counts[(g, w)]) for w in WHERE)
-                                for g in ("r", "c", "f"))
-            print(f"| {m} | {groups} | {mean['as is'][0]:.1f} | {mean['as is'][1]:.1f} | "
-                  f"{mean['no neg'][0]:.1f} | {mean['no neg'][1]:.1f} |")
+            groups = " | ".join(
+                " / ".join(str(counts[(g, w)]) for w in WHERE) for g in ("r", "c", "f")
+            )
+            print(
+                f"| {m} | {groups} | {mean['as is'][0]:.1f} | {mean['as is'][1]:.1f} | "
+                f"{mean['no neg'][0]:.1f} | {mean['no neg'][1]:.1f} |"
+            )
     finally:
         os.unlink(tmp.name)
     return 0

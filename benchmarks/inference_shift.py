@@ -19,6 +19,7 @@ This script re-evaluates trained models with the shift moved to test time:
 ``--no-shift`` scores as trained; ``--opts`` overrides test-time config keys (e.g.
 ``TEST.DETECTIONS_PER_IMAGE 7``) to see when the shift would matter.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,13 +59,17 @@ def shifted_scores(predictor, shift: torch.Tensor) -> Iterator[None]:
 
 
 def prior_shift(cfg) -> torch.Tensor:
-    """s_j = log(p_j / (1 - p_j)), p_j = image count / annotated images of DATASETS.TRAIN (as trained)."""
+    """s_j = log(p_j / (1 - p_j)), p_j = image count / annotated images of DATASETS.TRAIN (as
+    trained)."""
     from ltdet.data import training_class_stats
     from ltdet.modeling import losses as L
 
     stats = training_class_stats(cfg)
-    counts = L.validate_counts(stats.counts("image_count"), cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-                               floor=cfg.LTDET.CLASS_STATS.FLOOR or None)
+    counts = L.validate_counts(
+        stats.counts("image_count"),
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        floor=cfg.LTDET.CLASS_STATS.FLOOR or None,
+    )
     return L.sigmoid_log_prior_odds(counts, stats.num_images).float()
 
 
@@ -80,9 +85,11 @@ def evaluate(run_dir: str, sign: float, opts: Sequence[str] = ()) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = get_cfg()
         add_ltdet_config(cfg)
-        merge_config(cfg, os.path.join(run_dir, "config.yaml"),
-                     ["OUTPUT_DIR", out, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"),
-                      *opts])
+        merge_config(
+            cfg,
+            os.path.join(run_dir, "config.yaml"),
+            ["OUTPUT_DIR", out, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"), *opts],
+        )
         cfg.freeze()
         model = Trainer.build_model(cfg)
         LongTailCheckpointer(model, save_dir=out).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
@@ -92,8 +99,9 @@ def evaluate(run_dir: str, sign: float, opts: Sequence[str] = ()) -> dict:
 
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+", default=["sigmoid", "balanced_sigmoid"],
-                   choices=PLAIN + BALANCED)
+    p.add_argument(
+        "--methods", nargs="+", default=["sigmoid", "balanced_sigmoid"], choices=PLAIN + BALANCED
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--no-shift", action="store_true", help="score as trained")
     p.add_argument("--opts", nargs="*", default=[], help="test-time config overrides KEY VALUE")
@@ -109,21 +117,38 @@ def main(argv: Sequence[str] = None) -> int:
     if os.path.abspath(args.data_root) != os.path.abspath(datasets_root()):
         register_all(os.path.abspath(args.data_root))
 
-    lines = ["| method | seed | scored with | mask AP | APr | APc | APf | as trained: AP | APr |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | seed | scored with | mask AP | APr | APc | APf | as trained: AP | APr |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for method in args.methods:
         for seed in args.seeds:
             run_dir = completed_run_dir(args.out, method, seed)
             sign = 0.0 if args.no_shift else 1.0 if method in BALANCED else -1.0
             segm = evaluate(run_dir, sign, args.opts)["segm"]
-            with open(os.path.join(run_dir, "inference", "ltdet_synthetic_val",
-                                   "lvis_metrics.json")) as f:
+            with open(
+                os.path.join(run_dir, "inference", "ltdet_synthetic_val", "lvis_metrics.json")
+            ) as f:
                 trained = json.load(f)["segm"]
             # "as trained" only when nothing at test time differs from the run's own evaluation
-            how = ("sigma(eta + s): no boost" if sign > 0 else "sigma(eta - s): boost" if sign < 0
-                   else "sigma(eta)" if args.opts else "sigma(eta): as trained")
+            how = (
+                "sigma(eta + s): no boost"
+                if sign > 0
+                else "sigma(eta - s): boost"
+                if sign < 0
+                else "sigma(eta)"
+                if args.opts
+                else "sigma(eta): as trained"
+            )
             how += " " + " ".join(args.opts) if args.opts else ""
-            cells = [segm["AP"], segm["APr"], segm["APc"], segm["APf"], trained["AP"], trained["APr"]]
+            cells = [
+                segm["AP"],
+                segm["APr"],
+                segm["APc"],
+                segm["APf"],
+                trained["AP"],
+                trained["APr"],
+            ]
             # n/a: a group without classes (NaN; -100 in metrics written before)
             cells = ["n/a" if not v >= 0 else f"{v:.1f}" for v in cells]
             lines.append(f"| {method} | {seed} | {how} | " + " | ".join(cells) + " |")

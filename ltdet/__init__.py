@@ -3,6 +3,7 @@
 Importing ltdet applies the compatibility fixes (ltdet/compat.py), registers the LVIS-format and
 synthetic datasets and the LongTail ROI heads.
 """
+
 from .compat import apply_runtime_fixes
 
 apply_runtime_fixes()

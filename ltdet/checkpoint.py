@@ -1,6 +1,7 @@
 """detectron2's checkpointer with an explained error for softmax/sigmoid classifier mix-ups, the
 config fingerprint that --resume checks, and atomic checkpoint writes (docs/OUTPUTS_AND_RESUME.md).
 """
+
 import logging
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -8,8 +9,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .modeling.classifier_init import convert_softmax_classifier
 from .file_io import atomic_open
+from .modeling.classifier_init import convert_softmax_classifier
 from .modeling.loss_registry import loss_names
 
 logger = logging.getLogger(__name__)
@@ -19,12 +20,15 @@ _CLS_KEY = "box_predictor.cls_score.weight"
 
 def _either(names) -> str:
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
 # checkpointables the Trainer adds with LTDET.META / LTDET.M2M
 LTDET_STATE = ("meta_reweigher", "m2m")
 
 
-def check_classifier_shape(model_state: Dict[str, torch.Tensor],
-                           ckpt_state: Dict[str, torch.Tensor]) -> None:
+def check_classifier_shape(
+    model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, torch.Tensor]
+) -> None:
     """Raise if a checkpoint's box classifier has K+1 outputs where the model has K, or the
     reverse: a softmax-family checkpoint loaded into a sigmoid-family head (or vice versa).
     detectron2 would otherwise skip the layer with a warning and train a fresh classifier."""
@@ -33,13 +37,19 @@ def check_classifier_shape(model_state: Dict[str, torch.Tensor],
             continue
         theirs, ours = ckpt_state[key].shape[0], param.shape[0]
         if theirs == ours + 1:
-            kind = ("a softmax-family model (K+1 logits, with background)",
-                    "sigmoid-family (K logits)", _either(loss_names(background=True))
-                    + " (or set LTDET.LOSS.SIGMOID_FROM_SOFTMAX True to start the K sigmoid logits "
-                    "from the softmax ones, docs/MODEL_ZOO.md)")
+            kind = (
+                "a softmax-family model (K+1 logits, with background)",
+                "sigmoid-family (K logits)",
+                _either(loss_names(background=True))
+                + " (or set LTDET.LOSS.SIGMOID_FROM_SOFTMAX True to start the K sigmoid logits "
+                "from the softmax ones, docs/MODEL_ZOO.md)",
+            )
         elif theirs + 1 == ours:
-            kind = ("a sigmoid-family model (K logits, no background)",
-                    "softmax-family (K+1 logits)", _either(loss_names(background=False)))
+            kind = (
+                "a sigmoid-family model (K logits, no background)",
+                "softmax-family (K+1 logits)",
+                _either(loss_names(background=False)),
+            )
         else:
             continue  # a different class count: detectron2's usual skip-and-warn fine-tuning
         raise ValueError(
@@ -50,21 +60,33 @@ def check_classifier_shape(model_state: Dict[str, torch.Tensor],
 
 
 # (what needs the checkpoint, what MODEL.WEIGHTS should be, what the checkpoint must be)
-DECOUPLED = ("the decoupled regime (LTDET.DECOUPLED.ENABLED) fine-tunes a base model",
-             "the base model's model_final.pth", "a base model of this architecture")
-EVAL_ONLY = ("--eval-only evaluates a trained model", "the trained model's model_final.pth",
-             "a trained model of this architecture")
+DECOUPLED = (
+    "the decoupled regime (LTDET.DECOUPLED.ENABLED) fine-tunes a base model",
+    "the base model's model_final.pth",
+    "a base model of this architecture",
+)
+EVAL_ONLY = (
+    "--eval-only evaluates a trained model",
+    "the trained model's model_final.pth",
+    "a trained model of this architecture",
+)
 
 
-def check_complete(model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, torch.Tensor],
-                   path: str = "the checkpoint", purpose: Tuple[str, str, str] = DECOUPLED) -> None:
+def check_complete(
+    model_state: Dict[str, torch.Tensor],
+    ckpt_state: Dict[str, torch.Tensor],
+    path: str = "the checkpoint",
+    purpose: Tuple[str, str, str] = DECOUPLED,
+) -> None:
     """Raise unless every model tensor is in the checkpoint with the same shape (a decoupled
     fine-tuning must start from a base model of this exact architecture; an evaluation must not
     run on freshly initialised layers)."""
     missing = [k for k in model_state if k not in ckpt_state]
-    mismatched = [f"{k}: checkpoint {tuple(ckpt_state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in model_state.items()
-                  if k in ckpt_state and tuple(ckpt_state[k].shape) != tuple(v.shape)]
+    mismatched = [
+        f"{k}: checkpoint {tuple(ckpt_state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in model_state.items()
+        if k in ckpt_state and tuple(ckpt_state[k].shape) != tuple(v.shape)
+    ]
     if missing or mismatched:
         raise ValueError(
             f"{path} is not {purpose[2]}: {len(missing)} missing keys {missing[:8]}, "
@@ -78,11 +100,24 @@ def check_complete(model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, t
 # covers its sub-keys, FINGERPRINT_EXCLUDED carves some out. Everything else may change on resume:
 # the schedule (SOLVER.*, SEED), outputs (OUTPUT_DIR, TEST.*, LTDET.EVAL.*, logging periods),
 # where the weights came from (MODEL.WEIGHTS) and speed knobs that give the same numbers.
-FINGERPRINT_KEYS = ("MODEL", "LTDET", "DATASETS.TRAIN", "INPUT", "DATALOADER.SAMPLER_TRAIN",
-                    "DATALOADER.REPEAT_THRESHOLD", "DATALOADER.REPEAT_SQRT",
-                    "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "DATALOADER.ASPECT_RATIO_GROUPING")
-FINGERPRINT_EXCLUDED = ("MODEL.WEIGHTS", "MODEL.DEVICE", "LTDET.EVAL", "LTDET.META.LOG_PERIOD",
-                        "LTDET.DECOUPLED.TRUNK_CHUNK")
+FINGERPRINT_KEYS = (
+    "MODEL",
+    "LTDET",
+    "DATASETS.TRAIN",
+    "INPUT",
+    "DATALOADER.SAMPLER_TRAIN",
+    "DATALOADER.REPEAT_THRESHOLD",
+    "DATALOADER.REPEAT_SQRT",
+    "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
+    "DATALOADER.ASPECT_RATIO_GROUPING",
+)
+FINGERPRINT_EXCLUDED = (
+    "MODEL.WEIGHTS",
+    "MODEL.DEVICE",
+    "LTDET.EVAL",
+    "LTDET.META.LOG_PERIOD",
+    "LTDET.DECOUPLED.TRUNK_CHUNK",
+)
 FINGERPRINT = "config_fingerprint"  # its key in a checkpoint file
 CHANGED_CONFIG_FLAG = "--resume-changed-config"  # tools/train_net.py's override
 
@@ -117,37 +152,49 @@ def config_fingerprint(cfg) -> Dict[str, Any]:
     return out
 
 
-def fingerprint_differences(saved: Dict[str, Any], current: Dict[str, Any]
-                            ) -> List[Tuple[str, Any, Any]]:
+def fingerprint_differences(
+    saved: Dict[str, Any], current: Dict[str, Any]
+) -> List[Tuple[str, Any, Any]]:
     """(key, checkpoint's value, config's value) for every key both have with different values.
     A key only one side has (a config key added or removed by an ltdet or detectron2 update)
     is no difference: its default keeps the old behaviour."""
-    return [(k, saved[k], current[k]) for k in sorted(saved) if k in current
-            and saved[k] != current[k]]
+    return [
+        (k, saved[k], current[k]) for k in sorted(saved) if k in current and saved[k] != current[k]
+    ]
 
 
-def check_resume_config(saved: Optional[Dict[str, Any]], current: Dict[str, Any], path: str,
-                        *, changed_config_ok: bool = False) -> None:
+def check_resume_config(
+    saved: Optional[Dict[str, Any]],
+    current: Dict[str, Any],
+    path: str,
+    *,
+    changed_config_ok: bool = False,
+) -> None:
     """Raise if the checkpoint ``path`` (fingerprint ``saved``) was trained with another recipe
     than ``current`` (FINGERPRINT_KEYS); with ``changed_config_ok`` only warn. A checkpoint
     without a fingerprint (written before ltdet recorded them) resumes with a warning."""
     if saved is None:
-        logger.warning("%s records no config fingerprint (written before ltdet recorded one): "
-                       "resuming without checking that it was trained with this config", path)
+        logger.warning(
+            "%s records no config fingerprint (written before ltdet recorded one): "
+            "resuming without checking that it was trained with this config",
+            path,
+        )
         return
     diff = fingerprint_differences(saved, current)
     if not diff:
         return
     listed = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diff)
     if changed_config_ok:
-        logger.warning("resuming %s with a changed config (%s): %s", path, CHANGED_CONFIG_FLAG,
-                       listed)
+        logger.warning(
+            "resuming %s with a changed config (%s): %s", path, CHANGED_CONFIG_FLAG, listed
+        )
         return
     raise ValueError(
         f"--resume refused: {path} was trained with another config; {len(diff)} key(s) that "
         f"define the model, loss or data differ: {listed}. Resume with the config that run used, "
         f"train into a new OUTPUT_DIR, or, for a deliberate change, add {CHANGED_CONFIG_FLAG} "
-        "(tools/train_net.py). Nothing in OUTPUT_DIR was changed")
+        "(tools/train_net.py). Nothing in OUTPUT_DIR was changed"
+    )
 
 
 def last_checkpoint(output_dir: str) -> Optional[str]:
@@ -177,16 +224,22 @@ def check_resume(cfg, *, changed_config_ok: bool = False) -> None:
     path = last_checkpoint(cfg.OUTPUT_DIR)
     if path is None or not os.path.isfile(path):
         return  # nothing to resume: a fresh start (the checkpointer loads MODEL.WEIGHTS)
-    check_resume_config(read_fingerprint(path), config_fingerprint(cfg), path,
-                        changed_config_ok=changed_config_ok)
+    check_resume_config(
+        read_fingerprint(path), config_fingerprint(cfg), path, changed_config_ok=changed_config_ok
+    )
 
 
 def _non_finite(obj: Any, prefix: str = "") -> Optional[str]:
     """The name of the first floating tensor in ``obj`` (nested dicts / lists) with a NaN or inf."""
     if isinstance(obj, torch.Tensor):
         return prefix if obj.is_floating_point() and not torch.isfinite(obj).all() else None
-    items = (obj.items() if isinstance(obj, dict)
-             else enumerate(obj) if isinstance(obj, (list, tuple)) else ())
+    items = (
+        obj.items()
+        if isinstance(obj, dict)
+        else enumerate(obj)
+        if isinstance(obj, (list, tuple))
+        else ()
+    )
     for key, value in items:
         found = _non_finite(value, f"{prefix}.{key}" if prefix else str(key))
         if found is not None:
@@ -203,9 +256,17 @@ class LongTailCheckpointer(DetectionCheckpointer):
     and one whose weights are not finite is not written (``last_checkpoint`` keeps naming the
     last good one)."""
 
-    def __init__(self, model, save_dir="", *, require_complete: bool = False,
-                 purpose: Tuple[str, str, str] = DECOUPLED, sigmoid_from_softmax: bool = False,
-                 fingerprint: Optional[Dict[str, Any]] = None, **checkpointables):
+    def __init__(
+        self,
+        model,
+        save_dir="",
+        *,
+        require_complete: bool = False,
+        purpose: Tuple[str, str, str] = DECOUPLED,
+        sigmoid_from_softmax: bool = False,
+        fingerprint: Optional[Dict[str, Any]] = None,
+        **checkpointables,
+    ):
         super().__init__(model, save_dir, **checkpointables)
         self.sigmoid_from_softmax = sigmoid_from_softmax  # LTDET.LOSS.SIGMOID_FROM_SOFTMAX
         self.require_complete = require_complete
@@ -228,9 +289,13 @@ class LongTailCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         bad = _non_finite({"model": data["model"]})
         if bad is not None:
-            logger.error("not saving %s: %s is not finite (the training diverged); %s still names "
-                         "the last finite checkpoint", basename, bad,
-                         os.path.join(self.save_dir, "last_checkpoint"))
+            logger.error(
+                "not saving %s: %s is not finite (the training diverged); %s still names "
+                "the last finite checkpoint",
+                basename,
+                bad,
+                os.path.join(self.save_dir, "last_checkpoint"),
+            )
             return
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
@@ -246,8 +311,9 @@ class LongTailCheckpointer(DetectionCheckpointer):
         # fvcore treats an empty path as "nothing to load": a decoupled run would then train a
         # classifier on a randomly initialised frozen trunk, an evaluation score one.
         if self.require_complete and not path and not (resume and self.has_checkpoint()):
-            raise ValueError(f"{self.purpose[0]}, but MODEL.WEIGHTS is empty: set it to "
-                             f"{self.purpose[1]}")
+            raise ValueError(
+                f"{self.purpose[0]}, but MODEL.WEIGHTS is empty: set it to {self.purpose[1]}"
+            )
         return super().resume_or_load(path, resume=resume)
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None):
@@ -263,19 +329,24 @@ class LongTailCheckpointer(DetectionCheckpointer):
         missing = [k for k in self._requested if k not in checkpoint]
         unused = [k for k in LTDET_STATE if k in checkpoint and k not in self._requested]
         what = ([f"lacks {missing}"] if missing else []) + (
-            [f"holds {unused}, which this config has no place for"] if unused else [])
+            [f"holds {unused}, which this config has no place for"] if unused else []
+        )
         if what:
             raise ValueError(
                 f"the checkpoint to resume from {' and '.join(what)}: it was saved by a run with "
                 "other LTDET options (META / M2M). Resume with the config that run used, or "
-                "train into a new OUTPUT_DIR")
+                "train into a new OUTPUT_DIR"
+            )
 
     def _load_model(self, checkpoint):
         self._check_checkpointables(checkpoint)
         if self._requested and self.fingerprint is not None:  # a resume, not MODEL.WEIGHTS
-            check_resume_config(checkpoint.get(FINGERPRINT), self.fingerprint,
-                                self.get_checkpoint_file(),
-                                changed_config_ok=self.changed_config_ok)
+            check_resume_config(
+                checkpoint.get(FINGERPRINT),
+                self.fingerprint,
+                self.get_checkpoint_file(),
+                changed_config_ok=self.changed_config_ok,
+            )
         if self.sigmoid_from_softmax:
             convert_softmax_classifier(self.model.state_dict(), checkpoint["model"])
         check_classifier_shape(self.model.state_dict(), checkpoint["model"])

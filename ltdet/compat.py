@@ -15,6 +15,7 @@ ltdet runs on whatever detectron2 the user has. Two kinds of fixes live here:
 
 Each fix carries its reason; ``tests/test_compat.py`` checks them.
 """
+
 from __future__ import annotations
 
 import re
@@ -112,7 +113,9 @@ def patch_detectron2_sdist(root: str | Path) -> List[str]:
                 path.write_text(new)
                 changed.add(str(path.relative_to(root)))
         if not hits:
-            raise RuntimeError(f"compat fix found nothing to patch in {root}/{fix.files}: {fix.reason}")
+            raise RuntimeError(
+                f"compat fix found nothing to patch in {root}/{fix.files}: {fix.reason}"
+            )
     marker.write_text("patched by ltdet/compat.py\n")
     return sorted(changed)
 

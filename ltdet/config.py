@@ -1,4 +1,5 @@
 """ltdet's config keys. Call ``add_ltdet_config(cfg)`` on a detectron2 ``get_cfg()`` first."""
+
 from detectron2.config import CfgNode as CN
 
 

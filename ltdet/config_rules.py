@@ -129,9 +129,9 @@ def _check_datasets(cfg: CfgNode, training: bool) -> None:
                 f"test set {name} has {n} classes, training set {train} has {num_classes}: they "
                 "must share one category list"
                 if training
-                else f"test set {name} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES = {num_classes}: "
-                "evaluate with the config the model was trained with, on a test set of its "
-                "category list"
+                else f"test set {name} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES = "
+                f"{num_classes}: evaluate with the config the model was trained with, on a test "
+                "set of its category list"
             )
         names = list(meta.get("thing_classes", []))
         if training and n and names != list(stats.names):

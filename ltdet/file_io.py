@@ -1,5 +1,6 @@
 """Atomic file writes: a reader (or a second job on a shared file system) never sees a partial
 file, and a crash mid-write leaves the previous version in place."""
+
 from __future__ import annotations
 
 import os

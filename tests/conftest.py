@@ -43,21 +43,48 @@ def handmade(tmp_path):
     plus 5 images with no annotation (125 images in all)."""
     images, anns = [], []
     for i in range(125):
-        images.append({"id": i + 1, "file_name": f"img/{i:03d}.png", "height": 32, "width": 32,
-                       "neg_category_ids": [], "not_exhaustive_category_ids": []})
+        images.append(
+            {
+                "id": i + 1,
+                "file_name": f"img/{i:03d}.png",
+                "height": 32,
+                "width": 32,
+                "neg_category_ids": [],
+                "not_exhaustive_category_ids": [],
+            }
+        )
+
     def add(img, cat):
-        anns.append({"id": len(anns) + 1, "image_id": img + 1, "category_id": cat,
-                     "bbox": [2.0, 2.0, 10.0, 10.0], "area": 100.0,
-                     "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]})
+        anns.append(
+            {
+                "id": len(anns) + 1,
+                "image_id": img + 1,
+                "category_id": cat,
+                "bbox": [2.0, 2.0, 10.0, 10.0],
+                "area": 100.0,
+                "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]],
+            }
+        )
+
     for i in range(120):
         add(i, 3), add(i, 3)
     for i in range(12):
         add(i, 7)
     for _ in range(3):
         add(0, 9)
-    cats = [{"id": c, "name": n, "frequency": "r", "image_count": 0, "instance_count": 0,
-             "synonyms": [n], "synset": n, "def": n}
-            for c, n in ((3, "apple"), (7, "pear"), (9, "quince"))]
+    cats = [
+        {
+            "id": c,
+            "name": n,
+            "frequency": "r",
+            "image_count": 0,
+            "instance_count": 0,
+            "synonyms": [n],
+            "synset": n,
+            "def": n,
+        }
+        for c, n in ((3, "apple"), (7, "pear"), (9, "quince"))
+    ]
     os.makedirs(tmp_path / "img")
     for i in range(125):
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img" / f"{i:03d}.png")

@@ -1,4 +1,5 @@
 """Markdown pipe tables read back by header, for tests that check tables the project writes."""
+
 import re
 from typing import Dict, List
 

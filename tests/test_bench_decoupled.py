@@ -1,4 +1,5 @@
 """Helpers of the decoupled-step benchmark (benchmarks/bench_decoupled.py)."""
+
 import importlib
 
 import pytest
@@ -14,11 +15,11 @@ def test_cpu_step_peak_counts_live_tensors():
     keep = []
 
     def step():
-        a = torch.empty(1_000_000)          # 4 MB held
-        b = torch.empty(2_000_000)          # 12 MB held: the peak
-        del a, b                            # 0
-        c = torch.empty(500_000)            # 2 MB
-        keep.append(torch.empty(250_000))   # 3 MB, outlives the step
+        a = torch.empty(1_000_000)  # 4 MB held
+        b = torch.empty(2_000_000)  # 12 MB held: the peak
+        del a, b  # 0
+        c = torch.empty(500_000)  # 2 MB
+        keep.append(torch.empty(250_000))  # 3 MB, outlives the step
         del c
 
     peak = bench.cpu_step_peak(step)

@@ -3,6 +3,7 @@
 One real run (base model + softmax, tools/train_net.py subprocesses, 3 iterations on the tiny
 synthetic set) checks the whole chain; caching, failures, skipped dependents and the
 "not implemented" rows use an injected runner that writes what a run writes."""
+
 import csv
 import json
 import os
@@ -20,11 +21,34 @@ PLANNED = lt.Method("planned", None, implemented=False, description="a method no
 
 # tests/test_end_to_end.py tiny_cfg, with 3 iterations and a cheaper test-time head.
 TINY_OPTS = [
-    "MODEL.ROI_HEADS.NUM_CLASSES", "8", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3",
-    "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "64", "INPUT.RANDOM_FLIP", "none", "TEST.DETECTIONS_PER_IMAGE", "10",
-    "MODEL.RPN.PRE_NMS_TOPK_TEST", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    "8",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SOLVER.MAX_ITER",
+    "3",
+    "SOLVER.STEPS",
+    "(2,)",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "64",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "64",
+    "INPUT.RANDOM_FLIP",
+    "none",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "10",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "50",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "20",
 ]
 
 
@@ -58,7 +82,10 @@ class FakeRunner:
             assert weights == os.path.join(run.base_run.out_dir, "model_final.pth")
         if run.name in self.fail or (run.name, run.seed) in self.fail:
             with open(run.log_path, "w") as f:
-                f.write("Traceback (most recent call last):\nKeyError: 'unknown config key LTDET.NOPE'\n")
+                f.write(
+                    "Traceback (most recent call last):\n"
+                    "KeyError: 'unknown config key LTDET.NOPE'\n"
+                )
             return 1
         inf = os.path.dirname(run.metrics_path)
         os.makedirs(inf)
@@ -67,7 +94,9 @@ class FakeRunner:
         with open(run.metrics_path, "w") as f:
             json.dump({"bbox": dict(task, AP=ap + 3), "segm": task}, f)
         with open(run.per_class_path, "w") as f:
-            f.write("class_id,name,frequency,train_image_count,train_instance_count,AP_bbox,AP_segm\n")
+            f.write(
+                "class_id,name,frequency,train_image_count,train_instance_count,AP_bbox,AP_segm\n"
+            )
             for c, n in enumerate([30, 11, 4, 1, 30, 11, 4, 1]):
                 f.write(f"{c},cls{c},{'c' if n > 10 else 'r'},{n},{n + 1},{ap:.2f},{ap + c:.2f}\n")
         open(os.path.join(run.out_dir, "model_final.pth"), "w").close()
@@ -80,8 +109,9 @@ def test_real_tiny_run_and_cache(data_root, tmp_path):
     methods = ["softmax", PLANNED]
     res = lt.run_benchmark(methods, [0], out, "tiny", TINY_OPTS, data_root=data_root)
     status = {r.name: r.status for r in res["runs"]}
-    assert status == {"base_softmax_rfs": "ok", "softmax": "ok", "planned": "not implemented"}, \
-        [(r.name, r.reason, r.log_path) for r in res["runs"]]
+    assert status == {"base_softmax_rfs": "ok", "softmax": "ok", "planned": "not implemented"}, [
+        (r.name, r.reason, r.log_path) for r in res["runs"]
+    ]
     for name in ("results.md", "results.csv", "groups.png", "per_class.png"):
         assert os.path.getsize(os.path.join(out, name)) > 200, name
     runs = {r.name: r for r in res["runs"]}
@@ -96,7 +126,10 @@ def test_real_tiny_run_and_cache(data_root, tmp_path):
         assert "Decoupled regime: training only ['roi_heads.box_predictor.cls_score" in f.read()
     rows = _read_csv(os.path.join(out, "results.csv"))
     assert [(r["method"], r["status"]) for r in rows] == [
-        ("base_softmax_rfs", "ok"), ("softmax", "ok"), ("planned", "not implemented")]
+        ("base_softmax_rfs", "ok"),
+        ("softmax", "ok"),
+        ("planned", "not implemented"),
+    ]
     assert rows[1]["segm_APf"] == ""  # the tiny set has no frequent class: LVIS -100 -> n/a
     assert float(rows[1]["segm_AP"]) >= 0.0
     md = open(os.path.join(out, "results.md")).read()
@@ -105,8 +138,15 @@ def test_real_tiny_run_and_cache(data_root, tmp_path):
     done = os.path.join(softmax.out_dir, "done.json")
     mtime = os.path.getmtime(done)
     calls = []
-    again = lt.run_benchmark(methods, [0], out, "tiny", TINY_OPTS, data_root=data_root,
-                             runner=lambda run: calls.append(run) or 1)
+    again = lt.run_benchmark(
+        methods,
+        [0],
+        out,
+        "tiny",
+        TINY_OPTS,
+        data_root=data_root,
+        runner=lambda run: calls.append(run) or 1,
+    )
     assert calls == []
     assert [r.status for r in again["runs"]] == ["cached", "cached", "not implemented"]
     assert os.path.getmtime(done) == mtime
@@ -115,11 +155,18 @@ def test_real_tiny_run_and_cache(data_root, tmp_path):
 
 def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
     out = str(tmp_path / "bench")
-    broken = lt.Method("broken", "decoupled/softmax.yaml", "softmax", ("LTDET.NOPE", "1"),
-                       description="config with an unknown key")
+    broken = lt.Method(
+        "broken",
+        "decoupled/softmax.yaml",
+        "softmax",
+        ("LTDET.NOPE", "1"),
+        description="config with an unknown key",
+    )
     methods = ["softmax", "balanced_softmax", broken, PLANNED]
     runner = FakeRunner(fail={"broken"})
-    res = lt.run_benchmark(methods, [0, 1], out, "tiny", TINY_OPTS, runner=runner, data_root=data_root)
+    res = lt.run_benchmark(
+        methods, [0, 1], out, "tiny", TINY_OPTS, runner=runner, data_root=data_root
+    )
     assert len(runner.calls) == 8  # (base + 3 methods) x 2 seeds; "planned" never runs
     status = {(r.name, r.seed): r.status for r in res["runs"]}
     assert status[("broken", 0)] == status[("broken", 1)] == "failed"
@@ -141,7 +188,10 @@ def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
     assert [float(r["segm_AP"]) for r in sm] == [17.0, 19.0] and sm[0]["segm_APf"] == ""
     md = open(os.path.join(out, "results.md")).read()
     summary = md.split("## Per seed")[0]
-    assert "| softmax | 18.0 ± 1.4 | 13.0 ± 1.4 | 19.0 ± 1.4 | n/a | 21.0 ± 1.4 | 2/2 | ok |" in summary
+    assert (
+        "| softmax | 18.0 ± 1.4 | 13.0 ± 1.4 | 19.0 ± 1.4 | n/a | 21.0 ± 1.4 | 2/2 | ok |"
+        in summary
+    )
     assert "| broken | — | — | — | — | — | 0/2 | failed (exit code 1) |" in summary
     assert "| planned | — | — | — | — | — | 0/2 | not implemented |" in summary
     assert "| base_softmax_rfs |" in summary
@@ -151,14 +201,23 @@ def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
 
     # Re-run: only the failed runs run again; then a changed override runs everything again.
     runner2 = FakeRunner()
-    res2 = lt.run_benchmark(methods, [0, 1], out, "tiny", TINY_OPTS, runner=runner2, data_root=data_root)
+    res2 = lt.run_benchmark(
+        methods, [0, 1], out, "tiny", TINY_OPTS, runner=runner2, data_root=data_root
+    )
     assert sorted(runner2.calls) == [("broken", 0), ("broken", 1)]
     status2 = {(r.name, r.seed): r.status for r in res2["runs"]}
     assert status2[("softmax", 1)] == "cached" and status2[("broken", 1)] == "ok"
     assert not os.path.exists(os.path.join(failed.out_dir, "failed.json"))
     runner3 = FakeRunner()
-    lt.run_benchmark(["softmax"], [0], out, "tiny", TINY_OPTS + ["SOLVER.BASE_LR", "0.01"],
-                     runner=runner3, data_root=data_root)
+    lt.run_benchmark(
+        ["softmax"],
+        [0],
+        out,
+        "tiny",
+        TINY_OPTS + ["SOLVER.BASE_LR", "0.01"],
+        runner=runner3,
+        data_root=data_root,
+    )
     assert runner3.calls == [("base_softmax_rfs", 0), ("softmax", 0)]
 
 
@@ -183,14 +242,24 @@ def test_unreadable_or_partial_metrics_are_not_reported_as_complete(data_root, t
                     json.dump(metrics, f)
             return rc
 
-    res = lt.run_benchmark(["softmax", "balanced_softmax"], [0, 1], out, "tiny", TINY_OPTS,
-                           runner=Runner(), data_root=data_root)
+    res = lt.run_benchmark(
+        ["softmax", "balanced_softmax"],
+        [0, 1],
+        out,
+        "tiny",
+        TINY_OPTS,
+        runner=Runner(),
+        data_root=data_root,
+    )
     status = {(r.name, r.seed): (r.status, r.reason) for r in res["runs"]}
     assert status[("softmax", 1)] == ("failed", "exit code 0 but lvis_metrics.json unreadable")
     md = open(os.path.join(out, "results.md")).read().split("## Per seed")[0]
     assert "| softmax | 17.0 | 12.0 | 18.0 | n/a | 20.0 | 1/2 | 1/2 seeds ok; seed 1 failed |" in md
     # box AP of balanced_softmax from seed 1 only (10 + 2 + 16 + 3), said so
-    assert "| balanced_softmax | 27.0 ± 1.4 | 22.0 ± 1.4 | 28.0 ± 1.4 | n/a | 31.0 (1 seed) | 2/2 | ok |" in md
+    assert (
+        "| balanced_softmax | 27.0 ± 1.4 | 22.0 ± 1.4 | 28.0 ± 1.4 | n/a | 31.0 (1 seed) "
+        "| 2/2 | ok |" in md
+    )
 
     # A cached run whose metrics were damaged since is trained again, not reported as cached.
     sm0 = next(r for r in res["runs"] if (r.name, r.seed) == ("softmax", 0))
@@ -204,8 +273,9 @@ def test_unreadable_or_partial_metrics_are_not_reported_as_complete(data_root, t
 def test_failed_base_skips_its_methods(data_root, tmp_path):
     out = str(tmp_path / "bench")
     runner = FakeRunner(fail={("base_softmax_rfs", 1)})
-    res = lt.run_benchmark(["softmax", "sigmoid"], [0, 1], out, "tiny", TINY_OPTS, runner=runner,
-                           data_root=data_root)
+    res = lt.run_benchmark(
+        ["softmax", "sigmoid"], [0, 1], out, "tiny", TINY_OPTS, runner=runner, data_root=data_root
+    )
     status = {(r.name, r.seed): (r.status, r.reason) for r in res["runs"]}
     assert status[("softmax", 1)] == ("skipped", "base base_softmax_rfs failed")
     assert status[("sigmoid", 1)][0] == "ok" and status[("softmax", 0)][0] == "ok"
@@ -220,13 +290,17 @@ def test_failed_base_skips_its_methods(data_root, tmp_path):
 
     # A re-trained base invalidates its methods' cache even though their config is unchanged.
     runner2 = FakeRunner()
-    lt.run_benchmark(["softmax"], [0, 1], out, "tiny", TINY_OPTS, runner=runner2, data_root=data_root)
+    lt.run_benchmark(
+        ["softmax"], [0, 1], out, "tiny", TINY_OPTS, runner=runner2, data_root=data_root
+    )
     assert runner2.calls == [("base_softmax_rfs", 1), ("softmax", 1)]
     base0 = next(r for r in res["runs"] if r.name == "base_softmax_rfs" and r.seed == 0)
     os.remove(os.path.join(base0.out_dir, "done.json"))
     os.remove(base0.metrics_path)
     runner3 = FakeRunner()
-    lt.run_benchmark(["softmax"], [0, 1], out, "tiny", TINY_OPTS, runner=runner3, data_root=data_root)
+    lt.run_benchmark(
+        ["softmax"], [0, 1], out, "tiny", TINY_OPTS, runner=runner3, data_root=data_root
+    )
     assert runner3.calls == [("base_softmax_rfs", 0), ("softmax", 0)]
 
 
@@ -234,14 +308,26 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     cfg = os.path.join(REPO, "configs/synthetic/decoupled/balms.yaml")
     assert lt.scaled_schedule_opts(cfg, 1.0) == []
     assert lt.scaled_schedule_opts(cfg, 0.5) == [
-        "SOLVER.MAX_ITER", "60", "SOLVER.STEPS", "(30,50,)", "SOLVER.WARMUP_ITERS", "0"]
+        "SOLVER.MAX_ITER",
+        "60",
+        "SOLVER.STEPS",
+        "(30,50,)",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+    ]
     # Rounding may merge steps or reach MAX_ITER; detectron2 must still build the schedule.
-    assert lt.scaled_schedule_opts(cfg, 0.02)[:4] == ["SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)"]
+    assert lt.scaled_schedule_opts(cfg, 0.02)[:4] == [
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.STEPS",
+        "(1,)",
+    ]
     assert lt.scaled_schedule_opts(cfg, 0.01)[:4] == ["SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()"]
     from detectron2.config import get_cfg
     from detectron2.solver import build_lr_scheduler
 
     from ltdet.config import add_ltdet_config, merge_config
+
     for scale in (0.5, 0.02, 0.01):
         c = get_cfg()
         add_ltdet_config(c)
@@ -259,15 +345,45 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     m = lt.KNOWN_METHODS["balms"]
     h = lt.config_hash(m, ["A", "1"], "tiny")
     assert h == lt.config_hash(m, ["A", "1"], "tiny")
-    assert len({h, lt.config_hash(m, ["A", "2"], "tiny"), lt.config_hash(m, ["A", "1"], "default"),
-                lt.config_hash(m, ["A", "1"], "tiny", base_hash="x")}) == 4
+    assert (
+        len(
+            {
+                h,
+                lt.config_hash(m, ["A", "2"], "tiny"),
+                lt.config_hash(m, ["A", "1"], "default"),
+                lt.config_hash(m, ["A", "1"], "tiny", base_hash="x"),
+            }
+        )
+        == 4
+    )
 
-    runs = lt.plan(["eql", "m2m", PLANNED], [3], str(tmp_path), "tiny", ["K", "V"], 1.0, data_root, num_classes=8)
+    runs = lt.plan(
+        ["eql", "m2m", PLANNED],
+        [3],
+        str(tmp_path),
+        "tiny",
+        ["K", "V"],
+        1.0,
+        data_root,
+        num_classes=8,
+    )
     assert [(r.name, r.status) for r in runs] == [
-        ("base_softmax_rfs", "planned"), ("base_sigmoid_rfs", "planned"), ("eql", "planned"),
-        ("m2m", "planned"), ("planned", "not implemented")]
-    assert runs[2].cmd[-8:] == ["K", "V", "SEED", "3", "OUTPUT_DIR", runs[2].out_dir, "MODEL.WEIGHTS",
-                                os.path.join(runs[1].out_dir, "model_final.pth")]
+        ("base_softmax_rfs", "planned"),
+        ("base_sigmoid_rfs", "planned"),
+        ("eql", "planned"),
+        ("m2m", "planned"),
+        ("planned", "not implemented"),
+    ]
+    assert runs[2].cmd[-8:] == [
+        "K",
+        "V",
+        "SEED",
+        "3",
+        "OUTPUT_DIR",
+        runs[2].out_dir,
+        "MODEL.WEIGHTS",
+        os.path.join(runs[1].out_dir, "model_final.pth"),
+    ]
     assert os.path.basename(os.path.dirname(runs[2].out_dir)) == "seed3"
     with pytest.raises(ValueError, match="unknown method"):
         lt.plan(["nope"], [0], str(tmp_path))
@@ -276,8 +392,25 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     with pytest.raises(ValueError, match="SEED"):
         lt.plan(["softmax"], [0], str(tmp_path), extra_opts=["SEED", "1"])
 
-    assert lt.main(["--dry-run", "--preset", "tiny", "--seeds", "0", "--methods", "softmax", "m2m",
-                    "--out", str(tmp_path / "cli"), "--data-root", data_root]) == 0
+    assert (
+        lt.main(
+            [
+                "--dry-run",
+                "--preset",
+                "tiny",
+                "--seeds",
+                "0",
+                "--methods",
+                "softmax",
+                "m2m",
+                "--out",
+                str(tmp_path / "cli"),
+                "--data-root",
+                data_root,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "seed 0 softmax: to run" in printed and "seed 0 m2m: to run" in printed
     assert not os.path.exists(tmp_path / "cli" / "results.md")
@@ -287,11 +420,25 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
 
 def test_estimate_counts_only_runs_left_to_train(data_root, tmp_path, capsys):
     out = str(tmp_path / "bench")
-    lt.run_benchmark(["softmax", "balanced_softmax"], [1], out, "tiny", TINY_OPTS,
-                     runner=FakeRunner(), data_root=data_root)
+    lt.run_benchmark(
+        ["softmax", "balanced_softmax"],
+        [1],
+        out,
+        "tiny",
+        TINY_OPTS,
+        runner=FakeRunner(),
+        data_root=data_root,
+    )
     capsys.readouterr()
-    lt.run_benchmark(["softmax", "balanced_softmax"], [0, 1], out, "tiny", TINY_OPTS,
-                     runner=FakeRunner(), data_root=data_root)
+    lt.run_benchmark(
+        ["softmax", "balanced_softmax"],
+        [0, 1],
+        out,
+        "tiny",
+        TINY_OPTS,
+        runner=FakeRunner(),
+        data_root=data_root,
+    )
     printed = capsys.readouterr().out
     # seed 1 is cached: from the first run on, the estimate covers the 3 runs of seed 0 only
     first = next(ln for ln in printed.splitlines() if ln.startswith("[1/6]"))
@@ -305,8 +452,12 @@ def test_git_commit_ignores_its_own_results_files(tmp_path, monkeypatch):
     import subprocess
 
     def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
 
     (tmp_path / "code.py").write_text("a = 1\n")
     (tmp_path / "results").mkdir()
@@ -318,7 +469,7 @@ def test_git_commit_ignores_its_own_results_files(tmp_path, monkeypatch):
     assert "uncommitted" not in lt.runs.git_commit(ignore=str(tmp_path / "results"))
     (tmp_path / "results" / "results.md").write_text("new\n")
     assert "uncommitted" in lt.runs.git_commit()
-    assert "uncommitted" not in lt.runs.git_commit(ignore=str(tmp_path / "results" / "runs" / ".." ))
+    assert "uncommitted" not in lt.runs.git_commit(ignore=str(tmp_path / "results" / "runs" / ".."))
     (tmp_path / "code.py").write_text("a = 2\n")
     assert "uncommitted" in lt.runs.git_commit(ignore=str(tmp_path / "results"))
 
@@ -326,22 +477,42 @@ def test_git_commit_ignores_its_own_results_files(tmp_path, monkeypatch):
 def _run(name, seed, ap, apr, status="ok"):
     method = lt.BASES["softmax"] if name == "base_softmax_rfs" else lt.KNOWN_METHODS[name]
     task = {"AP": ap, "APr": apr, "APc": ap, "APf": ap}
-    return lt.Run(method, seed, status=status, metrics={"segm": task, "bbox": task}, log_path=f"{name}.log")
+    return lt.Run(
+        method, seed, status=status, metrics={"segm": task, "bbox": task}, log_path=f"{name}.log"
+    )
 
 
 def test_paired_deltas_against_the_softmax_baseline(tmp_path):
     # Seed luck shared by every method of a seed (+-10 AP) cancels in the paired difference.
     runs = [_run("base_softmax_rfs", s, 50.0, 30.0) for s in (0, 1, 2)]
-    runs += [_run("softmax", s, 50.0 + luck, 30.0 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))]
-    runs += [_run("balanced_softmax", s, 49.5 + luck, 33.0 + luck + d)  # APr +3 +- 1, AP -0.5
-             for s, luck, d in zip((0, 1, 2), (-10, 0, 10), (-1, 0, 1))]
-    runs += [_run("sigmoid", s, 47.0 + luck, 31.0 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))]
-    runs += [_run("balanced_sigmoid", s, 46.0 + luck, 29.0 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))]
+    runs += [
+        _run("softmax", s, 50.0 + luck, 30.0 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))
+    ]
+    runs += [
+        _run("balanced_softmax", s, 49.5 + luck, 33.0 + luck + d)  # APr +3 +- 1, AP -0.5
+        for s, luck, d in zip((0, 1, 2), (-10, 0, 10), (-1, 0, 1))
+    ]
+    runs += [
+        _run("sigmoid", s, 47.0 + luck, 31.0 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))
+    ]
+    runs += [
+        _run("balanced_sigmoid", s, 46.0 + luck, 29.0 + luck)
+        for s, luck in zip((0, 1, 2), (-10, 0, 10))
+    ]
     runs += [_run("m2m", s, 50.0 + luck, 30.04 + luck) for s, luck in zip((0, 1, 2), (-10, 0, 10))]
-    runs += [_run("dbm_bs", 0, 60.0, 40.0), _run("dbm_bs", 1, 0, 0, status="failed"),
-             _run("dbm_bs", 2, 56.0, 35.0)]
+    runs += [
+        _run("dbm_bs", 0, 60.0, 40.0),
+        _run("dbm_bs", 1, 0, 0, status="failed"),
+        _run("dbm_bs", 2, 56.0, 35.0),
+    ]
     rows = {d["method"]: d for d in lt.paired_deltas(runs)}
-    assert set(rows) == {"balanced_softmax", "sigmoid", "balanced_sigmoid", "m2m", "dbm_bs"}  # no base/baseline
+    assert set(rows) == {
+        "balanced_softmax",
+        "sigmoid",
+        "balanced_sigmoid",
+        "m2m",
+        "dbm_bs",
+    }  # no base/baseline
     bs = rows["balanced_softmax"]
     assert bs["stats"]["mask AP"] == pytest.approx((-0.5, 0.0))
     assert bs["stats"]["APr"] == pytest.approx((3.0, 1.0))  # unpaired std would be ~10
@@ -355,7 +526,10 @@ def test_paired_deltas_against_the_softmax_baseline(tmp_path):
     paths = lt.write_results(runs, str(tmp_path), "cmd", {"preset": "default"}, plots=False)
     md = open(paths["md"]).read()
     section = md.split("paired by seed")[1].split("## Per seed")[0]
-    assert "| balanced_softmax | -0.5 ± 0.0 | +3.0 ± 1.0 | -0.5 ± 0.0 | -0.5 ± 0.0 | -0.5 ± 0.0 | 3/3 seeds | yes |" in section
+    assert (
+        "| balanced_softmax | -0.5 ± 0.0 | +3.0 ± 1.0 | -0.5 ± 0.0 | -0.5 ± 0.0 | -0.5 ± 0.0 "
+        "| 3/3 seeds | yes |" in section
+    )
     assert "| sigmoid | -3.0 ± 0.0 | +1.0 ± 0.0 |" in section and section.count("| no |") == 3
     # The sigmoid-base methods also against plain sigmoid from the same base; no others there.
     section = md.split("sigmoid re-training baseline, paired by seed")[1].split("## Per seed")[0]
@@ -367,6 +541,7 @@ def test_estimate_uses_the_closest_finished_runs():
     def run(name, seconds=None):
         method = lt.BASES["softmax"] if name == "base_softmax_rfs" else lt.KNOWN_METHODS[name]
         return lt.Run(method, 0, duration_s=seconds)
+
     fresh = [run("base_softmax_rfs", 500.0)]  # only a base has finished in this invocation
     cached = [run("softmax", 80.0), run("balms", 120.0), run("base_softmax_rfs", 400.0)]
     left = [run("base_softmax_rfs"), run("softmax"), run("balms"), run("sigmoid")]
@@ -374,7 +549,9 @@ def test_estimate_uses_the_closest_finished_runs():
     # the cached fine-tunes' mean 100, not the fresh base's 500.
     assert lt.runs._estimate(left, fresh, cached) == pytest.approx(500 + 80 + 120 + 100)
     assert lt.runs._estimate(left, [], []) is None
-    assert lt.runs._estimate([run("sigmoid")], fresh, []) == pytest.approx(500)  # only any-kind known
+    assert lt.runs._estimate([run("sigmoid")], fresh, []) == pytest.approx(
+        500
+    )  # only any-kind known
 
 
 def test_per_class_dodge_never_crosses_a_group_line():
@@ -388,6 +565,7 @@ def test_per_class_dodge_never_crosses_a_group_line():
 def test_diagnostics_find_the_data_root_the_table_was_made_with(tmp_path):
     """inference_shift.py / false_positives.py default to the set the table in --out records
     (a path with ", " in it included), else to where longtail.py puts the recorded preset's."""
+
     def table(settings):
         out = tmp_path / f"t{len(list(tmp_path.iterdir()))}"
         out.mkdir()

@@ -45,10 +45,16 @@ def test_no_config_writes_over_the_weights_it_loads_and_recipes_keep_apart():
 
 
 def test_lvis_base_recipe_matches_the_paper():
-    cfg = merge_config(fresh(), os.path.join(REPO, "configs/LVISv0.5/base_softmax_rfs_R50_FPN.yaml"))
+    cfg = merge_config(
+        fresh(), os.path.join(REPO, "configs/LVISv0.5/base_softmax_rfs_R50_FPN.yaml")
+    )
     assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
     assert cfg.DATALOADER.REPEAT_THRESHOLD == 0.001
-    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS, cfg.SOLVER.BASE_LR) == (90000, (60000, 80000), 0.01)
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS, cfg.SOLVER.BASE_LR) == (
+        90000,
+        (60000, 80000),
+        0.01,
+    )
     assert cfg.TEST.DETECTIONS_PER_IMAGE == 300 and cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 1e-4
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1230
 

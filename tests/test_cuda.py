@@ -1,6 +1,7 @@
 """GPU checks, skipped where there is no CUDA device (CI has none). Run them on a GPU machine with
 ``pytest tests/test_cuda.py``: every loss, the meta step and the decoupled BALMS regime work on
 CUDA tensors and give what the CPU gives."""
+
 import pytest
 import torch
 
@@ -21,8 +22,10 @@ def _loss_and_grads(name, x, y, w, device):
     x.requires_grad_()
     w.requires_grad_()
     stats = {k: v.to(device, x.dtype) for k, v in TL.STATS.items()}
-    kwargs = {k: (v.to(device, x.dtype) if torch.is_tensor(v) else v)
-              for k, v in TL.DISPATCH_KWARGS.get(name, {}).items()}
+    kwargs = {
+        k: (v.to(device, x.dtype) if torch.is_tensor(v) else v)
+        for k, v in TL.DISPATCH_KWARGS.get(name, {}).items()
+    }
     if name == "federated":  # every class: the sampled set would come from a device's own RNG
         kwargs = {"num_classes": TL.K}
     loss = get_loss(name)(x, y, stats, w, **kwargs)
@@ -34,10 +37,14 @@ def _loss_and_grads(name, x, y, w, device):
 def test_loss_and_gradients_match_cpu(name, dtype):
     # float32 takes the Triton kernels for the balanced losses on CUDA, float64 the eager ops
     softmax, _ = TL.LOSSES[name]
-    x, y, w = (t.to(dtype) if t.is_floating_point() else t
-               for t in TL.make_batch(n=16, softmax=softmax, scale=3.0))
+    x, y, w = (
+        t.to(dtype) if t.is_floating_point() else t
+        for t in TL.make_batch(n=16, softmax=softmax, scale=3.0)
+    )
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
-    for got, want in zip(_loss_and_grads(name, x, y, w, "cuda"), _loss_and_grads(name, x, y, w, "cpu")):
+    for got, want in zip(
+        _loss_and_grads(name, x, y, w, "cuda"), _loss_and_grads(name, x, y, w, "cpu")
+    ):
         torch.testing.assert_close(got, want, **tol)
 
 
@@ -70,17 +77,31 @@ def test_meta_step_matches_cpu():
 
 
 def test_base_and_decoupled_balms_on_cuda(tiny_root, tmp_path):
-    _, results = train(tiny_cfg(tmp_path / "base", "configs/synthetic/base_softmax_rfs.yaml",
-                                "MODEL.DEVICE", "cuda"))
+    _, results = train(
+        tiny_cfg(
+            tmp_path / "base", "configs/synthetic/base_softmax_rfs.yaml", "MODEL.DEVICE", "cuda"
+        )
+    )
     assert {"AP", "APr", "APc", "APf"} <= set(results["segm"])
-    base = torch.load(tmp_path / "base" / "model_final.pth", map_location="cpu",
-                      weights_only=False)["model"]
-    trainer, _ = train(_decoupled_cfg(tmp_path / "base", tmp_path / "balms", "MODEL.DEVICE", "cuda",
-                                      "LTDET.DECOUPLED.TRUNK_CHUNK", 1))
+    base = torch.load(
+        tmp_path / "base" / "model_final.pth", map_location="cpu", weights_only=False
+    )["model"]
+    trainer, _ = train(
+        _decoupled_cfg(
+            tmp_path / "base",
+            tmp_path / "balms",
+            "MODEL.DEVICE",
+            "cuda",
+            "LTDET.DECOUPLED.TRUNK_CHUNK",
+            1,
+        )
+    )
     assert trainer.reweigher.logits.is_cuda
     state = trainer.model.state_dict()
     changed = [k for k in base if not torch.equal(base[k], state[k].cpu())]
-    assert changed == ["roi_heads.box_predictor.cls_score.weight",
-                       "roi_heads.box_predictor.cls_score.bias"]
+    assert changed == [
+        "roi_heads.box_predictor.cls_score.weight",
+        "roi_heads.box_predictor.cls_score.bias",
+    ]
     w = trainer.reweigher.class_weights()
     assert not torch.allclose(w, torch.full_like(w, 0.5))

@@ -104,9 +104,13 @@ def test_not_lvis_form(tmp_path):
         load_lvis_format_json(str(p), str(tmp_path))
 
 
-@pytest.mark.parametrize("field,value,says", [
-    ("category_id", 42, "annotation 9999 has category_id 42, which is not in 'categories'"),
-    ("image_id", 777, "annotation 9999 points at image_id 777.*fix the json")])
+@pytest.mark.parametrize(
+    "field,value,says",
+    [
+        ("category_id", 42, "annotation 9999 has category_id 42, which is not in 'categories'"),
+        ("image_id", 777, "annotation 9999 points at image_id 777.*fix the json"),
+    ],
+)
 def test_annotation_pointing_nowhere(handmade, tmp_path, field, value, says):
     anns = handmade["anns"] + [dict(handmade["anns"][0], id=9999, **{field: value})]
     p = tmp_path / "bad.json"
@@ -125,8 +129,12 @@ def test_statistics_over_several_training_sets(registered, handmade, tmp_path):
     twin = "test_handmade_twin"
     register_lvis_format(twin, handmade["json"], handmade["root"])
     other = tmp_path / "other.json"
-    write_lvis_json(other, handmade["images"], [a for a in handmade["anns"] if a["category_id"] != 9],
-                    [c for c in handmade["cats"] if c["id"] != 9])
+    write_lvis_json(
+        other,
+        handmade["images"],
+        [a for a in handmade["anns"] if a["category_id"] != 9],
+        [c for c in handmade["cats"] if c["id"] != 9],
+    )
     register_lvis_format("test_handmade_other", str(other), handmade["root"])
     try:
         both = class_stats((registered, twin))
@@ -182,8 +190,12 @@ def test_official_lvis_names_use_the_json_when_present(handmade, tmp_path):
         MetadataCatalog.remove("lvis_v1_val")
         from detectron2.data.datasets.lvis import get_lvis_instances_meta, register_lvis_instances
 
-        register_lvis_instances("lvis_v1_val", get_lvis_instances_meta("lvis_v1_val"),
-                                "datasets/lvis/lvis_v1_val.json", "datasets/coco/")
+        register_lvis_instances(
+            "lvis_v1_val",
+            get_lvis_instances_meta("lvis_v1_val"),
+            "datasets/lvis/lvis_v1_val.json",
+            "datasets/coco/",
+        )
         register_all()
 
 

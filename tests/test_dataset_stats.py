@@ -1,4 +1,5 @@
 """tools/dataset_stats.py: the per-class long-tail report of a dataset."""
+
 import csv
 import math
 import os
@@ -18,8 +19,19 @@ def test_report_of_the_real_lvis_json(tmp_path, capsys):
     from ltdet.data import load_lvis_format_json
 
     tool = load_script("tools/dataset_stats.py", "ltdet_dataset_stats")
-    rows = tool.main([JSON, "--output", str(tmp_path), "--rare-max", "1", "--common-max", "5",
-                      "--threshold", "0.05"])
+    rows = tool.main(
+        [
+            JSON,
+            "--output",
+            str(tmp_path),
+            "--rare-max",
+            "1",
+            "--common-max",
+            "5",
+            "--threshold",
+            "0.05",
+        ]
+    )
     dicts = [d for d in load_lvis_format_json(JSON, "", check_images=False) if d["annotations"]]
     images = np.zeros(1230, int)
     for d in dicts:
@@ -28,8 +40,11 @@ def test_report_of_the_real_lvis_json(tmp_path, capsys):
     assert [r[2] for r in rows] == images.tolist()
     assert [r[4] for r in rows] == ["r" if n <= 1 else "c" if n <= 5 else "f" for n in images]
     factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(dicts, 0.05)
-    single = [(d, f) for d, f in zip(dicts, factors.tolist())
-              if len({a["category_id"] for a in d["annotations"]}) == 1]
+    single = [
+        (d, f)
+        for d, f in zip(dicts, factors.tolist())
+        if len({a["category_id"] for a in d["annotations"]}) == 1
+    ]
     assert len(single) >= 5
     for d, f in single:
         assert math.isclose(rows[d["annotations"][0]["category_id"]][5], f, rel_tol=1e-6)

@@ -1,4 +1,5 @@
 """tools/demo.py (the README's main job), in its --quick form on the real synthetic set."""
+
 import json
 import os
 import subprocess
@@ -13,9 +14,21 @@ RUNS = ["base_softmax_rfs", "decoupled_softmax", "decoupled_balanced_softmax", "
 def test_quick_demo_seeds_every_run_and_tabulates_their_metrics(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "demo.py"), "--quick",
-                           "--seed", "7", "--output", str(out)],
-                          env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "demo.py"),
+            "--quick",
+            "--seed",
+            "7",
+            "--output",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # two tables of the same runs: LVIS's negative protocol (the headline) first, then the hard
     # negatives

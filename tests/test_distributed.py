@@ -1,4 +1,5 @@
 """Two CPU processes on gloo (ltdet.engine.launch), against one process on the same data."""
+
 import os
 
 import pytest
@@ -42,8 +43,9 @@ def _meta_run(x_train, gt_train, x_meta, gt_meta, steps=3):
     prior = L.softmax_log_prior([30.0, 6.0, 1.0]).double()
     loss = lambda s, y, w: L.balanced_softmax_loss(s, y, prior, weights=w)  # noqa: E731
     for _ in range(steps):
-        meta_reweigher_step(clf, opt, rw, meta_opt, loss, L.softmax_loss,
-                            x_train, gt_train, x_meta, gt_meta)
+        meta_reweigher_step(
+            clf, opt, rw, meta_opt, loss, L.softmax_loss, x_train, gt_train, x_meta, gt_meta
+        )
         opt.zero_grad()
         loss(clf(x_train), gt_train, rw(gt_train).detach()).backward()
         _average_gradients(clf)
@@ -64,7 +66,9 @@ def test_meta_step_two_ranks_equals_one_process(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(r0["w"], r1["w"])  # identical class weights on every rank
     x_train, gt_train, x_meta, gt_meta = _data()
-    w, cls = _meta_run(x_train.flatten(0, 1), gt_train.flatten(), x_meta.flatten(0, 1), gt_meta.flatten())
+    w, cls = _meta_run(
+        x_train.flatten(0, 1), gt_train.flatten(), x_meta.flatten(0, 1), gt_meta.flatten()
+    )
     torch.testing.assert_close(r0["w"], w, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(r0["cls"], cls, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(w, torch.zeros_like(w))
@@ -79,8 +83,18 @@ def _two_component_run(x_train, gt_train, x_dev, gt_dev, steps=3):
     class_weights = L.effective_number_weights([30.0, 6.0, 1.0])
     weights = []
     for _ in range(steps):
-        w = two_component_weights(clf, opt, class_weights, 50.0, L.softmax_loss, L.softmax_loss,
-                                  x_train, gt_train, x_dev, gt_dev)
+        w = two_component_weights(
+            clf,
+            opt,
+            class_weights,
+            50.0,
+            L.softmax_loss,
+            L.softmax_loss,
+            x_train,
+            gt_train,
+            x_dev,
+            gt_dev,
+        )
         weights.append(w)
         opt.zero_grad()
         L.softmax_loss(clf(x_train), gt_train, w).backward()
@@ -95,8 +109,9 @@ def test_two_component_two_ranks_equals_one_process(tmp_path):
     launch(_half_batch_worker, 2, args=(str(tmp_path), _two_component_run))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     x_train, gt_train, x_dev, gt_dev = _data()
-    w, cls = _two_component_run(x_train.flatten(0, 1), gt_train.flatten(), x_dev.flatten(0, 1),
-                                gt_dev.flatten())
+    w, cls = _two_component_run(
+        x_train.flatten(0, 1), gt_train.flatten(), x_dev.flatten(0, 1), gt_dev.flatten()
+    )
     torch.testing.assert_close(torch.cat([r0["w"], r1["w"]], dim=1), w, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(r0["cls"], cls, rtol=1e-9, atol=1e-12)
     base = L.effective_number_weights([30.0, 6.0, 1.0])
@@ -151,25 +166,43 @@ def test_base_and_balms_train_on_two_cpu_processes(tiny, gloo_base, tmp_path):
     for k in b0["cls"]:  # DDP keeps the replicas identical
         torch.testing.assert_close(b0["cls"][k], b1["cls"][k])
     balms = tmp_path / "balms"
-    launch(_train_worker, 2, args=(tiny, str(balms), "configs/synthetic/decoupled/balms.yaml",
-                                   ("MODEL.WEIGHTS", str(base / "model_final.pth"),
-                                    "LTDET.META.LR", 0.05)))
+    launch(
+        _train_worker,
+        2,
+        args=(
+            tiny,
+            str(balms),
+            "configs/synthetic/decoupled/balms.yaml",
+            ("MODEL.WEIGHTS", str(base / "model_final.pth"), "LTDET.META.LR", 0.05),
+        ),
+    )
     m0, m1 = (torch.load(balms / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(m0["w"], m1["w"]) and not torch.equal(m0["w"], torch.zeros_like(m0["w"]))
     key = "roi_heads.box_predictor.cls_score.weight"
     assert torch.equal(m0["cls"][key], m1["cls"][key])
 
 
-@pytest.mark.parametrize("config,extra", [
-    ("dbm_bs.yaml", ()),
-    ("two_component.yaml", ("LTDET.TWO_COMPONENT.EPS_LR", 100.0)),
-    ("m2m.yaml", ("LTDET.M2M.GAMMA", 0.0)),
-])
+@pytest.mark.parametrize(
+    "config,extra",
+    [
+        ("dbm_bs.yaml", ()),
+        ("two_component.yaml", ("LTDET.TWO_COMPONENT.EPS_LR", 100.0)),
+        ("m2m.yaml", ("LTDET.M2M.GAMMA", 0.0)),
+    ],
+)
 def test_decoupled_methods_on_two_cpu_processes(tiny, gloo_base, tmp_path, config, extra):
     # Each rank draws its own batch (and M2m translations); the averaged gradient keeps the
     # classifier identical on both ranks, and it moves away from the base.
-    launch(_train_worker, 2, args=(tiny, str(tmp_path), f"configs/synthetic/decoupled/{config}",
-                                   ("MODEL.WEIGHTS", str(gloo_base / "model_final.pth"), *extra)))
+    launch(
+        _train_worker,
+        2,
+        args=(
+            tiny,
+            str(tmp_path),
+            f"configs/synthetic/decoupled/{config}",
+            ("MODEL.WEIGHTS", str(gloo_base / "model_final.pth"), *extra),
+        ),
+    )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     base = torch.load(gloo_base / "rank0.pt")["cls"]
     key = "roi_heads.box_predictor.cls_score.weight"
@@ -193,18 +226,32 @@ def _resume_worker(root, out_dir, config, extra, resume):
     trainer.resume_or_load(resume=resume)
     trainer.train()
     key = "roi_heads.box_predictor.cls_score.weight"
-    torch.save({"cls": dict(trainer.model.named_parameters())[key].detach(),
-                "w": trainer.reweigher.logits.detach(), "start": trainer.start_iter},
-               os.path.join(out_dir, f"rank{rank}-{'resumed' if resume else 'run'}.pt"))
+    torch.save(
+        {
+            "cls": dict(trainer.model.named_parameters())[key].detach(),
+            "w": trainer.reweigher.logits.detach(),
+            "start": trainer.start_iter,
+        },
+        os.path.join(out_dir, f"rank{rank}-{'resumed' if resume else 'run'}.pt"),
+    )
 
 
 def test_resume_on_two_cpu_processes_is_exact(tiny, gloo_base, tmp_path):
     """Each rank samples its own RoIs from its own RNG stream; the checkpoint (written by rank 0)
     carries every rank's RNG state, so a cut-and-resumed BALMS run equals the uninterrupted one."""
+
     def run(out, max_iter, resume):
-        launch(_resume_worker, 2, args=(tiny, str(out), "configs/synthetic/decoupled/balms.yaml",
-                                        ("MODEL.WEIGHTS", str(gloo_base / "model_final.pth"),
-                                         "SOLVER.MAX_ITER", max_iter), resume))
+        launch(
+            _resume_worker,
+            2,
+            args=(
+                tiny,
+                str(out),
+                "configs/synthetic/decoupled/balms.yaml",
+                ("MODEL.WEIGHTS", str(gloo_base / "model_final.pth"), "SOLVER.MAX_ITER", max_iter),
+                resume,
+            ),
+        )
 
     run(tmp_path / "full", 4, False)
     run(tmp_path / "cut", 2, False)
@@ -238,16 +285,35 @@ def test_ranks_that_find_different_checkpoints_refuse_to_resume(tiny, gloo_base,
 
     extra = ("MODEL.WEIGHTS", str(gloo_base / "model_final.pth"), "SOLVER.MAX_ITER", 1)
     for out, meta in (("a", True), ("c", False)):
-        launch(_train_worker, 2, args=(tiny, str(tmp_path / out), "configs/synthetic/decoupled/balms.yaml",
-                                       (*extra, "LTDET.META.ENABLED", meta)))
+        launch(
+            _train_worker,
+            2,
+            args=(
+                tiny,
+                str(tmp_path / out),
+                "configs/synthetic/decoupled/balms.yaml",
+                (*extra, "LTDET.META.ENABLED", meta),
+            ),
+        )
     os.makedirs(tmp_path / "b")
     extra = (*extra[:2], "SOLVER.MAX_ITER", 2)
-    for dirs, says in (("ab", ["ranks resume at different iterations [1, 0]"] * 2),
-                       ("ac", ["RuntimeError: rank 1 could not load its checkpoint: ValueError: "
-                               "the checkpoint to resume from lacks ['meta_reweigher']",
-                               "ValueError: the checkpoint to resume from lacks ['meta_reweigher']"])):
-        launch(_mismatched_resume_worker, 2, args=(tiny, [str(tmp_path / d) for d in dirs], extra),
-               timeout=timedelta(seconds=60))
+    for dirs, says in (
+        ("ab", ["ranks resume at different iterations [1, 0]"] * 2),
+        (
+            "ac",
+            [
+                "RuntimeError: rank 1 could not load its checkpoint: ValueError: "
+                "the checkpoint to resume from lacks ['meta_reweigher']",
+                "ValueError: the checkpoint to resume from lacks ['meta_reweigher']",
+            ],
+        ),
+    ):
+        launch(
+            _mismatched_resume_worker,
+            2,
+            args=(tiny, [str(tmp_path / d) for d in dirs], extra),
+            timeout=timedelta(seconds=60),
+        )
         for rank, d in enumerate(dirs):
             assert says[rank] in (tmp_path / d / f"error{rank}.txt").read_text()
 
@@ -257,10 +323,12 @@ def test_launch_passes_the_timeout_to_detectron2(monkeypatch):
     import importlib
     from datetime import timedelta
 
-    L = importlib.import_module("ltdet.engine.launch")  # the module (the package exports the function)
+    L = importlib.import_module(
+        "ltdet.engine.launch"
+    )  # the module (the package exports the function)
 
     calls = []
     monkeypatch.setattr(L, "d2_launch", lambda *a, **k: calls.append((a, k)))
     launch(print, 1, args=("x",), timeout=timedelta(minutes=7))
-    (args, kwargs), = calls
+    ((args, kwargs),) = calls
     assert args[:2] == (print, 1) and kwargs == {"args": ("x",), "timeout": timedelta(minutes=7)}

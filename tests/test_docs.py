@@ -1,5 +1,6 @@
 """README.md and docs/*.md stay true: the paths, links, commands and config keys they name exist,
 the methods table matches the configs on disk, and every results table equals its source file."""
+
 import glob
 import os
 import re
@@ -36,8 +37,9 @@ def _rel(path: str) -> str:
     return os.path.relpath(path, REPO)
 
 
-def _table_with(markdown: str, columns: List[str], first: Optional[str], key: str = "method"
-                ) -> List[Dict[str, str]]:
+def _table_with(
+    markdown: str, columns: List[str], first: Optional[str], key: str = "method"
+) -> List[Dict[str, str]]:
     """The first table that has ``columns`` and whose first row's ``key`` is ``first`` (any:
     None)."""
     for rows in tables(markdown):
@@ -48,8 +50,10 @@ def _table_with(markdown: str, columns: List[str], first: Optional[str], key: st
 
 def test_table_parser_reads_cells_by_header():
     text = "x\n| method | AP |\n|---|---:|\n| a | 1.0 |\n| b | 2.0 |\n\n| k |\n|---|\n| z |\n"
-    assert tables(text) == [[{"method": "a", "AP": "1.0"}, {"method": "b", "AP": "2.0"}],
-                            [{"k": "z"}]]
+    assert tables(text) == [
+        [{"method": "a", "AP": "1.0"}, {"method": "b", "AP": "2.0"}],
+        [{"k": "z"}],
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,8 +89,10 @@ def _anchors(markdown: str) -> set:
 
 def test_slug_follows_github_anchors():
     assert _slug("Speed and memory") == "speed-and-memory"
-    assert _slug("Two-component weights with a held-out base model") == \
-        "two-component-weights-with-a-held-out-base-model"
+    assert (
+        _slug("Two-component weights with a held-out base model")
+        == "two-component-weights-with-a-held-out-base-model"
+    )
     assert _slug("The fixes in `ltdet/compat.py`") == "the-fixes-in-ltdetcompatpy"
 
 
@@ -95,13 +101,20 @@ def _braces(path: str) -> List[str]:
     m = re.search(r"\{([^{}]*,[^{}]*)\}", path)
     if not m:
         return [path]
-    return [e for alt in m.group(1).split(",")
-            for e in _braces(path[:m.start()] + alt + path[m.end():])]
+    return [
+        e
+        for alt in m.group(1).split(",")
+        for e in _braces(path[: m.start()] + alt + path[m.end() :])
+    ]
 
 
 def test_brace_expansion():
-    assert _braces("configs/{a,b}/d/{x,y}.yaml") == ["configs/a/d/x.yaml", "configs/a/d/y.yaml",
-                                                      "configs/b/d/x.yaml", "configs/b/d/y.yaml"]
+    assert _braces("configs/{a,b}/d/{x,y}.yaml") == [
+        "configs/a/d/x.yaml",
+        "configs/a/d/y.yaml",
+        "configs/b/d/x.yaml",
+        "configs/b/d/y.yaml",
+    ]
     assert _braces("configs/a.yaml") == ["configs/a.yaml"]
 
 
@@ -114,13 +127,15 @@ def test_every_path_and_link_of_the_docs_exists():
             checked += 1
             expanded = [p.replace("<recipe>", r) for r in recipes] if "<recipe>" in p else [p]
             expanded = [e for x in expanded for e in _braces(x)]
-            missing += [f"{_rel(page)}: {e}" for e in expanded
-                        if not os.path.exists(os.path.join(REPO, e.rstrip("/")))]
+            missing += [
+                f"{_rel(page)}: {e}"
+                for e in expanded
+                if not os.path.exists(os.path.join(REPO, e.rstrip("/")))
+            ]
         for link in _links(text):
             checked += 1
             target, _, anchor = link.partition("#")
-            path = os.path.normpath(os.path.join(os.path.dirname(page), target)) if target \
-                else page
+            path = os.path.normpath(os.path.join(os.path.dirname(page), target)) if target else page
             if not os.path.exists(path):
                 missing.append(f"{_rel(page)}: link {link}")
             elif anchor and path.endswith(".md") and anchor not in _anchors(_read(path)):
@@ -130,13 +145,15 @@ def test_every_path_and_link_of_the_docs_exists():
 
 
 def test_readme_links_every_docs_page():
-    linked = {os.path.normpath(os.path.join(REPO, t.partition("#")[0]))
-              for t in _links(_read(README))}
+    linked = {
+        os.path.normpath(os.path.join(REPO, t.partition("#")[0])) for t in _links(_read(README))
+    }
     assert set(DOCS) <= linked, sorted(_rel(d) for d in set(DOCS) - linked)
 
 
 # ---------------------------------------------------------------------------------------------
 # commands
+
 
 def _commands(text: str) -> List[Tuple[str, List[str]]]:
     """Every ``python X.py ...`` or ``python -m pkg.mod ...`` command, in code blocks (with line
@@ -167,11 +184,15 @@ def _all_commands() -> List[Tuple[str, str, List[str]]]:
 
 
 def test_command_parser_reads_blocks_and_inline_code():
-    text = ("```bash\n# a comment\npython tools/x.py --a 1 \\\n    --b <some thing>  # why\n```\n"
-            "and `python benchmarks/y.py --c\n2`, `python -m benchmarks.longtail --d`.\n")
-    assert _commands(text) == [("tools/x.py", ["--a", "1", "--b", "PLACEHOLDER"]),
-                               ("benchmarks/y.py", ["--c", "2"]),
-                               ("benchmarks/longtail/__init__.py", ["--d"])]
+    text = (
+        "```bash\n# a comment\npython tools/x.py --a 1 \\\n    --b <some thing>  # why\n```\n"
+        "and `python benchmarks/y.py --c\n2`, `python -m benchmarks.longtail --d`.\n"
+    )
+    assert _commands(text) == [
+        ("tools/x.py", ["--a", "1", "--b", "PLACEHOLDER"]),
+        ("benchmarks/y.py", ["--c", "2"]),
+        ("benchmarks/longtail/__init__.py", ["--d"]),
+    ]
 
 
 def test_every_command_names_a_script_and_options_it_has():
@@ -202,8 +223,9 @@ def test_make_bash_and_pytest_commands_name_what_exists():
             seen += 1
             if not re.search(rf"^{target}:", makefile, re.M):
                 bad.append(f"{_rel(page)}: make {target}")
-        for path in re.findall(r"(?:^|\s)bash (\S+\.sh|\.ci/run)", code) + \
-                re.findall(r"(?:^|\s)pytest((?: tests/\S+)+)", code):
+        for path in re.findall(r"(?:^|\s)bash (\S+\.sh|\.ci/run)", code) + re.findall(
+            r"(?:^|\s)pytest((?: tests/\S+)+)", code
+        ):
             for p in path.split():
                 seen += 1
                 if not os.path.exists(os.path.join(REPO, p)):
@@ -227,16 +249,21 @@ def _detectron2_argv(argv: List[str]) -> List[str]:
     """``argv`` without the options that tools/train_net.py adds to detectron2's parser (each
     must be defined there), so that detectron2's own parser reads the rest."""
     from detectron2.engine import default_argument_parser
+
     known = {s for a in default_argument_parser()._actions for s in a.option_strings}
     out, i = [], 0
     while i < len(argv):
         flag = argv[i].split("=")[0]
         if argv[i].startswith("--") and flag not in known:
-            assert _defines(os.path.join(REPO, "tools", "train_net.py"), flag), \
+            assert _defines(os.path.join(REPO, "tools", "train_net.py"), flag), (
                 f"tools/train_net.py has no option {flag}"
+            )
             i += 1
-            while i < len(argv) and not argv[i].startswith("--") and \
-                    not _CONFIG_KEY.fullmatch(argv[i]):
+            while (
+                i < len(argv)
+                and not argv[i].startswith("--")
+                and not _CONFIG_KEY.fullmatch(argv[i])
+            ):
                 i += 1
             continue
         out.append(argv[i])
@@ -252,8 +279,9 @@ def test_train_net_commands_parse_and_merge():
 
     from ltdet.config import add_ltdet_config, merge_config
 
-    commands = [(p, a) for p, s, a in _all_commands() if s in ("tools/train_net.py",
-                                                               USER_TRAIN_NET)]
+    commands = [
+        (p, a) for p, s, a in _all_commands() if s in ("tools/train_net.py", USER_TRAIN_NET)
+    ]
     assert len(commands) >= 15, len(commands)
     for page, argv in commands:
         args = default_argument_parser().parse_args(_detectron2_argv(argv))
@@ -267,10 +295,12 @@ def test_train_net_commands_parse_and_merge():
 # ---------------------------------------------------------------------------------------------
 # methods and configs
 
+
 def _recipes(text: str) -> List[str]:
     """The decoupled recipes named by docs/METHODS.md's configs table."""
-    rows = [r for rows in tables(text) for r in rows
-            if r.get("recipe", "").startswith("decoupled:")]
+    rows = [
+        r for rows in tables(text) for r in rows if r.get("recipe", "").startswith("decoupled:")
+    ]
     assert len(rows) == 2, rows
     names = []
     for r in rows:
@@ -287,8 +317,10 @@ def _recipes_on_disk(version: str) -> set:
 def test_methods_page_names_every_recipe_of_every_set():
     recipes = set(_recipes(_page("docs/METHODS.md")))
     for version in SETS:
-        assert _recipes_on_disk(version) == recipes, (version, sorted(_recipes_on_disk(version)
-                                                                      ^ recipes))
+        assert _recipes_on_disk(version) == recipes, (
+            version,
+            sorted(_recipes_on_disk(version) ^ recipes),
+        )
 
 
 def _readme_methods() -> List[Dict[str, str]]:
@@ -304,14 +336,17 @@ def test_readme_methods_table_links_every_recipe_and_its_paper():
         linked[m.group(1)] = m.group(2)
         assert re.search(r"\]\(https://arxiv\.org/abs/\d{4}\.\d{4,5}\)", r["paper"]), r
     for version in SETS:
-        assert set(linked) == _recipes_on_disk(version), (version, sorted(
-            set(linked) ^ _recipes_on_disk(version)))
+        assert set(linked) == _recipes_on_disk(version), (
+            version,
+            sorted(set(linked) ^ _recipes_on_disk(version)),
+        )
 
 
 def _merged(config_file: str):
     from detectron2.config import get_cfg
 
     from ltdet.config import add_ltdet_config, merge_config
+
     cfg = get_cfg()
     add_ltdet_config(cfg)
     return merge_config(cfg, os.path.join(REPO, config_file))
@@ -356,6 +391,7 @@ def test_readme_base_models_use_repeat_factor_sampling():
 
 # ---------------------------------------------------------------------------------------------
 # results tables
+
 
 @pytest.mark.skipif(not os.path.exists(RESULTS), reason="no benchmark results")
 def test_readme_benchmark_tables_are_the_latest_results():

@@ -1,4 +1,5 @@
 """End-to-end runs on the tiny synthetic split (CPU, seconds each)."""
+
 import csv
 import json
 import math
@@ -41,13 +42,37 @@ def tiny_cfg(out_dir, config="configs/synthetic/base_softmax_rfs.yaml", *opts):
     cfg = get_cfg()
     add_ltdet_config(cfg)
     merge_config(cfg, os.path.join(REPO, config))  # resolves MODEL.DEVICE "auto"
-    cfg.merge_from_list([
-        "MODEL.ROI_HEADS.NUM_CLASSES", 8, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 8,
-        "SOLVER.STEPS", (6,), "SOLVER.WARMUP_ITERS", 2, "DATALOADER.NUM_WORKERS", 0,
-        "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.MIN_SIZE_TEST", 64,
-        "INPUT.MAX_SIZE_TEST", 64, "INPUT.RANDOM_FLIP", "none", "OUTPUT_DIR", str(out_dir),
-        "SEED", 1, *opts,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            8,
+            "SOLVER.IMS_PER_BATCH",
+            4,
+            "SOLVER.MAX_ITER",
+            8,
+            "SOLVER.STEPS",
+            (6,),
+            "SOLVER.WARMUP_ITERS",
+            2,
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "INPUT.MIN_SIZE_TRAIN",
+            (64,),
+            "INPUT.MAX_SIZE_TRAIN",
+            64,
+            "INPUT.MIN_SIZE_TEST",
+            64,
+            "INPUT.MAX_SIZE_TEST",
+            64,
+            "INPUT.RANDOM_FLIP",
+            "none",
+            "OUTPUT_DIR",
+            str(out_dir),
+            "SEED",
+            1,
+            *opts,
+        ]
+    )
     return cfg
 
 
@@ -71,9 +96,13 @@ def test_base_train_and_lvis_eval(base_model):
     for task in ("bbox", "segm"):
         assert {"AP", "APr", "APc", "APf"} <= set(results[task])
     inf = out / "inference" / "ltdet_synthetic_val"
-    assert json.loads((inf / "lvis_metrics.json").read_text())["segm"]["APr"] == results["segm"]["APr"]
+    assert (
+        json.loads((inf / "lvis_metrics.json").read_text())["segm"]["APr"] == results["segm"]["APr"]
+    )
     rows = list(csv.DictReader(open(inf / "per_class_ap.csv")))
-    assert len(rows) == 8 and {"AP_bbox", "AP_segm", "train_image_count", "frequency"} <= set(rows[0])
+    assert len(rows) == 8 and {"AP_bbox", "AP_segm", "train_image_count", "frequency"} <= set(
+        rows[0]
+    )
     assert (inf / "per_class_ap.png").stat().st_size > 1000
     # Same numbers as lvis-api's own evaluator run directly on the saved detections.
     from lvis import LVIS, LVISEval, LVISResults
@@ -95,19 +124,43 @@ def test_base_train_and_lvis_eval(base_model):
         assert int(row["train_instance_count"]) == stats.instance_counts[k]
 
 
-@pytest.mark.parametrize("loss", ["balanced_softmax", "sigmoid", "balanced_sigmoid", "eql", "federated", "dbm_bs", "dbm_cb"])
+@pytest.mark.parametrize(
+    "loss",
+    ["balanced_softmax", "sigmoid", "balanced_sigmoid", "eql", "federated", "dbm_bs", "dbm_cb"],
+)
 def test_heads_train_end_to_end(tiny_root, tmp_path, loss):
-    cfg = tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml", "LTDET.LOSS.NAME", loss,
-                   "SOLVER.MAX_ITER", 3, "DATASETS.TEST", ())
+    cfg = tiny_cfg(
+        tmp_path,
+        "configs/synthetic/base_softmax_rfs.yaml",
+        "LTDET.LOSS.NAME",
+        loss,
+        "SOLVER.MAX_ITER",
+        3,
+        "DATASETS.TEST",
+        (),
+    )
     trainer, _ = train(cfg)
     assert torch.isfinite(trainer.storage.history("loss_cls").latest() * torch.ones(1)).all()
 
 
 def _decoupled_cfg(base_dir, out, *opts):
-    return tiny_cfg(out, "configs/synthetic/decoupled/balms.yaml",
-                    "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "SOLVER.MAX_ITER", 4,
-                    "SOLVER.STEPS", (3,), "SOLVER.WARMUP_ITERS", 0, "LTDET.META.LR", 0.05,
-                    "DATASETS.TEST", (), *opts)
+    return tiny_cfg(
+        out,
+        "configs/synthetic/decoupled/balms.yaml",
+        "MODEL.WEIGHTS",
+        str(base_dir / "model_final.pth"),
+        "SOLVER.MAX_ITER",
+        4,
+        "SOLVER.STEPS",
+        (3,),
+        "SOLVER.WARMUP_ITERS",
+        0,
+        "LTDET.META.LR",
+        0.05,
+        "DATASETS.TEST",
+        (),
+        *opts,
+    )
 
 
 def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
@@ -116,8 +169,10 @@ def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
     trainer, _ = train(_decoupled_cfg(base_dir, tmp_path))
     state = trainer.model.state_dict()
     changed = [k for k in base if not torch.equal(base[k], state[k])]
-    assert changed == ["roi_heads.box_predictor.cls_score.weight",
-                       "roi_heads.box_predictor.cls_score.bias"]
+    assert changed == [
+        "roi_heads.box_predictor.cls_score.weight",
+        "roi_heads.box_predictor.cls_score.bias",
+    ]
     w = trainer.reweigher.class_weights()
     assert not torch.allclose(w, torch.full_like(w, 0.5))
     ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu")  # weights_only loads it
@@ -128,7 +183,9 @@ def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
     assert tuple(group["betas"]) == tuple(trainer.cfg.LTDET.META.BETAS) == (0.9, 0.999)
     assert "optimizer" in ckpt["trainer"]["_trainer"]
     # learned weights logged during training and plotted against class frequency at the end
-    assert trainer.storage.history("meta_w/mean").latest() == pytest.approx(float(w.detach().mean()))
+    assert trainer.storage.history("meta_w/mean").latest() == pytest.approx(
+        float(w.detach().mean())
+    )
     assert (tmp_path / "meta_class_weights.png").stat().st_size > 1000
     rows = list(csv.DictReader(open(tmp_path / "meta_class_weights.csv")))
     assert [float(r["weight"]) for r in rows] == pytest.approx(w.tolist(), abs=1e-4)
@@ -137,7 +194,9 @@ def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
     stats = class_stats(trainer.cfg.DATASETS.TRAIN)
     assert [int(r["train_image_count"]) for r in rows] == stats.image_counts.tolist()
     assert [r["frequency"] for r in rows] == stats.frequency
-    latest = {k: v.latest() for k, v in trainer.storage.histories().items() if k.startswith("meta_w/")}
+    latest = {
+        k: v.latest() for k, v in trainer.storage.histories().items() if k.startswith("meta_w/")
+    }
     wn, groups = w.detach().numpy(), np.array(stats.frequency)
     want = {"meta_w/min": wn.min(), "meta_w/mean": wn.mean(), "meta_w/max": wn.max()}
     want.update({f"meta_w/{g}": wn[groups == g].mean() for g in "rcf" if (groups == g).any()})
@@ -152,8 +211,14 @@ def test_decoupled_balms_freezes_trunk(base_model, tmp_path):
 
 
 # Random flips and scales on, served by data-loader worker processes.
-AUGMENT_WITH_WORKERS = ("DATALOADER.NUM_WORKERS", 2, "INPUT.RANDOM_FLIP", "horizontal",
-                        "INPUT.MIN_SIZE_TRAIN", (48, 64))
+AUGMENT_WITH_WORKERS = (
+    "DATALOADER.NUM_WORKERS",
+    2,
+    "INPUT.RANDOM_FLIP",
+    "horizontal",
+    "INPUT.MIN_SIZE_TRAIN",
+    (48, 64),
+)
 
 
 # A meta step every 2nd iteration on batches of its own size, cut after an odd iteration (3 of
@@ -164,13 +229,23 @@ META_EVERY_2 = ("LTDET.META.INTERVAL", 2, "LTDET.META.IMS_PER_BATCH", 2, "SOLVER
 
 # Two-component weights instead: a development batch every iteration, and the resumed
 # development stream must skip the cut run's.
-TWO_COMPONENT = ("LTDET.META.ENABLED", False, "LTDET.TWO_COMPONENT.ENABLED", True,
-                 "LTDET.TWO_COMPONENT.ALLOW_UNCOVERED", True, "LTDET.LOSS.NAME", "softmax")
+TWO_COMPONENT = (
+    "LTDET.META.ENABLED",
+    False,
+    "LTDET.TWO_COMPONENT.ENABLED",
+    True,
+    "LTDET.TWO_COMPONENT.ALLOW_UNCOVERED",
+    True,
+    "LTDET.LOSS.NAME",
+    "softmax",
+)
 
 
-@pytest.mark.parametrize("opts,cut,total", [((), 2, 4), (AUGMENT_WITH_WORKERS, 2, 4),
-                                            (META_EVERY_2, 3, 6), (TWO_COMPONENT, 2, 4)],
-                         ids=["no_workers", "workers_augment", "meta_every_2", "two_component"])
+@pytest.mark.parametrize(
+    "opts,cut,total",
+    [((), 2, 4), (AUGMENT_WITH_WORKERS, 2, 4), (META_EVERY_2, 3, 6), (TWO_COMPONENT, 2, 4)],
+    ids=["no_workers", "workers_augment", "meta_every_2", "two_component"],
+)
 def test_decoupled_resume_is_exact(base_model, tmp_path, opts, cut, total):
     base_dir, _ = base_model
     opts = (*opts, "SOLVER.MAX_ITER", total)
@@ -179,15 +254,18 @@ def test_decoupled_resume_is_exact(base_model, tmp_path, opts, cut, total):
     _, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", *opts, "SOLVER.MAX_ITER", cut))
     # another SEED for the resumed process (real runs default to a random one): the data
     # streams' seeds and the RNG states must come from the checkpoint
-    saved = torch.load(tmp_path / "cut" / "model_final.pth", map_location="cpu",
-                       weights_only=False)["trainer"]["data_seeds"]
+    saved = torch.load(
+        tmp_path / "cut" / "model_final.pth", map_location="cpu", weights_only=False
+    )["trainer"]["data_seeds"]
     resumed, _ = train(_decoupled_cfg(base_dir, tmp_path / "cut", *opts, "SEED", 7), resume=True)
     assert resumed.start_iter == cut
     assert list(resumed.data_seeds) == list(saved)
     if full.reweigher is not None:
         torch.testing.assert_close(resumed.reweigher.logits, full.reweigher.logits)
-    torch.testing.assert_close(resumed.model.roi_heads.box_predictor.cls_score.weight,
-                               full.model.roi_heads.box_predictor.cls_score.weight)
+    torch.testing.assert_close(
+        resumed.model.roi_heads.box_predictor.cls_score.weight,
+        full.model.roi_heads.box_predictor.cls_score.weight,
+    )
 
 
 class _LazyIterSimpleTrainer(SimpleTrainer):
@@ -215,8 +293,10 @@ def test_resume_refuses_a_checkpoint_of_other_ltdet_options(base_model, tmp_path
     balms, plain = tmp_path / "balms", tmp_path / "plain"
     train(_decoupled_cfg(base_dir, balms, "SOLVER.MAX_ITER", 1))
     train(_decoupled_cfg(base_dir, plain, "SOLVER.MAX_ITER", 1, "LTDET.META.ENABLED", False))
-    for out, meta, says in ((balms, False, r"holds \['meta_reweigher'\]"),
-                            (plain, True, r"lacks \['meta_reweigher'\]")):
+    for out, meta, says in (
+        (balms, False, r"holds \['meta_reweigher'\]"),
+        (plain, True, r"lacks \['meta_reweigher'\]"),
+    ):
         trainer = Trainer(_decoupled_cfg(base_dir, out, "LTDET.META.ENABLED", meta))
         with pytest.raises(ValueError, match=says + ".*new OUTPUT_DIR"):
             trainer.resume_or_load(resume=True)
@@ -239,12 +319,32 @@ def test_base_training_resume_is_exact(tiny_root, tmp_path, monkeypatch, lazy_it
     if lazy_iter:
         monkeypatch.setattr("ltdet.engine.trainer.SimpleTrainer", _LazyIterSimpleTrainer)
     opts = ("DATASETS.TEST", (), "SOLVER.STEPS", (3,), "SOLVER.WARMUP_ITERS", 1)
-    full, _ = train(tiny_cfg(tmp_path / "full", "configs/synthetic/base_softmax_rfs.yaml", *opts,
-                             "SOLVER.MAX_ITER", 4))
-    train(tiny_cfg(tmp_path / "cut", "configs/synthetic/base_softmax_rfs.yaml", *opts,
-                   "SOLVER.MAX_ITER", 2))
-    resumed, _ = train(tiny_cfg(tmp_path / "cut", "configs/synthetic/base_softmax_rfs.yaml", *opts,
-                                "SOLVER.MAX_ITER", 4, "SEED", 7), resume=True)
+    full, _ = train(
+        tiny_cfg(
+            tmp_path / "full",
+            "configs/synthetic/base_softmax_rfs.yaml",
+            *opts,
+            "SOLVER.MAX_ITER",
+            4,
+        )
+    )
+    train(
+        tiny_cfg(
+            tmp_path / "cut", "configs/synthetic/base_softmax_rfs.yaml", *opts, "SOLVER.MAX_ITER", 2
+        )
+    )
+    resumed, _ = train(
+        tiny_cfg(
+            tmp_path / "cut",
+            "configs/synthetic/base_softmax_rfs.yaml",
+            *opts,
+            "SOLVER.MAX_ITER",
+            4,
+            "SEED",
+            7,
+        ),
+        resume=True,
+    )
     assert resumed.start_iter == 2
     assert isinstance(resumed._trainer, _LazyIterSimpleTrainer) == lazy_iter
     want, got = full.model.state_dict(), resumed.model.state_dict()
@@ -265,8 +365,14 @@ def test_construction_draws_the_same_on_every_detectron2(tiny_root, tmp_path, mo
     states = []
     for step_class in (SimpleTrainer, _LazyIterSimpleTrainer):
         monkeypatch.setattr(trainer_module, "SimpleTrainer", step_class)
-        cfg = tiny_cfg(tmp_path / step_class.__name__, "configs/synthetic/base_softmax_rfs.yaml",
-                       "DATALOADER.ASPECT_RATIO_GROUPING", False, "DATASETS.TEST", ())
+        cfg = tiny_cfg(
+            tmp_path / step_class.__name__,
+            "configs/synthetic/base_softmax_rfs.yaml",
+            "DATALOADER.ASPECT_RATIO_GROUPING",
+            False,
+            "DATASETS.TEST",
+            (),
+        )
         seed_all_rng(cfg.SEED)
         trainer = Trainer(cfg)
         assert type(trainer._trainer) is step_class
@@ -278,34 +384,65 @@ def test_decoupled_bad_input(base_model, tmp_path):
     base_dir, _ = base_model
     with pytest.raises(ValueError, match="matches no parameter"):
         Trainer(_decoupled_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.TRAINABLE", ["nope.*"]))
-    with pytest.raises(ValueError, match=r"selects \['roi_heads.box_predictor.bbox_pred.weight', "
-                                         r"'roi_heads.box_predictor.bbox_pred.bias'\].*never get a gradient"):
-        Trainer(_decoupled_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.TRAINABLE",
-                               ["roi_heads.box_predictor.*"]))
-    for key, value, says in (("LTDET.META.LOSS", "balanced", "LTDET.META.LOSS must be 'plain'"),
-                             ("LTDET.META.INTERVAL", 0, "LTDET.META.INTERVAL must be >= 1"),
-                             ("LTDET.META.LOG_PERIOD", 0, "LTDET.META.LOG_PERIOD must be >= 1")):
+    with pytest.raises(
+        ValueError,
+        match=r"selects \['roi_heads.box_predictor.bbox_pred.weight', "
+        r"'roi_heads.box_predictor.bbox_pred.bias'\].*never get a gradient",
+    ):
+        Trainer(
+            _decoupled_cfg(
+                base_dir, tmp_path, "LTDET.DECOUPLED.TRAINABLE", ["roi_heads.box_predictor.*"]
+            )
+        )
+    for key, value, says in (
+        ("LTDET.META.LOSS", "balanced", "LTDET.META.LOSS must be 'plain'"),
+        ("LTDET.META.INTERVAL", 0, "LTDET.META.INTERVAL must be >= 1"),
+        ("LTDET.META.LOG_PERIOD", 0, "LTDET.META.LOG_PERIOD must be >= 1"),
+    ):
         with pytest.raises(ValueError, match=says):
             Trainer(_decoupled_cfg(base_dir, tmp_path, key, value))
-    only_weight = Trainer(_decoupled_cfg(base_dir, tmp_path, "LTDET.DECOUPLED.TRAINABLE",
-                                         ["roi_heads.box_predictor.cls_score.weight"]))
+    only_weight = Trainer(
+        _decoupled_cfg(
+            base_dir,
+            tmp_path,
+            "LTDET.DECOUPLED.TRAINABLE",
+            ["roi_heads.box_predictor.cls_score.weight"],
+        )
+    )
     assert len(only_weight._trainer.trainable) == 1
     with pytest.raises(ValueError, match="NUM_CLASSES = 5"):
         Trainer(_decoupled_cfg(base_dir, tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", 5))
-    partial = {k: v for k, v in torch.load(base_dir / "model_final.pth", weights_only=False)["model"].items()
-               if "mask_head" not in k}
+    partial = {
+        k: v
+        for k, v in torch.load(base_dir / "model_final.pth", weights_only=False)["model"].items()
+        if "mask_head" not in k
+    }
     torch.save({"model": partial}, tmp_path / "partial.pth")
-    trainer = Trainer(_decoupled_cfg(base_dir, tmp_path, "MODEL.WEIGHTS", str(tmp_path / "partial.pth")))
+    trainer = Trainer(
+        _decoupled_cfg(base_dir, tmp_path, "MODEL.WEIGHTS", str(tmp_path / "partial.pth"))
+    )
     with pytest.raises(ValueError, match="not a base model.*missing keys.*mask_head"):
         trainer.resume_or_load(resume=False)
 
 
 def test_decoupled_two_component(base_model, tmp_path):
     base_dir, _ = base_model
-    cfg = tiny_cfg(tmp_path, "configs/synthetic/decoupled/two_component.yaml",
-                   "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "SOLVER.MAX_ITER", 3,
-                   "SOLVER.STEPS", (2,), "SOLVER.WARMUP_ITERS", 0, "DATASETS.TEST", (),
-                   "LTDET.TWO_COMPONENT.EPS_LR", 100.0)
+    cfg = tiny_cfg(
+        tmp_path,
+        "configs/synthetic/decoupled/two_component.yaml",
+        "MODEL.WEIGHTS",
+        str(base_dir / "model_final.pth"),
+        "SOLVER.MAX_ITER",
+        3,
+        "SOLVER.STEPS",
+        (2,),
+        "SOLVER.WARMUP_ITERS",
+        0,
+        "DATASETS.TEST",
+        (),
+        "LTDET.TWO_COMPONENT.EPS_LR",
+        100.0,
+    )
     trainer, _ = train(cfg)
     assert trainer.storage.history("eps_abs_mean").latest() > 0
     # development batches stay out of the training batch's proposal scalars
@@ -345,13 +482,23 @@ def test_decoupled_two_component(base_model, tmp_path):
     inst = trainer.cfg.clone()
     inst.defrost()
     inst.LTDET.CLASS_STATS.SOURCE = "instance_count"
-    weights, _ = Trainer.build_decoupled_step(trainer, inst, trainer.model, trainer.data_loader,
-                                              trainer.optimizer).two_component
+    weights, _ = Trainer.build_decoupled_step(
+        trainer, inst, trainer.model, trainer.data_loader, trainer.optimizer
+    ).two_component
     torch.testing.assert_close(weights, L.effective_number_weights(stats.instance_counts).float())
     with pytest.raises(ValueError, match="alternatives"):
-        Trainer(tiny_cfg(tmp_path / "x", "configs/synthetic/decoupled/two_component.yaml",
-                         "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "LTDET.META.ENABLED", True,
-                         "DATASETS.TEST", ()))
+        Trainer(
+            tiny_cfg(
+                tmp_path / "x",
+                "configs/synthetic/decoupled/two_component.yaml",
+                "MODEL.WEIGHTS",
+                str(base_dir / "model_final.pth"),
+                "LTDET.META.ENABLED",
+                True,
+                "DATASETS.TEST",
+                (),
+            )
+        )
 
 
 def test_base_model_can_hold_out_the_development_split(tiny_root, tmp_path):
@@ -361,15 +508,24 @@ def test_base_model_can_hold_out_the_development_split(tiny_root, tmp_path):
     from ltdet.data import class_stats, training_class_stats
     from ltdet.engine.trainer import _dev_dicts, _train_dicts
 
-    cfg = tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml",
-                   "LTDET.TWO_COMPONENT.HOLD_OUT_DEV", True, "DATASETS.TEST", (),
-                   "LTDET.TWO_COMPONENT.ALLOW_UNCOVERED", True)  # as two_component.yaml
+    cfg = tiny_cfg(
+        tmp_path,
+        "configs/synthetic/base_softmax_rfs.yaml",
+        "LTDET.TWO_COMPONENT.HOLD_OUT_DEV",
+        True,
+        "DATASETS.TEST",
+        (),
+        "LTDET.TWO_COMPONENT.ALLOW_UNCOVERED",
+        True,
+    )  # as two_component.yaml
     fine_tune = tiny_cfg(tmp_path, "configs/synthetic/decoupled/two_component.yaml")
     dev = {d["image_id"] for d in _dev_dicts(fine_tune)}
     kept = {d["image_id"] for d in _train_dicts(cfg)}
     assert dev and kept == {d["image_id"] for d in _train_dicts(fine_tune)} and not dev & kept
-    assert training_class_stats(cfg).image_counts.tolist() == \
-        training_class_stats(fine_tune).image_counts.tolist()
+    assert (
+        training_class_stats(cfg).image_counts.tolist()
+        == training_class_stats(fine_tune).image_counts.tolist()
+    )
     assert training_class_stats(cfg).num_images < class_stats(cfg.DATASETS.TRAIN).num_images
     assert training_class_stats(cfg) is training_class_stats(cfg)  # computed once, then cached
 
@@ -382,12 +538,22 @@ def test_base_model_can_hold_out_the_development_split(tiny_root, tmp_path):
     # of the images trained on, not of the whole set.
     held = training_class_stats(cfg).image_counts.tolist()
     full = class_stats(cfg.DATASETS.TRAIN).image_counts.tolist()
-    for c, want in ((cfg, held), (tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml"), full)):
+    for c, want in (
+        (cfg, held),
+        (tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml"), full),
+    ):
         evaluator = Trainer.build_evaluator(c, "ltdet_synthetic_val", str(tmp_path / "eval"))
         assert evaluator._train_stats(8).image_counts.tolist() == want
-    balms = tiny_cfg(tmp_path, "configs/synthetic/decoupled/balms.yaml", "DATASETS.TEST", (),
-                     "LTDET.TWO_COMPONENT.HOLD_OUT_DEV", True,
-                     "LTDET.TWO_COMPONENT.ALLOW_UNCOVERED", True)
+    balms = tiny_cfg(
+        tmp_path,
+        "configs/synthetic/decoupled/balms.yaml",
+        "DATASETS.TEST",
+        (),
+        "LTDET.TWO_COMPONENT.HOLD_OUT_DEV",
+        True,
+        "LTDET.TWO_COMPONENT.ALLOW_UNCOVERED",
+        True,
+    )
     (hook,) = [h for h in Trainer(balms)._hooks if isinstance(h, MetaWeightsHook)]
     assert hook.stats.image_counts.tolist() == held != full
 
@@ -410,9 +576,20 @@ def test_meta_lookahead_and_step_share_the_federated_draw(base_model, tmp_path, 
         return real(logits, gt, *args, classes=classes, **kwargs)
 
     monkeypatch.setattr(get_loss("federated"), "fn", spy)
-    cfg = _decoupled_cfg(base_dir, tmp_path / "out", "MODEL.WEIGHTS", str(tmp_path / "sigmoid_base.pth"),
-                         "LTDET.LOSS.NAME", "federated", "LTDET.LOSS.FED_NUM_CLASSES", 6,
-                         "SOLVER.MAX_ITER", 3, "SOLVER.STEPS", (2,))
+    cfg = _decoupled_cfg(
+        base_dir,
+        tmp_path / "out",
+        "MODEL.WEIGHTS",
+        str(tmp_path / "sigmoid_base.pth"),
+        "LTDET.LOSS.NAME",
+        "federated",
+        "LTDET.LOSS.FED_NUM_CLASSES",
+        6,
+        "SOLVER.MAX_ITER",
+        3,
+        "SOLVER.STEPS",
+        (2,),
+    )
     train(cfg)
     assert len(seen) == 6  # per iteration: the look-ahead, then the step
     for (n_look, look), (n_step, step) in zip(seen[0::2], seen[1::2]):
@@ -424,10 +601,23 @@ def test_meta_lookahead_and_step_share_the_federated_draw(base_model, tmp_path, 
 def _m2m_cfg(base_dir, out, *opts):
     # GAMMA 0: every translation whose seed passes the Bernoulli test joins the batch, so a
     # few iterations on the tiny model exercise the whole path.
-    return tiny_cfg(out, "configs/synthetic/decoupled/m2m.yaml",
-                    "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "SOLVER.MAX_ITER", 4,
-                    "SOLVER.STEPS", (3,), "SOLVER.WARMUP_ITERS", 0, "DATASETS.TEST", (),
-                    "LTDET.M2M.GAMMA", 0.0, *opts)
+    return tiny_cfg(
+        out,
+        "configs/synthetic/decoupled/m2m.yaml",
+        "MODEL.WEIGHTS",
+        str(base_dir / "model_final.pth"),
+        "SOLVER.MAX_ITER",
+        4,
+        "SOLVER.STEPS",
+        (3,),
+        "SOLVER.WARMUP_ITERS",
+        0,
+        "DATASETS.TEST",
+        (),
+        "LTDET.M2M.GAMMA",
+        0.0,
+        *opts,
+    )
 
 
 def test_decoupled_m2m_trains_resumes_and_keeps_g(base_model, tmp_path):
@@ -439,7 +629,9 @@ def test_decoupled_m2m_trains_resumes_and_keeps_g(base_model, tmp_path):
     assert len(accepted) == 4 and sum(accepted) > 0
     # g is the frozen base classifier; the trained classifier moved away from it
     assert torch.equal(full.m2m.g.weight, base[key + "weight"])
-    assert not torch.equal(full.model.roi_heads.box_predictor.cls_score.weight, base[key + "weight"])
+    assert not torch.equal(
+        full.model.roi_heads.box_predictor.cls_score.weight, base[key + "weight"]
+    )
     ckpt = torch.load(tmp_path / "full" / "model_final.pth", map_location="cpu")
     assert torch.equal(ckpt["m2m"]["g.bias"], base[key + "bias"])
     # kill after 2 iterations, resume: same classifier (translations draw from the saved RNG)
@@ -447,8 +639,10 @@ def test_decoupled_m2m_trains_resumes_and_keeps_g(base_model, tmp_path):
     resumed, _ = train(_m2m_cfg(base_dir, tmp_path / "cut"), resume=True)
     assert resumed.start_iter == 2
     assert torch.equal(resumed.m2m.g.weight, base[key + "weight"])
-    torch.testing.assert_close(resumed.model.roi_heads.box_predictor.cls_score.weight,
-                               full.model.roi_heads.box_predictor.cls_score.weight)
+    torch.testing.assert_close(
+        resumed.model.roi_heads.box_predictor.cls_score.weight,
+        full.model.roi_heads.box_predictor.cls_score.weight,
+    )
 
 
 def test_m2m_bad_config(base_model, tmp_path):
@@ -488,13 +682,19 @@ def test_trunk_chunks_give_the_whole_batch_features(base_model, tmp_path):
         single = peak_bytes(lambda: classifier_inputs(model, batch, chunk=1))
     assert single < 0.6 * whole, (single, whole)
 
-    runs = {c: train(_decoupled_cfg(base_dir, tmp_path / f"c{c}", "LTDET.DECOUPLED.TRUNK_CHUNK", c))[0]
-            for c in (0, 1)}
-    torch.testing.assert_close(runs[1].reweigher.logits, runs[0].reweigher.logits,
-                               rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(runs[1].model.roi_heads.box_predictor.cls_score.weight,
-                               runs[0].model.roi_heads.box_predictor.cls_score.weight,
-                               rtol=1e-4, atol=1e-5)
+    runs = {
+        c: train(_decoupled_cfg(base_dir, tmp_path / f"c{c}", "LTDET.DECOUPLED.TRUNK_CHUNK", c))[0]
+        for c in (0, 1)
+    }
+    torch.testing.assert_close(
+        runs[1].reweigher.logits, runs[0].reweigher.logits, rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(
+        runs[1].model.roi_heads.box_predictor.cls_score.weight,
+        runs[0].model.roi_heads.box_predictor.cls_score.weight,
+        rtol=1e-4,
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="TRUNK_CHUNK must be >= 0"):
         Trainer(_decoupled_cfg(base_dir, tmp_path / "bad", "LTDET.DECOUPLED.TRUNK_CHUNK", -1))
 
@@ -513,8 +713,14 @@ def test_trainer_parses_each_json_once(base_model, tmp_path, monkeypatch):
     assert lf._SHARED is None  # dropped before the data streams start
     parsed.clear()
     clear_class_stats()
-    cfg = tiny_cfg(tmp_path / "tc", "configs/synthetic/decoupled/two_component.yaml",
-                   "MODEL.WEIGHTS", str(base_dir / "model_final.pth"), "DATASETS.TEST", ())
+    cfg = tiny_cfg(
+        tmp_path / "tc",
+        "configs/synthetic/decoupled/two_component.yaml",
+        "MODEL.WEIGHTS",
+        str(base_dir / "model_final.pth"),
+        "DATASETS.TEST",
+        (),
+    )
     Trainer(cfg)  # + the development split
     assert parsed.count("lvis_synthetic_train.json") == 1, parsed
 
@@ -531,8 +737,16 @@ def test_augmentation_does_not_depend_on_the_workers(tiny_root, tmp_path):
     ref = _first_batches(tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml", *opts), 4)
     assert len({tuple(img.shape) for batch in ref for _, img in batch}) == 2  # both scales drawn
     for workers in (1, 2):
-        got = _first_batches(tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml",
-                                      "DATALOADER.NUM_WORKERS", workers, *opts), 4)
+        got = _first_batches(
+            tiny_cfg(
+                tmp_path,
+                "configs/synthetic/base_softmax_rfs.yaml",
+                "DATALOADER.NUM_WORKERS",
+                workers,
+                *opts,
+            ),
+            4,
+        )
         for batch_ref, batch in zip(ref, got):
             assert [i for i, _ in batch] == [i for i, _ in batch_ref]
             assert all(torch.equal(a, b) for (_, a), (_, b) in zip(batch_ref, batch))
@@ -587,13 +801,22 @@ def test_trainer_errors_name_the_fix(base_model, handmade, tmp_path):  # noqa: F
             Trainer(tiny_cfg(tmp_path / key, softmax_base, f"LTDET.{key}.ENABLED", True))
     with pytest.raises(ValueError, match="SOLVER.CLIP_GRADIENTS is not supported"):
         Trainer(_decoupled_cfg(base_dir, tmp_path / "clip", "SOLVER.CLIP_GRADIENTS.ENABLED", True))
-    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED is not supported.*set "
-                                         "SOLVER.AMP.ENABLED False"):
+    with pytest.raises(
+        ValueError, match="SOLVER.AMP.ENABLED is not supported.*set SOLVER.AMP.ENABLED False"
+    ):
         Trainer(_decoupled_cfg(base_dir, tmp_path / "amp", "SOLVER.AMP.ENABLED", True))
-    with pytest.raises(ValueError, match="RandomSubsetTrainingSampler.*use TrainingSampler or "
-                                         "RepeatFactorTrainingSampler"):
-        Trainer(tiny_cfg(tmp_path / "s", softmax_base,
-                         "DATALOADER.SAMPLER_TRAIN", "RandomSubsetTrainingSampler"))
+    with pytest.raises(
+        ValueError,
+        match="RandomSubsetTrainingSampler.*use TrainingSampler or RepeatFactorTrainingSampler",
+    ):
+        Trainer(
+            tiny_cfg(
+                tmp_path / "s",
+                softmax_base,
+                "DATALOADER.SAMPLER_TRAIN",
+                "RandomSubsetTrainingSampler",
+            )
+        )
     name = "test_three_class_val"
     register_lvis_format(name, handmade["json"], handmade["root"])
     try:
@@ -615,24 +838,39 @@ def test_checkpoint_loading_through_the_trainer(base_model, tmp_path):
     ImageNet backbone); a sigmoid head refuses the softmax base's classifier with the reason; a
     decoupled run refuses a checkpoint with a tensor of another shape, and no checkpoint."""
     base_dir, _ = base_model
-    state = torch.load(base_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    state = torch.load(base_dir / "model_final.pth", map_location="cpu", weights_only=False)[
+        "model"
+    ]
     backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
     torch.save({"model": backbone}, tmp_path / "backbone.pth")
-    trainer = Trainer(tiny_cfg(tmp_path / "b", "configs/synthetic/base_softmax_rfs.yaml",
-                               "MODEL.WEIGHTS", str(tmp_path / "backbone.pth")))
+    trainer = Trainer(
+        tiny_cfg(
+            tmp_path / "b",
+            "configs/synthetic/base_softmax_rfs.yaml",
+            "MODEL.WEIGHTS",
+            str(tmp_path / "backbone.pth"),
+        )
+    )
     trainer.resume_or_load(resume=False)
     loaded = trainer.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in backbone.items())
 
-    sigmoid = Trainer(tiny_cfg(tmp_path / "s", "configs/synthetic/base_sigmoid_rfs.yaml",
-                               "MODEL.WEIGHTS", str(base_dir / "model_final.pth")))
+    sigmoid = Trainer(
+        tiny_cfg(
+            tmp_path / "s",
+            "configs/synthetic/base_sigmoid_rfs.yaml",
+            "MODEL.WEIGHTS",
+            str(base_dir / "model_final.pth"),
+        )
+    )
     with pytest.raises(ValueError, match="is a softmax-family model.*LTDET.LOSS.NAME"):
         sigmoid.resume_or_load(resume=False)
 
     key = "roi_heads.box_head.fc1.bias"
     torch.save({"model": dict(state, **{key: state[key][:-1]})}, tmp_path / "shape.pth")
-    decoupled = Trainer(_decoupled_cfg(base_dir, tmp_path / "d",
-                                       "MODEL.WEIGHTS", str(tmp_path / "shape.pth")))
+    decoupled = Trainer(
+        _decoupled_cfg(base_dir, tmp_path / "d", "MODEL.WEIGHTS", str(tmp_path / "shape.pth"))
+    )
     with pytest.raises(ValueError, match=r"not a base model.*1 shape mismatches.*fc1.bias"):
         decoupled.resume_or_load(resume=False)
     # no base model at all: fvcore would load nothing and train on a random trunk
@@ -646,17 +884,42 @@ def test_m2m_from_config_maps_every_key(tiny_root, tmp_path):
     from ltdet.data import class_stats
     from ltdet.modeling.m2m import M2mTranslator
 
-    cfg = tiny_cfg(tmp_path, "configs/synthetic/decoupled/m2m.yaml",
-                   "LTDET.M2M.ATTEMPTS_PER_IMAGE", 7, "LTDET.M2M.BETA", 0.91,
-                   "LTDET.M2M.GAMMA", 0.37, "LTDET.M2M.LAMBDA", 0.23, "LTDET.M2M.STEP_SIZE", 0.17,
-                   "LTDET.M2M.NUM_STEPS", 5, "LTDET.M2M.INIT_NOISE", 0.03,
-                   "LTDET.CLASS_STATS.SOURCE", "instance_count")
+    cfg = tiny_cfg(
+        tmp_path,
+        "configs/synthetic/decoupled/m2m.yaml",
+        "LTDET.M2M.ATTEMPTS_PER_IMAGE",
+        7,
+        "LTDET.M2M.BETA",
+        0.91,
+        "LTDET.M2M.GAMMA",
+        0.37,
+        "LTDET.M2M.LAMBDA",
+        0.23,
+        "LTDET.M2M.STEP_SIZE",
+        0.17,
+        "LTDET.M2M.NUM_STEPS",
+        5,
+        "LTDET.M2M.INIT_NOISE",
+        0.03,
+        "LTDET.CLASS_STATS.SOURCE",
+        "instance_count",
+    )
     m = M2mTranslator(cfg)
-    assert (m.attempts_per_image, m.beta, m.gamma, m.lam, m.step_size, m.num_steps,
-            m.init_noise) == (7, 0.91, 0.37, 0.23, 0.17, 5, 0.03)
+    assert (
+        m.attempts_per_image,
+        m.beta,
+        m.gamma,
+        m.lam,
+        m.step_size,
+        m.num_steps,
+        m.init_noise,
+    ) == (7, 0.91, 0.37, 0.23, 0.17, 5, 0.03)
     want = class_stats(cfg.DATASETS.TRAIN).instance_counts
-    assert m.counts.tolist() == want.astype(float).tolist() != \
-        class_stats(cfg.DATASETS.TRAIN).image_counts.astype(float).tolist()
+    assert (
+        m.counts.tolist()
+        == want.astype(float).tolist()
+        != class_stats(cfg.DATASETS.TRAIN).image_counts.astype(float).tolist()
+    )
 
 
 def test_box_predictor_from_config_maps_every_key(tiny_root, tmp_path):
@@ -668,11 +931,16 @@ def test_box_predictor_from_config_maps_every_key(tiny_root, tmp_path):
     from ltdet.modeling.box_predictor import LongTailFastRCNNOutputLayers as Head
 
     stats = class_stats("ltdet_synthetic_train")
-    img, inst = (torch.tensor(c, dtype=torch.float64) for c in (stats.image_counts, stats.instance_counts))
+    img, inst = (
+        torch.tensor(c, dtype=torch.float64) for c in (stats.image_counts, stats.instance_counts)
+    )
     n = stats.num_images
 
     def head(*opts):
-        return Head(tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml", *opts), ShapeSpec(channels=16))
+        return Head(
+            tiny_cfg(tmp_path, "configs/synthetic/base_softmax_rfs.yaml", *opts),
+            ShapeSpec(channels=16),
+        )
 
     g = torch.Generator().manual_seed(0)
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 0, 8])
@@ -681,15 +949,32 @@ def test_box_predictor_from_config_maps_every_key(tiny_root, tmp_path):
     want = L.eql_loss(x, y, img / n, lambda_=0.05)
     torch.testing.assert_close(eql.classification_loss(x, y), want.float())
     assert not torch.allclose(want, L.sigmoid_loss(x.double(), y).to(want))
-    fed = head("LTDET.LOSS.NAME", "federated", "LTDET.LOSS.FED_NUM_CLASSES", 3,
-               "LTDET.LOSS.FED_POWER", 0.25)
+    fed = head(
+        "LTDET.LOSS.NAME",
+        "federated",
+        "LTDET.LOSS.FED_NUM_CLASSES",
+        3,
+        "LTDET.LOSS.FED_POWER",
+        0.25,
+    )
     assert fed.loss_kwargs["num_classes"] == 3
     torch.testing.assert_close(fed.fed_weight, img.pow(0.25).float())
     sig = head("LTDET.LOSS.NAME", "balanced_sigmoid", "LTDET.LOSS.SIGMOID_PRIOR_PROB", 0.01)
     torch.testing.assert_close(sig.cls_score.bias, torch.full((8,), -math.log(99.0)))
-    cb = head("LTDET.LOSS.NAME", "dbm_cb", "LTDET.DBM.K", 0.3, "LTDET.DBM.TAU", 0.5,
-              "LTDET.DBM.SCALE", 16.0, "LTDET.LOSS.CB_BETA", 0.9, "LTDET.CLASS_STATS.SOURCE",
-              "instance_count")
+    cb = head(
+        "LTDET.LOSS.NAME",
+        "dbm_cb",
+        "LTDET.DBM.K",
+        0.3,
+        "LTDET.DBM.TAU",
+        0.5,
+        "LTDET.DBM.SCALE",
+        16.0,
+        "LTDET.LOSS.CB_BETA",
+        0.9,
+        "LTDET.CLASS_STATS.SOURCE",
+        "instance_count",
+    )
     assert cb.logit_scale == 16.0 and cb.loss_kwargs["scale"] == 16.0
     torch.testing.assert_close(cb.class_margin, L.dbm_class_margins(inst, 0.3, 0.5).float())
     torch.testing.assert_close(cb.cb_weight, L.effective_number_weights(inst, 0.9).float())
@@ -703,13 +988,25 @@ def test_evaluating_during_training_changes_no_training_draw(base_model, tmp_pat
     without evaluation."""
     base_dir, _ = base_model
     quiet, _ = train(_decoupled_cfg(base_dir, tmp_path / "quiet"))
-    evaluating, results = train(_decoupled_cfg(base_dir, tmp_path / "eval", "DATASETS.TEST",
-                                               ("ltdet_synthetic_val",), "TEST.EVAL_PERIOD", 2))
+    evaluating, results = train(
+        _decoupled_cfg(
+            base_dir,
+            tmp_path / "eval",
+            "DATASETS.TEST",
+            ("ltdet_synthetic_val",),
+            "TEST.EVAL_PERIOD",
+            2,
+        )
+    )
     assert results["segm"]["AP"] >= 0  # it did evaluate
     assert (tmp_path / "eval" / "inference" / "ltdet_synthetic_val" / "lvis_metrics.json").is_file()
     torch.testing.assert_close(evaluating.reweigher.logits, quiet.reweigher.logits, rtol=0, atol=0)
-    torch.testing.assert_close(evaluating.model.roi_heads.box_predictor.cls_score.weight,
-                               quiet.model.roi_heads.box_predictor.cls_score.weight, rtol=0, atol=0)
+    torch.testing.assert_close(
+        evaluating.model.roi_heads.box_predictor.cls_score.weight,
+        quiet.model.roi_heads.box_predictor.cls_score.weight,
+        rtol=0,
+        atol=0,
+    )
 
 
 def _train_net(*argv):
@@ -718,7 +1015,9 @@ def _train_net(*argv):
 
     from detectron2.engine import default_argument_parser
 
-    spec = importlib.util.spec_from_file_location("ltdet_train_net", os.path.join(REPO, "tools", "train_net.py"))
+    spec = importlib.util.spec_from_file_location(
+        "ltdet_train_net", os.path.join(REPO, "tools", "train_net.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     # detectron2's default_setup and the log setup add handlers to the process's loggers at
@@ -730,8 +1029,21 @@ def _train_net(*argv):
 
 def _tiny_opts(out_dir, *opts):
     cfg = tiny_cfg(out_dir)
-    return ["MODEL.ROI_HEADS.NUM_CLASSES", 8, "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 64,
-            "OUTPUT_DIR", out_dir, "SEED", 1, "DATASETS.TEST", str(cfg.DATASETS.TEST), *opts]
+    return [
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        8,
+        "INPUT.MIN_SIZE_TEST",
+        64,
+        "INPUT.MAX_SIZE_TEST",
+        64,
+        "OUTPUT_DIR",
+        out_dir,
+        "SEED",
+        1,
+        "DATASETS.TEST",
+        str(cfg.DATASETS.TEST),
+        *opts,
+    ]
 
 
 def test_eval_only_checks_before_inference(base_model, handmade, tmp_path):  # noqa: F811
@@ -746,28 +1058,46 @@ def test_eval_only_checks_before_inference(base_model, handmade, tmp_path):  # n
     base_dir, base_results = base_model
     config = os.path.join(REPO, "configs/synthetic/base_softmax_rfs.yaml")
     weights = base_dir / "model_final.pth"
-    res = _train_net("--eval-only", "--config-file", config,
-                     *_tiny_opts(tmp_path / "ok", "MODEL.WEIGHTS", weights))
+    res = _train_net(
+        "--eval-only",
+        "--config-file",
+        config,
+        *_tiny_opts(tmp_path / "ok", "MODEL.WEIGHTS", weights),
+    )
     assert res["segm"]["AP"] == pytest.approx(base_results["segm"]["AP"], abs=1e-6)
-    with pytest.raises(ValueError, match="--eval-only evaluates a trained model, but MODEL.WEIGHTS "
-                                         "is empty"):
+    with pytest.raises(
+        ValueError, match="--eval-only evaluates a trained model, but MODEL.WEIGHTS is empty"
+    ):
         _train_net("--eval-only", "--config-file", config, *_tiny_opts(tmp_path / "empty"))
     partial = tmp_path / "partial.pth"
     state = torch.load(weights, map_location="cpu", weights_only=False)
     state["model"] = {k: v for k, v in state["model"].items() if "box_predictor" not in k}
     torch.save(state, partial)
-    with pytest.raises(ValueError, match="is not a trained model of this architecture: 4 missing "
-                                         "keys.*box_predictor.*--eval-only evaluates"):
-        _train_net("--eval-only", "--config-file", config,
-                   *_tiny_opts(tmp_path / "partial", "MODEL.WEIGHTS", partial))
+    with pytest.raises(
+        ValueError,
+        match="is not a trained model of this architecture: 4 missing "
+        "keys.*box_predictor.*--eval-only evaluates",
+    ):
+        _train_net(
+            "--eval-only",
+            "--config-file",
+            config,
+            *_tiny_opts(tmp_path / "partial", "MODEL.WEIGHTS", partial),
+        )
     name = "test_eval_only_three_classes"
     register_lvis_format(name, handmade["json"], handmade["root"])
     try:
-        with pytest.raises(ValueError, match=f"test set {name} has 3 classes but "
-                                             "MODEL.ROI_HEADS.NUM_CLASSES = 8"):
-            _train_net("--eval-only", "--config-file", config,
-                       *_tiny_opts(tmp_path / "three", "MODEL.WEIGHTS", weights,
-                                   "DATASETS.TEST", f"('{name}',)"))
+        with pytest.raises(
+            ValueError, match=f"test set {name} has 3 classes but MODEL.ROI_HEADS.NUM_CLASSES = 8"
+        ):
+            _train_net(
+                "--eval-only",
+                "--config-file",
+                config,
+                *_tiny_opts(
+                    tmp_path / "three", "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{name}',)"
+                ),
+            )
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
@@ -793,10 +1123,14 @@ def test_check_config_refuses_ignored_or_invalid_ltdet_options(tiny_root, handma
     check_config(cfg(), training=False)
     check_config(cfg("MODEL.ROI_HEADS.NAME", "StandardROIHeads"), training=False)  # plain softmax
     bad = [
-        (("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "LTDET.LOSS.NAME", "balanced_softmax"),
-         "'StandardROIHeads' is not one of ltdet's ROI heads.*LongTailROIHeads"),
-        (("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "LTDET.DECOUPLED.ENABLED", True),
-         "LTDET.LOSS and LTDET.DECOUPLED would have no effect"),
+        (
+            ("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "LTDET.LOSS.NAME", "balanced_softmax"),
+            "'StandardROIHeads' is not one of ltdet's ROI heads.*LongTailROIHeads",
+        ),
+        (
+            ("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "LTDET.DECOUPLED.ENABLED", True),
+            "LTDET.LOSS and LTDET.DECOUPLED would have no effect",
+        ),
         (("LTDET.CLASS_STATS.FLOOR", -1.0), "FLOOR must be >= 0"),
         (("LTDET.CLASS_STATS.SOURCE", "image_counts"), "SOURCE = 'image_counts' is not valid"),
         (("LTDET.LOSS.FED_NUM_CLASSES", 0), "FED_NUM_CLASSES must be >= 1"),
@@ -813,8 +1147,12 @@ def test_check_config_refuses_ignored_or_invalid_ltdet_options(tiny_root, handma
     name = "test_check_config_no_frequency"
     register_lvis_format(name, str(path), handmade["root"])
     try:
-        with pytest.raises(ValueError, match="cannot be evaluated with LVIS AP.*'frequency'.*ids \\[3\\]"):
-            check_config(cfg("MODEL.ROI_HEADS.NUM_CLASSES", 3, "DATASETS.TEST", (name,)), training=False)
+        with pytest.raises(
+            ValueError, match="cannot be evaluated with LVIS AP.*'frequency'.*ids \\[3\\]"
+        ):
+            check_config(
+                cfg("MODEL.ROI_HEADS.NUM_CLASSES", 3, "DATASETS.TEST", (name,)), training=False
+            )
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
@@ -829,8 +1167,11 @@ def test_check_config_refuses_ignored_or_invalid_ltdet_options(tiny_root, handma
     name = "test_check_config_swapped"
     register_lvis_format(name, str(path), val.image_root)
     try:
-        with pytest.raises(ValueError, match=f"test set {name} and training set .* order their "
-                                             f"categories differently \\(class 1: '{a['name']}'"):
+        with pytest.raises(
+            ValueError,
+            match=f"test set {name} and training set .* order their "
+            f"categories differently \\(class 1: '{a['name']}'",
+        ):
             check_config(cfg("DATASETS.TEST", (name,)))
     finally:
         DatasetCatalog.remove(name)

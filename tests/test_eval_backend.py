@@ -1,6 +1,7 @@
 """The fast LVIS backend against lvis-api itself: every metric and every per-class AP equal to
 1e-9, bbox and segm, on the real LVIS v0.5 val annotations of 100 images (tests/data) with
 detections derived from their ground truth, and on an LVIS-v1-style json."""
+
 import contextlib
 import copy
 import io
@@ -15,18 +16,33 @@ from ltdet.evaluation.fast_lvis import FastLVISEval, LVISDetections, top_per_ima
 from ltdet.evaluation.per_class import per_class_ap
 
 VAL_100 = Path(__file__).parent / "data" / "lvis_v0.5_val_100.json"
-METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf",
-           "AR@300", "ARs@300", "ARm@300", "ARl@300"]
+METRICS = [
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "APr",
+    "APc",
+    "APf",
+    "AR@300",
+    "ARs@300",
+    "ARm@300",
+    "ARl@300",
+]
 
 
 def _lvis_api(dataset, results, iou_type):
-    import ltdet.compat
     from lvis import LVIS, LVISEval, LVISResults
+
+    import ltdet.compat
 
     ltdet.compat.apply_runtime_fixes()  # lvis-api 0.5.3 on numpy >= 1.24
     gt = LVIS.__new__(LVIS)  # from the dict, without a file
     gt.dataset = copy.deepcopy(dataset)
     import logging
+
     gt.logger = logging.getLogger("lvis")
     gt._create_index()
     if iou_type == "segm":  # as ltdet's evaluator: mask area for the size ranges
@@ -53,8 +69,7 @@ def derived_detections(dataset, seed=0, masks=True):
     def add(img, cat, box, score, mask=None):
         im = imgs[img]
         x, y, w, h = [float(v) for v in box]
-        r = {"image_id": img, "category_id": int(cat), "bbox": [x, y, w, h],
-             "score": float(score)}
+        r = {"image_id": img, "category_id": int(cat), "bbox": [x, y, w, h], "score": float(score)}
         if masks:
             if mask is None:
                 poly = [[x, y, x, y + h, x + w, y + h, x + w, y]]
@@ -77,8 +92,11 @@ def derived_detections(dataset, seed=0, masks=True):
                     score = round(score, 1)
                 mask = None
                 if masks and rng.random() < 0.5:  # the true mask shifted by a few pixels
-                    m = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(
-                        a["segmentation"], im["height"], im["width"])))
+                    m = mask_utils.decode(
+                        mask_utils.merge(
+                            mask_utils.frPyObjects(a["segmentation"], im["height"], im["width"])
+                        )
+                    )
                     m = np.roll(m, tuple(rng.integers(-3, 4, 2)), axis=(0, 1))
                     mask = mask_utils.encode(np.asfortranarray(m))
                 add(img_id, a["category_id"], box, score, mask)
@@ -86,21 +104,31 @@ def derived_detections(dataset, seed=0, masks=True):
                 s = round(rng.random(), 1)
                 add(img_id, a["category_id"], a["bbox"], s)
                 add(img_id, a["category_id"], a["bbox"], s)
-        fp_cats = (list(im["neg_category_ids"][:3]) + list(im["not_exhaustive_category_ids"])
-                   + [int(c) for c in rng.choice(cat_ids, 3)])
+        fp_cats = (
+            list(im["neg_category_ids"][:3])
+            + list(im["not_exhaustive_category_ids"])
+            + [int(c) for c in rng.choice(cat_ids, 3)]
+        )
         for c in fp_cats:
             w, h = rng.uniform(5, im["width"] / 2), rng.uniform(5, im["height"] / 2)
-            add(img_id, c, [rng.uniform(0, im["width"] - w), rng.uniform(0, im["height"] - h),
-                            w, h], round(rng.random(), 2))
+            add(
+                img_id,
+                c,
+                [rng.uniform(0, im["width"] - w), rng.uniform(0, im["height"] - h), w, h],
+                round(rng.random(), 2),
+            )
     # over 300 detections on a few images: the cap decides which count
     for img_id in sorted(imgs)[:3]:
         im = imgs[img_id]
         cats = [a["category_id"] for a in by_img.get(img_id, [])] + im["neg_category_ids"]
         for _ in range(330):
             w, h = rng.uniform(5, im["width"] / 3), rng.uniform(5, im["height"] / 3)
-            add(img_id, rng.choice(cats), [rng.uniform(0, im["width"] - w),
-                                           rng.uniform(0, im["height"] - h), w, h],
-                round(rng.random(), 2))
+            add(
+                img_id,
+                rng.choice(cats),
+                [rng.uniform(0, im["width"] - w), rng.uniform(0, im["height"] - h), w, h],
+                round(rng.random(), 2),
+            )
     return out
 
 
@@ -188,21 +216,39 @@ def test_ties_on_score_and_iou_follow_lvis_api():
     detection, an exact copy of the first ground truth (IoU 2/3 to the second), also hits at
     IoU 0.7-0.8. Equal scores: image 2's hit ranks before image 3's false positive (image id,
     not file order), and within image 3 the false positive listed first ranks first."""
-    images = [{"id": i, "height": 100, "width": 100, "neg_category_ids": [],
-               "not_exhaustive_category_ids": []} for i in (1, 2, 3)]
+    images = [
+        {
+            "id": i,
+            "height": 100,
+            "width": 100,
+            "neg_category_ids": [],
+            "not_exhaustive_category_ids": [],
+        }
+        for i in (1, 2, 3)
+    ]
     boxes = {1: [0, 0, 10, 10], 2: [2, 0, 10, 10], 3: [50, 50, 10, 10], 4: [50, 50, 10, 10]}
     img = {1: 1, 2: 1, 3: 2, 4: 3}
-    anns = [{"id": i, "image_id": img[i], "category_id": 1, "bbox": b, "area": 100.0}
-            for i, b in boxes.items()]
-    dataset = {"images": images, "annotations": anns,
-               "categories": [{"id": 1, "name": "a", "frequency": "r"}]}
+    anns = [
+        {"id": i, "image_id": img[i], "category_id": 1, "bbox": b, "area": 100.0}
+        for i, b in boxes.items()
+    ]
+    dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "a", "frequency": "r"}],
+    }
 
     def det(i, box, score):
         return {"image_id": i, "category_id": 1, "bbox": box, "score": score}
 
-    dets = [det(1, [1, 0, 10, 10], 0.9), det(1, [0, 0, 10, 10], 0.8),
-            det(3, [0, 0, 5, 5], 0.7), det(2, [50, 50, 10, 10], 0.7),
-            det(3, [80, 80, 5, 5], 0.6), det(3, [50, 50, 10, 10], 0.6)]
+    dets = [
+        det(1, [1, 0, 10, 10], 0.9),
+        det(1, [0, 0, 10, 10], 0.8),
+        det(3, [0, 0, 5, 5], 0.7),
+        det(2, [50, 50, 10, 10], 0.7),
+        det(3, [80, 80, 5, 5], 0.6),
+        det(3, [50, 50, 10, 10], 0.6),
+    ]
     ref = _assert_parity(dataset, dets, "bbox")
     # hand-worked at IoU 0.75: hits at ranks 1, 2, 3, 6 of 6, 4 ground truths -> AP75 < 1
     assert 0.8 < ref["AP75"] < 1
@@ -217,6 +263,6 @@ def test_top_per_image_is_a_stable_cap():
 
 
 def test_unknown_images_are_named(val100):
-    dets = LVISDetections([10 ** 9], [1], [0.5], [[0, 0, 5, 5]])
+    dets = LVISDetections([10**9], [1], [0.5], [[0, 0, 5, 5]])
     with pytest.raises(ValueError, match="not images of the ground-truth json.*1000000000"):
         FastLVISEval(val100, dets, "bbox").run()

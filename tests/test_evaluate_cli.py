@@ -1,9 +1,10 @@
 """The evaluator's array path (process() -> arrays -> backend) against detectron2's per-detection
 dicts and lvis-api, and tools/evaluate.py: the same outputs as the evaluator, and bad inputs
 named with their fix."""
+
 import csv
-import io
 import importlib.util
+import io
 import json
 import math
 from pathlib import Path
@@ -36,8 +37,9 @@ def _outputs(handmade, seed=0):  # noqa: F811
         wh = rng.normal(10, 1.5, (n, 2)).clip(4, 14)
         inst = Instances((32, 32))
         inst.pred_boxes = Boxes(torch.tensor(np.c_[xy, xy + wh], dtype=torch.float32))
-        inst.scores = torch.tensor(rng.choice([0.3, 0.5, 0.7, rng.random()], n),
-                                   dtype=torch.float32)
+        inst.scores = torch.tensor(
+            rng.choice([0.3, 0.5, 0.7, rng.random()], n), dtype=torch.float32
+        )
         inst.pred_classes = torch.tensor(rng.integers(0, 3, n))
         masks = torch.zeros((n, 32, 32), dtype=torch.bool)
         for k in range(n):
@@ -66,8 +68,9 @@ def registered(handmade):  # noqa: F811
 def _evaluate(name, backend, out, inputs, outputs):
     from ltdet.evaluation import LongTailLVISEvaluator
 
-    ev = LongTailLVISEvaluator(name, tasks=("bbox", "segm"), distributed=False,
-                               output_dir=str(out), backend=backend)
+    ev = LongTailLVISEvaluator(
+        name, tasks=("bbox", "segm"), distributed=False, output_dir=str(out), backend=backend
+    )
     ev.reset()
     ev.process(inputs, outputs)
     return ev.evaluate()
@@ -101,11 +104,22 @@ def test_cli_writes_what_training_writes(handmade, registered, tmp_path):  # noq
     ev_out = tmp_path / "ev"
     _evaluate(registered, "fast", ev_out, inputs, outputs)
     out = tmp_path / "cli"
-    rc = _cli()(["--gt", handmade["json"], "--dt", str(ev_out / "lvis_instances_results.json"),
-                 "--output", str(out), "--backend", "fast"])
+    rc = _cli()(
+        [
+            "--gt",
+            handmade["json"],
+            "--dt",
+            str(ev_out / "lvis_instances_results.json"),
+            "--output",
+            str(out),
+            "--backend",
+            "fast",
+        ]
+    )
     assert rc == 0
-    assert json.loads((out / "lvis_metrics.json").read_text().replace("NaN", "null")) \
-        == json.loads((ev_out / "lvis_metrics.json").read_text().replace("NaN", "null"))
+    assert json.loads((out / "lvis_metrics.json").read_text().replace("NaN", "null")) == json.loads(
+        (ev_out / "lvis_metrics.json").read_text().replace("NaN", "null")
+    )
     cli_rows = list(csv.DictReader(open(out / "per_class_ap.csv")))
     ev_rows = list(csv.DictReader(open(ev_out / "per_class_ap.csv")))
     cols = ["class_id", "category_id", "name", "frequency", "AP_bbox", "AP_segm"]
@@ -131,12 +145,12 @@ def test_cli_errors_name_the_fix(handmade, tmp_path, caplog):  # noqa: F811
         return str(p)
 
     out = ["--output", str(tmp_path / "o")]
-    text = _run_expecting_error(["--gt", gt, "--dt", write("trunc.json", json.dumps(dets)[:-5])]
-                                + out, caplog)
+    text = _run_expecting_error(
+        ["--gt", gt, "--dt", write("trunc.json", json.dumps(dets)[:-5])] + out, caplog
+    )
     assert "not valid json" in text and "write it again" in text
     caplog.clear()
-    text = _run_expecting_error(["--gt", gt, "--dt", str(tmp_path / "missing.json")] + out,
-                                caplog)
+    text = _run_expecting_error(["--gt", gt, "--dt", str(tmp_path / "missing.json")] + out, caplog)
     assert "cannot read the detections file" in text and "check the path" in text
     caplog.clear()
     unknown = [dict(dets[0], image_id=999)]
@@ -155,8 +169,9 @@ def test_cli_errors_name_the_fix(handmade, tmp_path, caplog):  # noqa: F811
     text = _run_expecting_error(["--gt", d, "--dt", d] + out, caplog)  # dt passed as gt
     assert "pass it as --dt" in text
     caplog.clear()
-    text = _run_expecting_error(["--gt", write("coco.json", {"images": [], "annotations": []}),
-                                 "--dt", d] + out, caplog)
+    text = _run_expecting_error(
+        ["--gt", write("coco.json", {"images": [], "annotations": []}), "--dt", d] + out, caplog
+    )
     assert "not an LVIS-format json" in text
     caplog.clear()
     text = _run_expecting_error(["--gt", gt, "--dt", d, "--task", "segm"] + out, caplog)
@@ -182,10 +197,11 @@ def test_results_json_writer_equals_json_dump():
     boxes = rng.random((n, 4)).astype(np.float32) * 100
     scores = rng.random(n).astype(np.float32)
     scores[:10] = 0.5
-    for dets in (LVISDetections(rng.integers(1, 9, n), rng.integers(1, 5, n), scores, boxes,
-                                masks),
-                 LVISDetections(rng.integers(1, 9, n), rng.integers(1, 5, n), scores, boxes),
-                 LVISDetections([1, 2], [3, 3], [np.nan, 0.5], [[0, 0, 1, 1]] * 2)):
+    for dets in (
+        LVISDetections(rng.integers(1, 9, n), rng.integers(1, 5, n), scores, boxes, masks),
+        LVISDetections(rng.integers(1, 9, n), rng.integers(1, 5, n), scores, boxes),
+        LVISDetections([1, 2], [3, 3], [np.nan, 0.5], [[0, 0, 1, 1]] * 2),
+    ):
         f = io.StringIO()
         write_results_json(f, dets, chunk=64)
         got = json.loads(f.getvalue())

@@ -1,11 +1,12 @@
 """ltdet.evaluation: per-class AP against lvis-api's own evaluator and against hand-worked AP."""
+
 import contextlib
 import io
 import json
 import math
-import pytest
 
 import numpy as np
+import pytest
 
 from ltdet.evaluation.per_class import per_class_ap
 
@@ -14,8 +15,9 @@ from .test_false_positives import fp_setup  # noqa: F401 (fixture)
 
 
 def _lvis_eval(gt_path, dets, iou_type="segm"):
-    import ltdet.compat
     from lvis import LVIS, LVISEval, LVISResults
+
+    import ltdet.compat
 
     ltdet.compat.apply_runtime_fixes()  # lvis-api 0.5.3 on numpy >= 1.24
     with contextlib.redirect_stdout(io.StringIO()):
@@ -29,8 +31,9 @@ def test_per_class_ap_by_hand_and_averages_to_lvis_api(fp_setup):  # noqa: F811
     """Class 1 (rare): a 0.95 false positive on an image that lists it as a verified negative
     ranks above its exact hit, so its precision is 1/2 at every recall: AP 0.5. Class 2: 1.0.
     lvis-api's AP is the mean over classes of exactly these, and APr the rare ones' mean."""
-    ev = _lvis_eval(fp_setup["root"] / "ltdet_synthetic" / "lvis_synthetic_val.json",
-                    fp_setup["dets"])
+    ev = _lvis_eval(
+        fp_setup["root"] / "ltdet_synthetic" / "lvis_synthetic_val.json", fp_setup["dets"]
+    )
     ap = per_class_ap(ev)
     np.testing.assert_allclose(ap, [0.5, 1.0], atol=1e-12)
     results = ev.get_results()
@@ -43,8 +46,9 @@ def test_class_without_ground_truth_is_nan(fp_setup):  # noqa: F811
     val = fp_setup["val"]
     # drop class 1's only annotation: it has no ground truth left
     path = fp_setup["root"] / "no_class1.json"
-    path.write_text(json.dumps(dict(val, annotations=[a for a in val["annotations"]
-                                                      if a["category_id"] == 2])))
+    path.write_text(
+        json.dumps(dict(val, annotations=[a for a in val["annotations"] if a["category_id"] == 2]))
+    )
     ap = per_class_ap(_lvis_eval(path, dets))
     assert math.isnan(ap[0]) and math.isclose(ap[1], 1.0)
 
@@ -55,16 +59,47 @@ def test_per_class_ap_covers_every_object_size(tmp_path):
     from .conftest import write_lvis_json
 
     sides = {1: 12.0, 2: 40.0}
-    images = [{"id": c, "file_name": f"{c}.png", "height": 64, "width": 64,
-               "neg_category_ids": [], "not_exhaustive_category_ids": []} for c in sides]
-    anns = [{"id": c, "image_id": c, "category_id": c, "bbox": [4.0, 4.0, s, s], "area": s * s,
-             "segmentation": [[4, 4, 4 + s, 4, 4 + s, 4 + s, 4, 4 + s]]} for c, s in sides.items()]
-    cats = [{"id": c, "name": f"c{c}", "frequency": "f", "image_count": 1, "instance_count": 1,
-             "synonyms": [f"c{c}"], "synset": f"c{c}", "def": f"c{c}"} for c in sides]
+    images = [
+        {
+            "id": c,
+            "file_name": f"{c}.png",
+            "height": 64,
+            "width": 64,
+            "neg_category_ids": [],
+            "not_exhaustive_category_ids": [],
+        }
+        for c in sides
+    ]
+    anns = [
+        {
+            "id": c,
+            "image_id": c,
+            "category_id": c,
+            "bbox": [4.0, 4.0, s, s],
+            "area": s * s,
+            "segmentation": [[4, 4, 4 + s, 4, 4 + s, 4 + s, 4, 4 + s]],
+        }
+        for c, s in sides.items()
+    ]
+    cats = [
+        {
+            "id": c,
+            "name": f"c{c}",
+            "frequency": "f",
+            "image_count": 1,
+            "instance_count": 1,
+            "synonyms": [f"c{c}"],
+            "synset": f"c{c}",
+            "def": f"c{c}",
+        }
+        for c in sides
+    ]
     path = tmp_path / "sizes.json"
     write_lvis_json(path, images, anns, cats)
-    dets = [{"image_id": c, "category_id": c, "score": 0.9, "bbox": [4.0, 4.0, s, s]}
-            for c, s in sides.items()]
+    dets = [
+        {"image_id": c, "category_id": c, "score": 0.9, "bbox": [4.0, 4.0, s, s]}
+        for c, s in sides.items()
+    ]
     ev = _lvis_eval(path, dets, "bbox")
     np.testing.assert_allclose(per_class_ap(ev), [1.0, 1.0], atol=1e-12)
     assert math.isclose(ev.get_results()["APs"], 1.0) and math.isclose(ev.get_results()["APm"], 1.0)
@@ -89,10 +124,14 @@ def test_evaluator_maps_contiguous_ids_back_to_the_jsons(handmade, tmp_path, loa
         if loaded:
             DatasetCatalog.get(name)  # sets the id mapping in the metadata, as training does
         assert MetadataCatalog.get(name).get("thing_dataset_id_to_contiguous_id") is None or loaded
-        ev = LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False,
-                                   output_dir=str(tmp_path))
-        pears = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
-                 for a in handmade["anns"] if a["category_id"] == 7]
+        ev = LongTailLVISEvaluator(
+            name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path)
+        )
+        pears = [
+            {"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
+            for a in handmade["anns"]
+            if a["category_id"] == 7
+        ]
         assert len(pears) == 12
         ev.reset()
         ev._predictions = [{"image_id": 1, "instances": pears}]  # what process() collects
@@ -124,8 +163,12 @@ def test_evaluator_refuses_a_json_lvis_api_cannot_evaluate(handmade, tmp_path): 
     from ltdet.evaluation import LongTailLVISEvaluator
 
     data = json.loads(open(handmade["json"]).read())
-    cases = {"neg": ("neg_category_ids", None), "nonex": ("not_exhaustive_category_ids", None),
-             "freq": (None, "frequency"), "area": ("area", None)}
+    cases = {
+        "neg": ("neg_category_ids", None),
+        "nonex": ("not_exhaustive_category_ids", None),
+        "freq": (None, "frequency"),
+        "area": ("area", None),
+    }
     for tag, (img_key, cat_key) in cases.items():
         broken = copy.deepcopy(data)
         if img_key == "area":
@@ -155,15 +198,19 @@ def test_evaluator_refuses_a_broken_json_naming_it(tmp_path):
     from ltdet.data import register_lvis_format
     from ltdet.evaluation import LongTailLVISEvaluator
 
-    for tag, text in (("truncated", '{"images": [], "annot'),
-                      ("no_annotations", json.dumps({"images": [], "categories": []}))):
+    for tag, text in (
+        ("truncated", '{"images": [], "annot'),
+        ("no_annotations", json.dumps({"images": [], "categories": []})),
+    ):
         path = tmp_path / f"{tag}.json"
         path.write_text(text)
         name = f"test_eval_broken_json_{tag}"
         register_lvis_format(name, str(path), str(tmp_path))
         try:
-            with pytest.raises(ValueError, match=f"{tag}.json cannot be read by lvis-api.*"
-                                                 "re-download or regenerate"):
+            with pytest.raises(
+                ValueError,
+                match=f"{tag}.json cannot be read by lvis-api.*re-download or regenerate",
+            ):
                 LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False)
         finally:
             DatasetCatalog.remove(name)
@@ -188,10 +235,14 @@ def test_evaluator_without_training_data_still_returns_the_metrics(handmade, tmp
         DatasetCatalog.get(name)
         for i, train in enumerate([gone, "test_eval_never_registered"]):
             out = tmp_path / str(i)
-            ev = LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False,
-                                       output_dir=str(out), train_dataset=train)
-            pears = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
-                     for a in handmade["anns"] if a["category_id"] == 7]
+            ev = LongTailLVISEvaluator(
+                name, tasks=("bbox",), distributed=False, output_dir=str(out), train_dataset=train
+            )
+            pears = [
+                {"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
+                for a in handmade["anns"]
+                if a["category_id"] == 7
+            ]
             ev.reset()
             ev._predictions = [{"image_id": 1, "instances": pears}]
             caplog.clear()
@@ -220,16 +271,22 @@ def test_evaluator_without_per_class_output_and_without_predictions(handmade, tm
     register_lvis_format(name, handmade["json"], handmade["root"])
     try:
         DatasetCatalog.get(name)
-        ev = LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False,
-                                   output_dir=str(tmp_path / "a"), per_class=False)
+        ev = LongTailLVISEvaluator(
+            name,
+            tasks=("bbox",),
+            distributed=False,
+            output_dir=str(tmp_path / "a"),
+            per_class=False,
+        )
         box = [{"image_id": 1, "category_id": 0, "bbox": [2.0, 2.0, 10.0, 10.0], "score": 0.9}]
         ev.reset()
         ev._predictions = [{"image_id": 1, "instances": box}]
         assert ev.evaluate()["bbox"]["AP"] >= 0
         assert (tmp_path / "a" / "lvis_metrics.json").is_file()
         assert not (tmp_path / "a" / "per_class_ap.csv").exists()
-        empty = LongTailLVISEvaluator(name, tasks=("bbox",), distributed=False,
-                                      output_dir=str(tmp_path / "b"))
+        empty = LongTailLVISEvaluator(
+            name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path / "b")
+        )
         empty.reset()
         empty._predictions = [{"image_id": 1, "instances": []}]
         assert all(math.isnan(v) for v in empty.evaluate()["bbox"].values())
@@ -253,26 +310,62 @@ def test_segm_sizes_come_from_the_mask_not_the_box(tmp_path):
     from .conftest import write_lvis_json
 
     size = 128
-    images = [{"id": 1, "file_name": "1.png", "height": size, "width": size,
-               "neg_category_ids": [], "not_exhaustive_category_ids": []}]
-    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4.0, 4.0, 8.0, 8.0], "area": 64.0,
-             "segmentation": [[4, 4, 12, 4, 12, 12, 4, 12]]}]
-    cats = [{"id": 1, "name": "c1", "frequency": "r", "image_count": 1, "instance_count": 1,
-             "synonyms": ["c1"], "synset": "c1", "def": "c1"}]
+    images = [
+        {
+            "id": 1,
+            "file_name": "1.png",
+            "height": size,
+            "width": size,
+            "neg_category_ids": [],
+            "not_exhaustive_category_ids": [],
+        }
+    ]
+    anns = [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [4.0, 4.0, 8.0, 8.0],
+            "area": 64.0,
+            "segmentation": [[4, 4, 12, 4, 12, 12, 4, 12]],
+        }
+    ]
+    cats = [
+        {
+            "id": 1,
+            "name": "c1",
+            "frequency": "r",
+            "image_count": 1,
+            "instance_count": 1,
+            "synonyms": ["c1"],
+            "synset": "c1",
+            "def": "c1",
+        }
+    ]
     path = tmp_path / "sizes.json"
     write_lvis_json(path, images, anns, cats)
 
     def rle(x0, y0):
         m = np.zeros((size, size), dtype=np.uint8, order="F")
-        m[y0:y0 + 8, x0:x0 + 8] = 1
+        m[y0 : y0 + 8, x0 : x0 + 8] = 1
         r = mask_util.encode(m)
         r["counts"] = r["counts"].decode("ascii")
         return r
 
-    hit = {"image_id": 1, "category_id": 0, "score": 0.5, "bbox": [4.0, 4.0, 8.0, 8.0],
-           "segmentation": rle(4, 4)}
-    false_pos = {"image_id": 1, "category_id": 0, "score": 0.9,
-                 "bbox": [0.0, 0.0, float(size), float(size)], "segmentation": rle(90, 90)}
+    hit = {
+        "image_id": 1,
+        "category_id": 0,
+        "score": 0.5,
+        "bbox": [4.0, 4.0, 8.0, 8.0],
+        "segmentation": rle(4, 4),
+    }
+    false_pos = {
+        "image_id": 1,
+        "category_id": 0,
+        "score": 0.9,
+        "bbox": [0.0, 0.0, float(size), float(size)],
+        "segmentation": rle(90, 90),
+    }
     name = "test_eval_segm_sizes"
     register_lvis_format(name, str(path), str(tmp_path))
     try:
@@ -312,11 +405,25 @@ def test_trainer_scores_each_images_top_300_detections(handmade, tmp_path, caplo
         with caplog.at_level("WARNING"):
             ev = Trainer.build_evaluator(cfg, name, str(tmp_path))
         assert "top 300" in caplog.text
-        pears = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"],
-                  "score": 0.5 if a["image_id"] == 1 else 0.9}
-                 for a in handmade["anns"] if a["category_id"] == 7]
-        junk = [{"image_id": 1, "category_id": 0, "bbox": [20.0, 20.0, 5.0, 5.0 + i / 100],
-                 "score": 0.99} for i in range(300)]
+        pears = [
+            {
+                "image_id": a["image_id"],
+                "category_id": 1,
+                "bbox": a["bbox"],
+                "score": 0.5 if a["image_id"] == 1 else 0.9,
+            }
+            for a in handmade["anns"]
+            if a["category_id"] == 7
+        ]
+        junk = [
+            {
+                "image_id": 1,
+                "category_id": 0,
+                "bbox": [20.0, 20.0, 5.0, 5.0 + i / 100],
+                "score": 0.99,
+            }
+            for i in range(300)
+        ]
         ev.reset()
         ev._predictions = [{"image_id": 1, "instances": junk + pears}]
         ev.evaluate()
@@ -340,8 +447,9 @@ def test_plots_leave_the_callers_pyplot_alone(tmp_path):
     try:
         mine = plt.figure()
         counts = np.array([0, 5, 200, 30])
-        fig = plot_per_class_ap(str(tmp_path / "ap.png"), {"bbox": np.array([0.5, np.nan, 0.9, 0.1])},
-                                counts)
+        fig = plot_per_class_ap(
+            str(tmp_path / "ap.png"), {"bbox": np.array([0.5, np.nan, 0.9, 0.1])}, counts
+        )
         plot_class_weights(str(tmp_path / "w.png"), np.array([0.4, 0.5, 0.6, 0.7]), counts)
         assert plt.get_backend() == "svg" and plt.get_fignums() == [mine.number]
     finally:
@@ -351,5 +459,9 @@ def test_plots_leave_the_callers_pyplot_alone(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     # each group's class count and mean AP (the NaN class left out; the unseen class is rare)
-    assert labels == ["rare (1, mean 50.0)", "common (1, mean 10.0)", "frequent (1, mean 90.0)",
-                      "no training image"]
+    assert labels == [
+        "rare (1, mean 50.0)",
+        "common (1, mean 10.0)",
+        "frequent (1, mean 90.0)",
+        "no training image",
+    ]

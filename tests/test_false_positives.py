@@ -1,4 +1,5 @@
 """benchmarks/false_positives.py on a handmade val set whose AP is worked out by hand."""
+
 import copy
 import importlib
 import json
@@ -28,18 +29,53 @@ def fp_setup(tmp_path):
     with the negative lists emptied image 2 no longer judges class 1: AP = APr = 1."""
     root = tmp_path / "data"
     (root / "ltdet_synthetic").mkdir(parents=True)
-    images = [{"id": i, "file_name": f"{i}.png", "height": SIZE, "width": SIZE,
-               "neg_category_ids": [3 - i], "not_exhaustive_category_ids": []} for i in (1, 2)]
-    anns = [{"id": i, "image_id": i, "category_id": i, "bbox": [4.0, 4.0, 12.0, 12.0],
-             "area": 144.0, "segmentation": [SQUARE]} for i in (1, 2)]
-    cats = [{"id": c, "name": n, "frequency": f, "image_count": 1, "instance_count": 1,
-             "synonyms": [n], "synset": n, "def": n}
-            for c, n, f in ((1, "rare_one", "r"), (2, "frequent_one", "f"))]
+    images = [
+        {
+            "id": i,
+            "file_name": f"{i}.png",
+            "height": SIZE,
+            "width": SIZE,
+            "neg_category_ids": [3 - i],
+            "not_exhaustive_category_ids": [],
+        }
+        for i in (1, 2)
+    ]
+    anns = [
+        {
+            "id": i,
+            "image_id": i,
+            "category_id": i,
+            "bbox": [4.0, 4.0, 12.0, 12.0],
+            "area": 144.0,
+            "segmentation": [SQUARE],
+        }
+        for i in (1, 2)
+    ]
+    cats = [
+        {
+            "id": c,
+            "name": n,
+            "frequency": f,
+            "image_count": 1,
+            "instance_count": 1,
+            "synonyms": [n],
+            "synset": n,
+            "def": n,
+        }
+        for c, n, f in ((1, "rare_one", "r"), (2, "frequent_one", "f"))
+    ]
     write_lvis_json(root / "ltdet_synthetic" / "lvis_synthetic_val.json", images, anns, cats)
 
-    dets = [{"image_id": img, "category_id": cat, "score": score, "bbox": [4.0, 4.0, 12.0, 12.0],
-             "segmentation": _rle()}
-            for img, cat, score in ((1, 1, 0.9), (1, 2, 0.2), (2, 2, 0.8), (2, 1, 0.95))]
+    dets = [
+        {
+            "image_id": img,
+            "category_id": cat,
+            "score": score,
+            "bbox": [4.0, 4.0, 12.0, 12.0],
+            "segmentation": _rle(),
+        }
+        for img, cat, score in ((1, 1, 0.9), (1, 2, 0.2), (2, 2, 0.8), (2, 1, 0.95))
+    ]
     out = tmp_path / "runs" / "seed0" / "m-0123abcd" / "inference" / "ltdet_synthetic_val"
     out.mkdir(parents=True)
     (out / "lvis_instances_results.json").write_text(json.dumps(dets))
@@ -48,17 +84,25 @@ def fp_setup(tmp_path):
     stale = tmp_path / "runs" / "seed0" / "m-ffffffff" / "inference" / "ltdet_synthetic_val"
     stale.mkdir(parents=True)
     (stale / "lvis_instances_results.json").write_text("[]")
-    _write_table(tmp_path, [("m", 0, "cached", "runs/seed0/m-0123abcd"),
-                            ("m", 2, "failed", "runs/seed2/m-0123abcd")])
-    return {"root": root, "out": tmp_path, "dets": dets,
-            "val": json.loads((root / "ltdet_synthetic" / "lvis_synthetic_val.json").read_text())}
+    _write_table(
+        tmp_path,
+        [("m", 0, "cached", "runs/seed0/m-0123abcd"), ("m", 2, "failed", "runs/seed2/m-0123abcd")],
+    )
+    return {
+        "root": root,
+        "out": tmp_path,
+        "dets": dets,
+        "val": json.loads((root / "ltdet_synthetic" / "lvis_synthetic_val.json").read_text()),
+    }
 
 
 def _write_table(out, rows):
     """A results.csv as benchmarks/longtail.py writes it (the columns the diagnostics read)."""
     lines = ["method,seed,status,reason,run_dir"]
-    lines += [f"{m},{seed},{status},{'exit 1' if status == 'failed' else ''},{d}"
-              for m, seed, status, d in rows]
+    lines += [
+        f"{m},{seed},{status},{'exit 1' if status == 'failed' else ''},{d}"
+        for m, seed, status, d in rows
+    ]
     (out / "results.csv").write_text("\n".join(lines) + "\n")
 
 
@@ -80,8 +124,21 @@ def test_confident_counts_split_by_presence(fp_setup):
 
 def test_table_as_evaluated_and_without_negatives(fp_setup, capsys):
     script = _script()
-    assert script.main(["--out", str(fp_setup["out"]), "--methods", "m", "--seeds", "0",
-                        "--data-root", str(fp_setup["root"])]) == 0
+    assert (
+        script.main(
+            [
+                "--out",
+                str(fp_setup["out"]),
+                "--methods",
+                "m",
+                "--seeds",
+                "0",
+                "--data-root",
+                str(fp_setup["root"]),
+            ]
+        )
+        == 0
+    )
     (row,) = tables(capsys.readouterr().out)[0]
     assert row["method"] == "m"
     assert row["r with / negative / other"] == "1 / 1 / 0"
@@ -92,12 +149,26 @@ def test_table_as_evaluated_and_without_negatives(fp_setup, capsys):
 
 def test_missing_or_failed_run_names_the_fix(fp_setup, tmp_path):
     def run(seed, out=fp_setup["out"]):
-        _script().main(["--out", str(out), "--methods", "m", "--seeds", str(seed),
-                        "--data-root", str(fp_setup["root"])])
+        _script().main(
+            [
+                "--out",
+                str(out),
+                "--methods",
+                "m",
+                "--seeds",
+                str(seed),
+                "--data-root",
+                str(fp_setup["root"]),
+            ]
+        )
 
-    with pytest.raises(FileNotFoundError, match="no run of m seed 1; re-run python -m benchmarks.longtail"):
+    with pytest.raises(
+        FileNotFoundError, match="no run of m seed 1; re-run python -m benchmarks.longtail"
+    ):
         run(1)
     with pytest.raises(FileNotFoundError, match="did not complete.*status failed: exit 1"):
         run(2)
-    with pytest.raises(FileNotFoundError, match="no benchmark table.*run python -m benchmarks.longtail"):
+    with pytest.raises(
+        FileNotFoundError, match="no benchmark table.*run python -m benchmarks.longtail"
+    ):
         run(0, out=tmp_path / "elsewhere")

@@ -1,5 +1,6 @@
 """Defaults that follow the original code (issue 22's fidelity fixes): EQL's lambda on LVIS
 (suppress exactly the rare and common groups) and the Meta Reweigher's Adam betas."""
+
 from pathlib import Path
 
 import pytest

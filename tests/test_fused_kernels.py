@@ -1,6 +1,7 @@
 """ltdet.modeling.fused_kernels (the Triton kernels of the fused balanced losses) against eager
 torch. On a GPU they run as compiled kernels; without one, in Triton's interpreter on CPU tensors
 (conftest.py sets TRITON_INTERPRET=1)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,9 +35,17 @@ def _reference(x, shift, gt, sigmoid):
     z = x + fg[:, None] * row[None, :]
     if sigmoid:
         t = F.one_hot(gt, K + 1)[:, :K].double()
-        return F.binary_cross_entropy_with_logits(z, t, reduction="none").sum(1), torch.sigmoid(z) - t, None
+        return (
+            F.binary_cross_entropy_with_logits(z, t, reduction="none").sum(1),
+            torch.sigmoid(z) - t,
+            None,
+        )
     lse = torch.logsumexp(z, 1)
-    return F.cross_entropy(z, gt, reduction="none"), torch.softmax(z, 1) - F.one_hot(gt, K + 1).double(), lse
+    return (
+        F.cross_entropy(z, gt, reduction="none"),
+        torch.softmax(z, 1) - F.one_hot(gt, K + 1).double(),
+        lse,
+    )
 
 
 @pytest.mark.parametrize("sigmoid", [False, True], ids=["softmax", "sigmoid"])

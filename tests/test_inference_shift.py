@@ -1,4 +1,5 @@
 """benchmarks/inference_shift.py: test-time prior shift of sigmoid-family predictors."""
+
 import importlib
 import json
 import os
@@ -39,8 +40,12 @@ def test_evaluate_without_shift_reproduces_the_run(tiny_root, tmp_path):
     _, results = train(cfg)
     # nan_ok: the tiny val set has no frequent class and no medium or large object (lvis-api's
     # "no data", NaN)
-    assert script.evaluate(str(tmp_path), 0.0)["segm"] == pytest.approx(results["segm"], nan_ok=True)
-    saved = json.loads((tmp_path / "inference" / "ltdet_synthetic_val" / "lvis_metrics.json").read_text())
+    assert script.evaluate(str(tmp_path), 0.0)["segm"] == pytest.approx(
+        results["segm"], nan_ok=True
+    )
+    saved = json.loads(
+        (tmp_path / "inference" / "ltdet_synthetic_val" / "lvis_metrics.json").read_text()
+    )
     assert saved["segm"]["AP"] == pytest.approx(results["segm"]["AP"])
     from ltdet.data import class_stats
 
@@ -69,7 +74,8 @@ def test_main_scores_each_family_with_the_opposite_shift(tmp_path, monkeypatch, 
         d = tmp_path / "runs" / "seed0" / f"{m}-abc"
         (d / "inference" / "ltdet_synthetic_val").mkdir(parents=True)
         (d / "inference" / "ltdet_synthetic_val" / "lvis_metrics.json").write_text(
-            json.dumps({"segm": {"AP": 40.0, "APr": 20.0}}))
+            json.dumps({"segm": {"AP": 40.0, "APr": 20.0}})
+        )
         rows.append(f"{m},0,ok,,runs/seed0/{m}-abc")
     (tmp_path / "results.csv").write_text("\n".join(rows) + "\n")
     calls = []
@@ -81,8 +87,10 @@ def test_main_scores_each_family_with_the_opposite_shift(tmp_path, monkeypatch, 
     monkeypatch.setattr(script, "evaluate", fake_evaluate)
     args = ["--out", str(tmp_path), "--methods", "sigmoid", "balanced_sigmoid", "--seeds", "0"]
     assert script.main(args + ["--opts", "TEST.DETECTIONS_PER_IMAGE", "7"]) == 0
-    assert calls == [("sigmoid-abc", -1.0, ["TEST.DETECTIONS_PER_IMAGE", "7"]),
-                     ("balanced_sigmoid-abc", 1.0, ["TEST.DETECTIONS_PER_IMAGE", "7"])]
+    assert calls == [
+        ("sigmoid-abc", -1.0, ["TEST.DETECTIONS_PER_IMAGE", "7"]),
+        ("balanced_sigmoid-abc", 1.0, ["TEST.DETECTIONS_PER_IMAGE", "7"]),
+    ]
     plain, balanced = tables(capsys.readouterr().out)[0]
     assert plain["scored with"].startswith("sigma(eta - s): boost")
     assert (plain["mask AP"], plain["as trained: AP"]) == ("49.0", "40.0")
@@ -93,8 +101,10 @@ def test_main_scores_each_family_with_the_opposite_shift(tmp_path, monkeypatch, 
     assert tables(capsys.readouterr().out)[0][0]["scored with"] == "sigma(eta): as trained"
     # with test-time overrides the scores are no longer those the run was evaluated with
     assert script.main(args + ["--no-shift", "--opts", "TEST.DETECTIONS_PER_IMAGE", "7"]) == 0
-    assert tables(capsys.readouterr().out)[0][0]["scored with"] == \
-        "sigma(eta) TEST.DETECTIONS_PER_IMAGE 7"
+    assert (
+        tables(capsys.readouterr().out)[0][0]["scored with"]
+        == "sigma(eta) TEST.DETECTIONS_PER_IMAGE 7"
+    )
 
     # --data-root: the evaluation reads that set, not the one ltdet registered on import.
     from detectron2.data import MetadataCatalog
@@ -102,10 +112,14 @@ def test_main_scores_each_family_with_the_opposite_shift(tmp_path, monkeypatch, 
     from ltdet.data.lvis_format import register_lvis_format
 
     names = ("ltdet_synthetic_train", "ltdet_synthetic_val")
-    before = {n: (MetadataCatalog.get(n).json_file, MetadataCatalog.get(n).image_root) for n in names}
+    before = {
+        n: (MetadataCatalog.get(n).json_file, MetadataCatalog.get(n).image_root) for n in names
+    }
     try:
         assert script.main(args + ["--data-root", str(tmp_path / "other")]) == 0
-        assert MetadataCatalog.get("ltdet_synthetic_val").json_file.startswith(str(tmp_path / "other"))
+        assert MetadataCatalog.get("ltdet_synthetic_val").json_file.startswith(
+            str(tmp_path / "other")
+        )
     finally:  # the registrations the other tests use
         for n, (json_file, image_root) in before.items():
             register_lvis_format(n, json_file, image_root)

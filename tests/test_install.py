@@ -1,4 +1,5 @@
 """tools/install.sh refusals that must come before any download (no network, a second each)."""
+
 import os
 import subprocess
 import sys
@@ -18,13 +19,15 @@ def _run(env_dir, tmp_path, free_mb):
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "df").write_text(
-        f"#!/bin/sh\necho \"$@\" > {tmp_path / 'df_args'}\n"
+        f'#!/bin/sh\necho "$@" > {tmp_path / "df_args"}\n'
         "echo 'Filesystem 1M-blocks Used Available Capacity Mounted on'\n"
-        f"echo '/dev/x 100000 1 {free_mb} 1% /'\n")
+        f"echo '/dev/x 100000 1 {free_mb} 1% /'\n"
+    )
     (fake_bin / "df").chmod(0o755)
     env = dict(os.environ, VIRTUAL_ENV=str(env_dir), PATH=f"{fake_bin}:{os.environ['PATH']}")
-    return subprocess.run(["bash", INSTALL], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        ["bash", INSTALL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture

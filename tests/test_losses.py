@@ -1,4 +1,5 @@
 """Tests for ltdet.modeling.losses against hand-written float64 references (CPU, deterministic)."""
+
 import math
 
 import pytest
@@ -72,8 +73,14 @@ FED_WEIGHT = COUNTS.sqrt()
 MARGIN = L.dbm_class_margins(COUNTS, k=0.2)
 DBM_S = 4.0
 CB_WEIGHT = L.effective_number_weights(COUNTS)
-STATS = {"log_prior": LOG_PRIOR, "log_prior_odds": LOG_ODDS, "class_freq": FREQ,
-         "fed_weight": FED_WEIGHT, "class_margin": MARGIN, "cb_weight": CB_WEIGHT}
+STATS = {
+    "log_prior": LOG_PRIOR,
+    "log_prior_odds": LOG_ODDS,
+    "class_freq": FREQ,
+    "fed_weight": FED_WEIGHT,
+    "class_margin": MARGIN,
+    "cb_weight": CB_WEIGHT,
+}
 
 
 def fed_gen():
@@ -88,27 +95,48 @@ LOSSES = {
     "balanced_sigmoid": (False, lambda x, y, w=None: L.balanced_sigmoid_loss(x, y, LOG_ODDS, w)),
     "eql": (False, lambda x, y, w=None: L.eql_loss(x, y, FREQ, weights=w)),
     # fresh generator per call so repeated evaluations (gradcheck) see the same class set
-    "federated": (False, lambda x, y, w=None: L.federated_loss(
-        x, y, FED_WEIGHT, num_classes=4, generator=fed_gen(), weights=w)),
+    "federated": (
+        False,
+        lambda x, y, w=None: L.federated_loss(
+            x, y, FED_WEIGHT, num_classes=4, generator=fed_gen(), weights=w
+        ),
+    ),
     # DBM on cosine scores (values beyond +-1 are clamped inside acos only)
     "dbm": (True, lambda x, y, w=None: L.dbm_loss(x, y, MARGIN, DBM_S, weights=w)),
     "dbm_bs": (True, lambda x, y, w=None: L.dbm_loss(x, y, MARGIN, DBM_S, LOG_PRIOR, w)),
     "dbm_cb": (True, lambda x, y, w=None: L.dbm_cb_loss(x, y, MARGIN, CB_WEIGHT, DBM_S, w)),
 }
-DISPATCH_KWARGS = {"federated": {"num_classes": 4, "generator": fed_gen()},
-                   "dbm": {"scale": DBM_S}, "dbm_cb": {"scale": DBM_S},
-                   "dbm_bs": {"scale": DBM_S}}  # its log_prior comes from the stats
+DISPATCH_KWARGS = {
+    "federated": {"num_classes": 4, "generator": fed_gen()},
+    "dbm": {"scale": DBM_S},
+    "dbm_cb": {"scale": DBM_S},
+    "dbm_bs": {"scale": DBM_S},
+}  # its log_prior comes from the stats
 
 
-LOSS_NAMES = ("softmax", "sigmoid", "balanced_softmax", "balanced_sigmoid", "eql", "federated",
-              "dbm", "dbm_bs", "dbm_cb")
+LOSS_NAMES = (
+    "softmax",
+    "sigmoid",
+    "balanced_softmax",
+    "balanced_sigmoid",
+    "eql",
+    "federated",
+    "dbm",
+    "dbm_bs",
+    "dbm_cb",
+)
 
 
 def test_api_names():
-    assert loss_names()[:len(LOSS_NAMES)] == LOSS_NAMES  # (a test may have registered more)
+    assert loss_names()[: len(LOSS_NAMES)] == LOSS_NAMES  # (a test may have registered more)
     assert set(loss_names(family=SIGMOID)) >= {"sigmoid", "balanced_sigmoid", "eql", "federated"}
-    assert not set(loss_names(family=SIGMOID)) & {"softmax", "balanced_softmax", "dbm", "dbm_bs",
-                                                   "dbm_cb"}
+    assert not set(loss_names(family=SIGMOID)) & {
+        "softmax",
+        "balanced_softmax",
+        "dbm",
+        "dbm_bs",
+        "dbm_cb",
+    }
     assert set(LOSSES) == set(LOSS_NAMES)
 
 
@@ -118,9 +146,12 @@ def test_dbm_cb_is_dbm_with_class_balanced_weights():
     cb = torch.cat([CB_WEIGHT, torch.ones(1, dtype=CB_WEIGHT.dtype)])[y]
     want = L.dbm_loss(x, y, MARGIN, DBM_S, weights=w * cb)
     assert torch.equal(L.dbm_cb_loss(x, y, MARGIN, CB_WEIGHT, DBM_S, w), want)
-    per = torch.stack([L.dbm_loss(x[i:i + 1], y[i:i + 1], MARGIN, DBM_S) for i in range(len(y))])
+    per = torch.stack(
+        [L.dbm_loss(x[i : i + 1], y[i : i + 1], MARGIN, DBM_S) for i in range(len(y))]
+    )
     assert L.dbm_cb_loss(x, y, MARGIN, CB_WEIGHT, DBM_S).item() == pytest.approx(
-        (per * cb).mean().item(), rel=1e-12)
+        (per * cb).mean().item(), rel=1e-12
+    )
 
 
 # --------------------------------------------------------------------------- vs references
@@ -239,7 +270,8 @@ def test_eql_drops_exactly_rare_negatives_of_fg():
     x, _, _ = make_batch(n=3)
     y = torch.tensor([0, 1, K])  # frequent fg, rare fg, background
     per_elem = F.binary_cross_entropy_with_logits(
-        x, F.one_hot(y, K + 1)[:, :K].double(), reduction="none")
+        x, F.one_hot(y, K + 1)[:, :K].double(), reduction="none"
+    )
     # rare classes are 1 and 3; row 0 drops negatives 1 and 3, row 1 (class 1, its own positive
     # kept) drops negative 3, background row keeps everything
     keep = torch.ones(3, K, dtype=torch.float64)
@@ -264,8 +296,13 @@ def test_federated_classes_present_plus_sampled():
     assert a.dtype == torch.long and len(set(a.tolist())) == 3
     assert {1, 3} <= set(a.tolist()) and 2 not in a.tolist() and K not in a.tolist()
     # over many seeds the sampled slot follows the weights (class 4 drawn ~4x as often as 0)
-    picks = [(set(L.federated_classes(gt, weight, 3, torch.Generator().manual_seed(s)).tolist())
-              - {1, 3}).pop() for s in range(400)]
+    picks = [
+        (
+            set(L.federated_classes(gt, weight, 3, torch.Generator().manual_seed(s)).tolist())
+            - {1, 3}
+        ).pop()
+        for s in range(400)
+    ]
     assert 2 not in picks and picks.count(4) > 2 * picks.count(0)
     # present classes already reach num_classes: exactly them
     assert L.federated_classes(gt, weight, 2).tolist() == [1, 3]
@@ -290,7 +327,9 @@ def test_federated_given_classes_are_used_and_checked():
     classes = torch.sort(torch.cat([present, extra])).values
     got = L.federated_loss(x, y, FED_WEIGHT, num_classes=2, weights=w, classes=classes)
     t = (y[:, None] == classes[None, :]).double()
-    want = (F.binary_cross_entropy_with_logits(x[:, classes], t, reduction="none").sum(1) * w).mean()
+    want = (
+        F.binary_cross_entropy_with_logits(x[:, classes], t, reduction="none").sum(1) * w
+    ).mean()
     assert torch.allclose(got, want, rtol=1e-12)
     with pytest.raises(ValueError, match="miss a foreground class"):
         L.federated_loss(x, y, FED_WEIGHT, classes=present[1:])
@@ -311,8 +350,9 @@ def _composite_balanced_softmax(x, y, w):
     """Balanced Softmax written with stock ops (reference for the fused autograd Function)."""
     shift = torch.cat([LOG_PRIOR, LOG_PRIOR.new_zeros(1)]).to(x)
     fg = (y < x.shape[1] - 1).to(x)
-    return (F.cross_entropy(torch.addcmul(x, fg[:, None], shift[None, :]), y,
-                            reduction="none") * w).sum() / x.shape[0]
+    return (
+        F.cross_entropy(torch.addcmul(x, fg[:, None], shift[None, :]), y, reduction="none") * w
+    ).sum() / x.shape[0]
 
 
 def _composite_balanced_sigmoid(x, y, w):
@@ -326,10 +366,16 @@ def _composite_balanced_sigmoid(x, y, w):
 
 # The fused autograd Functions against their composite definitions.
 FUSED = {
-    "balanced_softmax": (True, lambda a, yy, b: L.balanced_softmax_loss(a, yy, LOG_PRIOR, b),
-                         _composite_balanced_softmax),
-    "balanced_sigmoid": (False, lambda a, yy, b: L.balanced_sigmoid_loss(a, yy, LOG_ODDS, b),
-                         _composite_balanced_sigmoid),
+    "balanced_softmax": (
+        True,
+        lambda a, yy, b: L.balanced_softmax_loss(a, yy, LOG_PRIOR, b),
+        _composite_balanced_softmax,
+    ),
+    "balanced_sigmoid": (
+        False,
+        lambda a, yy, b: L.balanced_sigmoid_loss(a, yy, LOG_ODDS, b),
+        _composite_balanced_sigmoid,
+    ),
 }
 
 
@@ -421,14 +467,18 @@ def test_extreme_logits_finite(name):
 def test_weights_scale_per_proposal(name):
     softmax, fn = LOSSES[name]
     if name == "federated":  # per-proposal calls would sample different classes
-        fn = lambda x, y, w=None: L.federated_loss(x, y, FED_WEIGHT, num_classes=K, weights=w)
+
+        def fn(x, y, w=None):
+            return L.federated_loss(x, y, FED_WEIGHT, num_classes=K, weights=w)
+
     x, y, w = make_batch(n=8, softmax=softmax)
-    per = torch.stack([fn(x[i:i + 1], y[i:i + 1]) for i in range(8)])
+    per = torch.stack([fn(x[i : i + 1], y[i : i + 1]) for i in range(8)])
     assert fn(x, y, w).item() == pytest.approx(((w * per).sum() / 8).item(), rel=1e-12)
     assert fn(x, y).item() == pytest.approx(per.mean().item(), rel=1e-12)
     # reduction divides by N, not by sum(w)
     assert fn(x, y, torch.full((8,), 2.0, dtype=torch.float64)).item() == pytest.approx(
-        2 * fn(x, y).item(), rel=1e-12)
+        2 * fn(x, y).item(), rel=1e-12
+    )
     with pytest.raises(ValueError, match="weights must have shape"):
         fn(x, y, w[:4])
 
@@ -468,7 +518,9 @@ def test_stat_helpers_values():
     assert torch.allclose(LOG_ODDS, torch.log(COUNTS / (NUM_IMAGES - COUNTS)))
     assert torch.allclose(LOG_ODDS, -torch.log((1 - p) / p))
     assert torch.allclose(L.image_frequency(COUNTS, NUM_IMAGES), p)
-    assert torch.equal(L.image_frequency([0.0, 4.0], 8), torch.tensor([0.0, 0.5], dtype=torch.float64))
+    assert torch.equal(
+        L.image_frequency([0.0, 4.0], 8), torch.tensor([0.0, 0.5], dtype=torch.float64)
+    )
     assert L.sigmoid_bias_init(0.01) == pytest.approx(-math.log(99.0))
     assert L.sigmoid_bias_init() == pytest.approx(-math.log(999.0))
 
@@ -489,33 +541,46 @@ def test_validate_counts_floor():
         L.validate_counts([0.0, 1.0], 2, floor=0.0)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: L.validate_counts([1.0, 2.0], 3), r"length num_classes=3.*2 entries.*NUM_CLASSES"),
-    (lambda: L.validate_counts([[1.0, 2.0]], 2), "1-D"),
-    (lambda: L.validate_counts([1.0, 0.0, 0.0], 3),
-     r"zero count.*\[1, 2\].*LTDET\.CLASS_STATS\.FLOOR"),
-    (lambda: L.softmax_log_prior([1.0, 0.0]), "LTDET.CLASS_STATS.FLOOR"),
-    (lambda: L.validate_counts([1.0, -2.0], 2), r"non-negative.*\[1\]"),
-    (lambda: L.validate_counts([1.0, float("nan")], 2), "non-finite"),
-    (lambda: L.sigmoid_log_prior_odds([5.0, 20.0], 10), r"num_images \(10\) is smaller.*20"),
-    (lambda: L.image_frequency([5.0, 20.0], 10), "num_images"),
-    (lambda: L.image_frequency([-1.0], 10), "non-negative"),
-    (lambda: L.sigmoid_bias_init(1.5), "LTDET.LOSS.SIGMOID_PRIOR_PROB must be in"),
-    # a prior of the wrong length would shift the wrong columns
-    (lambda: L.balanced_softmax_loss(torch.zeros(2, K), torch.tensor([0, K]), LOG_PRIOR),
-     r"'balanced_softmax' expects K\+1 logits.*K columns"),
-    (lambda: L.balanced_sigmoid_loss(torch.zeros(2, K + 1), torch.tensor([0, K]), LOG_ODDS),
-     r"'balanced_sigmoid' expects K logits.*K\+1 columns"),
-    (lambda: L.balanced_sigmoid_loss(torch.zeros(2, K), torch.tensor([0, K]), LOG_ODDS[:3]),
-     "5 columns"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: L.validate_counts([1.0, 2.0], 3), r"length num_classes=3.*2 entries.*NUM_CLASSES"),
+        (lambda: L.validate_counts([[1.0, 2.0]], 2), "1-D"),
+        (
+            lambda: L.validate_counts([1.0, 0.0, 0.0], 3),
+            r"zero count.*\[1, 2\].*LTDET\.CLASS_STATS\.FLOOR",
+        ),
+        (lambda: L.softmax_log_prior([1.0, 0.0]), "LTDET.CLASS_STATS.FLOOR"),
+        (lambda: L.validate_counts([1.0, -2.0], 2), r"non-negative.*\[1\]"),
+        (lambda: L.validate_counts([1.0, float("nan")], 2), "non-finite"),
+        (lambda: L.sigmoid_log_prior_odds([5.0, 20.0], 10), r"num_images \(10\) is smaller.*20"),
+        (lambda: L.image_frequency([5.0, 20.0], 10), "num_images"),
+        (lambda: L.image_frequency([-1.0], 10), "non-negative"),
+        (lambda: L.sigmoid_bias_init(1.5), "LTDET.LOSS.SIGMOID_PRIOR_PROB must be in"),
+        # a prior of the wrong length would shift the wrong columns
+        (
+            lambda: L.balanced_softmax_loss(torch.zeros(2, K), torch.tensor([0, K]), LOG_PRIOR),
+            r"'balanced_softmax' expects K\+1 logits.*K columns",
+        ),
+        (
+            lambda: L.balanced_sigmoid_loss(torch.zeros(2, K + 1), torch.tensor([0, K]), LOG_ODDS),
+            r"'balanced_sigmoid' expects K logits.*K\+1 columns",
+        ),
+        (
+            lambda: L.balanced_sigmoid_loss(torch.zeros(2, K), torch.tensor([0, K]), LOG_ODDS[:3]),
+            "5 columns",
+        ),
+    ],
+)
 def test_validation_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
 
 
 def test_zero_count_message_lists_at_most_ten():
-    with pytest.raises(ValueError, match=r"12 classes.*\[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] \(and 2 more\)"):
+    with pytest.raises(
+        ValueError, match=r"12 classes.*\[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] \(and 2 more\)"
+    ):
         L.validate_counts(torch.zeros(12), 12)
 
 
@@ -524,8 +589,12 @@ def test_cls_loss_errors():
     xs, _, _ = make_batch(softmax=True)
     with pytest.raises(ValueError, match=r"unknown LTDET.LOSS.NAME 'focal'.*balanced_softmax"):
         get_loss("focal")(x, y, STATS)
-    for name, key in [("balanced_softmax", "log_prior"), ("balanced_sigmoid", "log_prior_odds"),
-                      ("eql", "class_freq"), ("federated", "fed_weight")]:
+    for name, key in [
+        ("balanced_softmax", "log_prior"),
+        ("balanced_sigmoid", "log_prior_odds"),
+        ("eql", "class_freq"),
+        ("federated", "fed_weight"),
+    ]:
         stats = {k: v for k, v in STATS.items() if k != key}
         with pytest.raises(ValueError, match=f"'{name}' needs the class statistic '{key}'"):
             get_loss(name)(xs if name == "balanced_softmax" else x, y, stats)
@@ -544,14 +613,18 @@ def test_cls_loss_errors():
 # ----------------------------------------------------------------------------------- DBM
 def test_dbm_margins_and_weights_by_hand():
     m = L.dbm_class_margins([400.0, 20.0, 4.0], k=0.2, tau=1.0)
-    torch.testing.assert_close(m, torch.tensor([0.2 * 4 / 400, 0.2 * 4 / 20, 0.2], dtype=torch.float64))
+    torch.testing.assert_close(
+        m, torch.tensor([0.2 * 4 / 400, 0.2 * 4 / 20, 0.2], dtype=torch.float64)
+    )
     w = L.effective_number_weights([3.0, 1.0], beta=0.5)
     raw = torch.tensor([0.5 / (1 - 0.125), 0.5 / 0.5], dtype=torch.float64)
     torch.testing.assert_close(w, raw / raw.mean())
     # default beta (n - 1) / n with n = 4 the total count (Jamal et al.): 3/4, so the raw
     # weights are (1/4) / (1 - (3/4)^3) = 16/37 and 1, mean 53/74
-    torch.testing.assert_close(L.effective_number_weights([3.0, 1.0]),
-                               torch.tensor([32 / 53, 74 / 53], dtype=torch.float64))
+    torch.testing.assert_close(
+        L.effective_number_weights([3.0, 1.0]),
+        torch.tensor([32 / 53, 74 / 53], dtype=torch.float64),
+    )
     with pytest.raises(ValueError, match="LTDET.LOSS.CB_BETA"):
         L.effective_number_weights([3.0, 1.0], beta=1.0)
     with pytest.raises(ValueError, match="LTDET.DBM.K"):
@@ -560,10 +633,14 @@ def test_dbm_margins_and_weights_by_hand():
 
 def test_dbm_loss_by_hand():
     s = 10.0
-    cos = torch.tensor([[0.8, 0.1, 0.0],     # class 0, easy (argmax is 0)
-                        [0.6, 0.3, -0.2],    # class 1, hard (argmax is 0)
-                        [0.2, 0.4, 0.5]],    # background
-                       dtype=torch.float64)
+    cos = torch.tensor(
+        [
+            [0.8, 0.1, 0.0],  # class 0, easy (argmax is 0)
+            [0.6, 0.3, -0.2],  # class 1, hard (argmax is 0)
+            [0.2, 0.4, 0.5],
+        ],  # background
+        dtype=torch.float64,
+    )
     gt = torch.tensor([0, 1, 2])
     m_c = torch.tensor([0.05, 0.3], dtype=torch.float64)
     logits = s * cos.clone()
@@ -575,16 +652,20 @@ def test_dbm_loss_by_hand():
     prior = torch.tensor([0.7, -0.7], dtype=torch.float64)
     lb = logits.clone()
     lb[:2, :2] += prior
-    torch.testing.assert_close(L.dbm_loss(cos, gt, m_c, scale=s, log_prior=prior),
-                               torch.nn.functional.cross_entropy(lb, gt))
+    torch.testing.assert_close(
+        L.dbm_loss(cos, gt, m_c, scale=s, log_prior=prior),
+        torch.nn.functional.cross_entropy(lb, gt),
+    )
 
 
 def test_dbm_with_zero_margin_is_scaled_cosine_softmax():
     g = torch.Generator().manual_seed(3)
     cos = torch.rand(20, 6, generator=g, dtype=torch.float64) * 1.8 - 0.9
     gt = torch.randint(0, 6, (20,), generator=g)
-    torch.testing.assert_close(L.dbm_loss(cos, gt, torch.zeros(5, dtype=torch.float64), scale=30.0),
-                               torch.nn.functional.cross_entropy(30.0 * cos, gt))
+    torch.testing.assert_close(
+        L.dbm_loss(cos, gt, torch.zeros(5, dtype=torch.float64), scale=30.0),
+        torch.nn.functional.cross_entropy(30.0 * cos, gt),
+    )
 
 
 def test_dbm_gradcheck():
@@ -592,5 +673,7 @@ def test_dbm_gradcheck():
     cos = (torch.rand(8, 4, generator=g, dtype=torch.float64) * 1.6 - 0.8).requires_grad_()
     gt = torch.tensor([0, 1, 2, 3, 3, 0, 2, 1])
     m = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda c: L.dbm_loss(c, gt, m, scale=5.0,
-                                                         log_prior=torch.zeros(3, dtype=torch.float64)), (cos,))
+    assert torch.autograd.gradcheck(
+        lambda c: L.dbm_loss(c, gt, m, scale=5.0, log_prior=torch.zeros(3, dtype=torch.float64)),
+        (cos,),
+    )

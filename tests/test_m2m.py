@@ -1,4 +1,5 @@
 """M2m feature translation (ltdet.modeling.m2m) against hand-computed values."""
+
 import math
 
 import pytest
@@ -13,8 +14,7 @@ def test_seed_accept_probs_by_hand():
     seeds = torch.tensor([100.0, 10.0, 5.0])
     targets = torch.tensor([5.0, 50.0])
     p = seed_accept_probs(seeds, targets, 0.99)
-    want = torch.tensor([[1 - 0.99 ** 95, 1 - 0.99 ** 5, 0.0],
-                         [1 - 0.99 ** 50, 0.0, 0.0]])
+    want = torch.tensor([[1 - 0.99**95, 1 - 0.99**5, 0.0], [1 - 0.99**50, 0.0, 0.0]])
     torch.testing.assert_close(p, want)
 
 
@@ -50,7 +50,10 @@ def test_translate_one_step_by_hand(lam):
 
 
 def test_translate_keeps_nonnegative_features_nonnegative():
-    g = _linear(torch.tensor([[5.0, -5.0], [-5.0, 5.0]], dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    g = _linear(
+        torch.tensor([[5.0, -5.0], [-5.0, 5.0]], dtype=torch.float64),
+        torch.zeros(2, dtype=torch.float64),
+    )
     x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)  # class 0; target 1 wants x[0] < 0
     x = translate(x0, torch.tensor([1]), torch.tensor([0]), g, g, 0.0, 0.5, 5)
     assert (x >= 0).all() and x[0, 0] == 0  # clamped like the original's [0, 1] images
@@ -59,8 +62,18 @@ def test_translate_keeps_nonnegative_features_nonnegative():
 
 
 def _translator(counts, **kw):
-    kw = dict(dict(attempts_per_image=40, beta=0.99, gamma=0.9, lam=0.1, step_size=0.3,
-                   num_steps=10, init_noise=0.05), **kw)
+    kw = dict(
+        dict(
+            attempts_per_image=40,
+            beta=0.99,
+            gamma=0.9,
+            lam=0.1,
+            step_size=0.3,
+            num_steps=10,
+            init_noise=0.05,
+        ),
+        **kw,
+    )
     m = M2mTranslator(class_counts=counts, **kw)
     torch.manual_seed(0)
     g = nn.Linear(6, len(counts) + 1)  # softmax head: K + 1 outputs
@@ -117,12 +130,11 @@ def test_seed_choice_and_rejection_rates():
     p = 1 - beta^(N_seed - N_k), then kept with that p (M2m's code). The expected number of
     kept seeds over 4000 attempts, from those rules by hand:"""
     beta, n = 0.99, 4000
-    m, _ = _translator([100.0, 3.0, 1.0], beta=beta, gamma=0.0, num_steps=1,
-                       attempts_per_image=n)
+    m, _ = _translator([100.0, 3.0, 1.0], beta=beta, gamma=0.0, num_steps=1, attempts_per_image=n)
     gt = torch.tensor([0] * 5 + [1] * 5)
     t1, t2 = 1 - 3 / 100, 1 - 1 / 100  # target weights of classes 1 and 2
-    p_to1 = 1 - beta ** 97  # only class-0 seeds are larger than class 1
-    p0, p1 = 1 - beta ** 99, 1 - beta ** 2  # seeds for target 2
+    p_to1 = 1 - beta**97  # only class-0 seeds are larger than class 1
+    p0, p1 = 1 - beta**99, 1 - beta**2  # seeds for target 2
     kept_to2 = (p0 * p0 + p1 * p1) / (p0 + p1)  # pick ~ p, then keep with p
     expected = n * (t1 * p_to1 + t2 * kept_to2) / (t1 + t2)  # 2466; a uniform pick gives 1876
     torch.manual_seed(3)
@@ -146,10 +158,15 @@ def test_target_classes_follow_their_probabilities():
 
 
 def test_invalid_hyper_parameters_name_the_key():
-    for key, kw in [("BETA", dict(beta=1.0)), ("GAMMA", dict(gamma=1.5)),
-                    ("STEP_SIZE", dict(step_size=0.0)), ("NUM_STEPS", dict(num_steps=0)),
-                    ("LAMBDA", dict(lam=-1.0)), ("ATTEMPTS_PER_IMAGE", dict(attempts_per_image=-1)),
-                    ("INIT_NOISE", dict(init_noise=-0.1))]:
+    for key, kw in [
+        ("BETA", dict(beta=1.0)),
+        ("GAMMA", dict(gamma=1.5)),
+        ("STEP_SIZE", dict(step_size=0.0)),
+        ("NUM_STEPS", dict(num_steps=0)),
+        ("LAMBDA", dict(lam=-1.0)),
+        ("ATTEMPTS_PER_IMAGE", dict(attempts_per_image=-1)),
+        ("INIT_NOISE", dict(init_noise=-0.1)),
+    ]:
         with pytest.raises(ValueError, match=f"LTDET.M2M.{key}"):
             M2mTranslator(class_counts=[5.0, 1.0], **kw)
     with pytest.raises(ValueError, match="positive training count"):
@@ -162,6 +179,7 @@ def test_invalid_hyper_parameters_name_the_key():
     # Counts must match the classifier's K + 1 columns, or class 2's proposals would pass as
     # background; the CosineClassifier of the DBM heads is checked the same way.
     from ltdet.modeling.box_predictor import CosineClassifier
+
     for classifier in (torch.nn.Linear(6, 4), CosineClassifier(6, 4)):
         with pytest.raises(ValueError, match="2 class counts .* 4 columns.* so 3 counts"):
             m.init_generator(classifier)

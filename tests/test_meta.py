@@ -67,9 +67,13 @@ def test_lookahead_refuses_what_it_cannot_simulate():
     clf, _, _, _ = _problem()
     named = dict(clf.named_parameters())
     grads = {k: torch.zeros_like(p) for k, p in named.items()}
-    for opt in (torch.optim.Adam(clf.parameters(), lr=0.1),
-                torch.optim.SGD(clf.parameters(), lr=0.1, maximize=True)):
-        with pytest.raises(ValueError, match="simulates a torch.optim.SGD step.*" + type(opt).__name__):
+    for opt in (
+        torch.optim.Adam(clf.parameters(), lr=0.1),
+        torch.optim.SGD(clf.parameters(), lr=0.1, maximize=True),
+    ):
+        with pytest.raises(
+            ValueError, match="simulates a torch.optim.SGD step.*" + type(opt).__name__
+        ):
             sgd_lookahead(opt, named, grads)
 
 
@@ -99,8 +103,9 @@ def test_lookahead_matches_detectron2s_parameter_groups():
     from detectron2.solver.build import get_default_optimizer_params
 
     clf, data, train_loss, _ = _problem()
-    params = get_default_optimizer_params(clf, base_lr=0.3, weight_decay=1e-2, bias_lr_factor=2.0,
-                                          weight_decay_bias=0.0)
+    params = get_default_optimizer_params(
+        clf, base_lr=0.3, weight_decay=1e-2, bias_lr_factor=2.0, weight_decay_bias=0.0
+    )
     opt = torch.optim.SGD(params, lr=0.3, momentum=0.9)
     assert len(opt.param_groups) == 2 and {g["lr"] for g in opt.param_groups} == {0.3, 0.6}
     named = dict(clf.named_parameters())
@@ -138,14 +143,17 @@ def test_meta_gradient_matches_finite_differences(variant, fresh):
         c = copy.deepcopy(clf)
         o = _sgd(c.parameters(), **variant)
         o.load_state_dict(copy.deepcopy(opt.state_dict()))
-        train_loss(c(data["x_train"]), data["gt_train"], proposal_weights(w, data["gt_train"])).backward()
+        train_loss(
+            c(data["x_train"]), data["gt_train"], proposal_weights(w, data["gt_train"])
+        ).backward()
         o.step()
         with torch.no_grad():
             return meta_loss(c(data["x_meta"]), data["gt_meta"])
 
     eps = 1e-6
-    numeric = torch.stack([(f(w0 + eps * e) - f(w0 - eps * e)) / (2 * eps)
-                           for e in torch.eye(K, dtype=torch.float64)])
+    numeric = torch.stack(
+        [(f(w0 + eps * e) - f(w0 - eps * e)) / (2 * eps) for e in torch.eye(K, dtype=torch.float64)]
+    )
     torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-9)
     assert analytic.abs().max() > 1e-6  # not trivially zero
 
@@ -155,11 +163,17 @@ def test_meta_step_raises_tail_weight_on_imbalanced_toy():
     is biased to the head, and meta steps move weight to the tail class."""
     g = torch.Generator().manual_seed(0)
     k = 2
+
     def sample(n_head, n_tail):
-        x = torch.cat([torch.randn(n_head, 2, generator=g) + torch.tensor([1.0, 0.0]),
-                       torch.randn(n_tail, 2, generator=g) - torch.tensor([1.0, 0.0])])
+        x = torch.cat(
+            [
+                torch.randn(n_head, 2, generator=g) + torch.tensor([1.0, 0.0]),
+                torch.randn(n_tail, 2, generator=g) - torch.tensor([1.0, 0.0]),
+            ]
+        )
         y = torch.cat([torch.zeros(n_head, dtype=torch.long), torch.ones(n_tail, dtype=torch.long)])
         return x, y
+
     clf = nn.Linear(2, k + 1)
     opt = torch.optim.SGD(clf.parameters(), lr=0.1, momentum=0.9)
     rw = MetaReweigher(k)
@@ -168,8 +182,9 @@ def test_meta_step_raises_tail_weight_on_imbalanced_toy():
     for _ in range(60):
         xt, yt = sample(90, 10)
         xm, ym = sample(50, 50)
-        meta_reweigher_step(clf, opt, rw, meta_opt, loss, lambda s, y: L.softmax_loss(s, y),
-                            xt, yt, xm, ym)
+        meta_reweigher_step(
+            clf, opt, rw, meta_opt, loss, lambda s, y: L.softmax_loss(s, y), xt, yt, xm, ym
+        )
         opt.zero_grad()
         loss(clf(xt), yt, rw(yt).detach()).backward()
         opt.step()
@@ -177,10 +192,17 @@ def test_meta_step_raises_tail_weight_on_imbalanced_toy():
     assert w[1] > 0.6 > 0.4 > w[0], w
 
 
-@pytest.mark.parametrize("head,meta,expected", [
-    ("dbm_bs", "same", "head"), ("dbm_cb", "same", "head"), ("balanced_softmax", "same", "head"),
-    ("dbm_bs", "plain", "cosine softmax"), ("balanced_sigmoid", "plain", "sigmoid"),
-    ("balanced_softmax", "plain", "softmax")])
+@pytest.mark.parametrize(
+    "head,meta,expected",
+    [
+        ("dbm_bs", "same", "head"),
+        ("dbm_cb", "same", "head"),
+        ("balanced_softmax", "same", "head"),
+        ("dbm_bs", "plain", "cosine softmax"),
+        ("balanced_sigmoid", "plain", "sigmoid"),
+        ("balanced_softmax", "plain", "softmax"),
+    ],
+)
 def test_meta_loss_is_the_heads_whole_loss_or_the_plain_one(head, meta, expected):
     """LTDET.META.LOSS same = the head's classification loss as the main step computes it (DBM-BS
     with its prior, DBM-CB with its class weights); plain = the unbalanced loss of its family."""
@@ -197,10 +219,12 @@ def test_meta_loss_is_the_heads_whole_loss_or_the_plain_one(head, meta, expected
     gt = torch.arange(12) % (predictor.num_classes + 1)
     scores = predictor.cls_score(x)
     got = DecoupledTrainStep._meta_loss(step, scores, gt)
-    want = {"head": lambda: predictor.classification_loss(scores, gt),
-            "cosine softmax": lambda: L.softmax_loss(predictor.logit_scale * scores, gt),
-            "sigmoid": lambda: L.sigmoid_loss(scores, gt),
-            "softmax": lambda: L.softmax_loss(scores, gt)}[expected]()
+    want = {
+        "head": lambda: predictor.classification_loss(scores, gt),
+        "cosine softmax": lambda: L.softmax_loss(predictor.logit_scale * scores, gt),
+        "sigmoid": lambda: L.sigmoid_loss(scores, gt),
+        "softmax": lambda: L.softmax_loss(scores, gt),
+    }[expected]()
     torch.testing.assert_close(got, want)
     if head == "dbm_bs" and meta == "same":  # the prior is in it
         without = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.logit_scale)
@@ -208,8 +232,9 @@ def test_meta_loss_is_the_heads_whole_loss_or_the_plain_one(head, meta, expected
     if head == "dbm_cb" and meta == "same":  # and the class weights (background: weight 1)
         k = predictor.num_classes
         cb = torch.where(gt < k, predictor.cb_weight[gt.clamp(max=k - 1)], torch.ones(()))
-        weighted = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.logit_scale,
-                              weights=cb)
+        weighted = L.dbm_loss(
+            scores, gt, predictor.class_margin, scale=predictor.logit_scale, weights=cb
+        )
         torch.testing.assert_close(got, weighted)
         without = L.dbm_loss(scores, gt, predictor.class_margin, scale=predictor.logit_scale)
         assert not torch.allclose(got, without)

@@ -2,6 +2,7 @@
 a checkpoint in the zoo's .pkl format loads completely into a decoupled recipe, only the
 classifier trains, and sigmoid-family recipes can start from it (LTDET.LOSS.SIGMOID_FROM_SOFTMAX).
 No download: the checkpoint is written here from a model built with the zoo's own config."""
+
 import os
 import pickle
 
@@ -24,9 +25,18 @@ ZOO = "{}-InstanceSegmentation/mask_rcnn_{}.yaml"
 BACKBONE_OPTS = {
     "R_50_FPN_1x": [],
     "R_101_FPN_1x": ["MODEL.RESNETS.DEPTH", "101"],
-    "X_101_32x8d_FPN_1x": ["MODEL.RESNETS.DEPTH", "101", "MODEL.RESNETS.NUM_GROUPS", "32",
-                           "MODEL.RESNETS.WIDTH_PER_GROUP", "8", "MODEL.RESNETS.STRIDE_IN_1X1",
-                           "False", "MODEL.PIXEL_STD", "[57.375,57.120,58.395]"],
+    "X_101_32x8d_FPN_1x": [
+        "MODEL.RESNETS.DEPTH",
+        "101",
+        "MODEL.RESNETS.NUM_GROUPS",
+        "32",
+        "MODEL.RESNETS.WIDTH_PER_GROUP",
+        "8",
+        "MODEL.RESNETS.STRIDE_IN_1X1",
+        "False",
+        "MODEL.PIXEL_STD",
+        "[57.375,57.120,58.395]",
+    ],
 }
 # ltdet's ROI heads only swap the box predictor; its parameters keep detectron2's names.
 NOT_ARCHITECTURE = {"MODEL.WEIGHTS", "MODEL.DEVICE", "MODEL.ROI_HEADS.NAME"}
@@ -61,8 +71,11 @@ def test_recipes_have_the_zoo_architecture(version, backbone, recipe):
     theirs, mine = _flat(zoo.MODEL, "MODEL."), _flat(ours.MODEL, "MODEL.")
     theirs.update(_flat(zoo.INPUT, "INPUT."))
     mine.update(_flat(ours.INPUT, "INPUT."))
-    diff = {k: (theirs[k], mine[k]) for k in theirs
-            if k not in NOT_ARCHITECTURE and theirs[k] != mine[k]}
+    diff = {
+        k: (theirs[k], mine[k])
+        for k in theirs
+        if k not in NOT_ARCHITECTURE and theirs[k] != mine[k]
+    }
     assert not diff
     assert ours.TEST.DETECTIONS_PER_IMAGE == zoo.TEST.DETECTIONS_PER_IMAGE == 300
     with open(os.path.join(REPO, "docs", "MODEL_ZOO.md")) as f:
@@ -75,8 +88,16 @@ def test_recipes_have_the_zoo_architecture(version, backbone, recipe):
 def _write_zoo_pkl(path, num_classes, heuristics):
     """A model built from the zoo's LVIS v1 R50 config (stock StandardROIHeads, random init),
     saved as the zoo's .pkl files are: a pickled dict of numpy arrays with "__author__"."""
-    cfg = _cfg(ZOO.format("LVISv1", "R_50_FPN_1x"), "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu",
-               "MODEL.ROI_HEADS.NUM_CLASSES", num_classes, zoo=True)
+    cfg = _cfg(
+        ZOO.format("LVISv1", "R_50_FPN_1x"),
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        num_classes,
+        zoo=True,
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():  # a trained-looking classifier: distinct per-class rows
@@ -91,23 +112,57 @@ def _write_zoo_pkl(path, num_classes, heuristics):
 
 
 def _finetune_cfg(recipe, out, weights, *opts):
-    return _cfg(recipe, "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu",
-                "MODEL.ROI_HEADS.NUM_CLASSES", 8, "DATASETS.TRAIN", '("ltdet_synthetic_train",)',
-                "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 2,
-                "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", 0, "DATALOADER.NUM_WORKERS", 0,
-                "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", 96,
-                "INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 96, "OUTPUT_DIR", str(out),
-                "SEED", 1, *opts)
+    return _cfg(
+        recipe,
+        "MODEL.WEIGHTS",
+        weights,
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        8,
+        "DATASETS.TRAIN",
+        '("ltdet_synthetic_train",)',
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.IMS_PER_BATCH",
+        2,
+        "SOLVER.MAX_ITER",
+        2,
+        "SOLVER.STEPS",
+        "(1,)",
+        "SOLVER.WARMUP_ITERS",
+        0,
+        "DATALOADER.NUM_WORKERS",
+        0,
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        96,
+        "INPUT.MIN_SIZE_TEST",
+        96,
+        "INPUT.MAX_SIZE_TEST",
+        96,
+        "OUTPUT_DIR",
+        str(out),
+        "SEED",
+        1,
+        *opts,
+    )
 
 
-@pytest.mark.parametrize("recipe,heuristics,extra", [
-    ("configs/LVISv1/decoupled/softmax.yaml", False, ()),
-    ("configs/LVISv0.5/decoupled/balanced_softmax.yaml", True, ()),
-    ("configs/LVISv1/decoupled/balanced_sigmoid.yaml", False,
-     ("LTDET.LOSS.SIGMOID_FROM_SOFTMAX", True)),
-])
-def test_decoupled_recipe_fine_tunes_a_zoo_pkl(
-        tiny_root, tmp_path, recipe, heuristics, extra):  # noqa: F811
+@pytest.mark.parametrize(
+    "recipe,heuristics,extra",
+    [
+        ("configs/LVISv1/decoupled/softmax.yaml", False, ()),
+        ("configs/LVISv0.5/decoupled/balanced_softmax.yaml", True, ()),
+        (
+            "configs/LVISv1/decoupled/balanced_sigmoid.yaml",
+            False,
+            ("LTDET.LOSS.SIGMOID_FROM_SOFTMAX", True),
+        ),
+    ],
+)
+def test_decoupled_recipe_fine_tunes_a_zoo_pkl(tiny_root, tmp_path, recipe, heuristics, extra):  # noqa: F811
     """The recipe loads every key of the .pkl (the decoupled regime requires a complete
     checkpoint), trains two steps on the synthetic set at 96 px, and afterwards every tensor but
     the box classifier equals the checkpoint's; the classifier moved."""
@@ -117,8 +172,10 @@ def test_decoupled_recipe_fine_tunes_a_zoo_pkl(
     after = {k: v.detach().cpu().numpy() for k, v in trainer.model.state_dict().items()}
     assert set(after) == set(state)
     changed = sorted(k for k in state if not np.array_equal(state[k], after[k]))
-    assert changed == ["roi_heads.box_predictor.cls_score.bias",
-                       "roi_heads.box_predictor.cls_score.weight"]
+    assert changed == [
+        "roi_heads.box_predictor.cls_score.bias",
+        "roi_heads.box_predictor.cls_score.weight",
+    ]
     if extra:  # K sigmoid logits from K+1 softmax ones
         assert after["roi_heads.box_predictor.cls_score.weight"].shape[0] == 8
 

@@ -2,6 +2,7 @@
 100 COCO images, from lvis-api; README in tests/data). 1,230 categories of which 190 occur,
 synsets and synonyms, neg_category_ids, not_exhaustive_category_ids, polygons, COCO 2014 file
 names."""
+
 import copy
 import json
 import os
@@ -52,11 +53,13 @@ def test_registration_and_metadata(data, registered, tmp_path):
         # "COCO_val2014_000000266409.jpg" lives in COCO 2017's folder as "000000266409.jpg"
         assert d["file_name"] == os.path.join(str(tmp_path), img["file_name"][-16:])
         assert sorted(ids[j] for j in d["neg_category_ids"]) == sorted(img["neg_category_ids"])
-        assert (sorted(ids[j] for j in d["not_exhaustive_category_ids"])
-                == sorted(img["not_exhaustive_category_ids"]))
+        assert sorted(ids[j] for j in d["not_exhaustive_category_ids"]) == sorted(
+            img["not_exhaustive_category_ids"]
+        )
         anns = [a for a in data["annotations"] if a["image_id"] == d["image_id"]]
         assert sorted(ids[a["category_id"]] for a in d["annotations"]) == sorted(
-            a["category_id"] for a in anns)
+            a["category_id"] for a in anns
+        )
     assert sum(len(d["annotations"]) for d in dicts) == 977
     assert sum(len(d["not_exhaustive_category_ids"]) for d in dicts) == 16
 
@@ -92,10 +95,19 @@ def _detections(data, seed=0):
     dets = []
 
     def add(img, cid, bbox, rle):
-        rle = dict(rle, counts=rle["counts"].decode() if isinstance(rle["counts"], bytes)
-                   else rle["counts"])
-        dets.append({"image_id": img["id"], "category_id": cid, "bbox": list(map(float, bbox)),
-                     "segmentation": rle, "score": 0.0})
+        rle = dict(
+            rle,
+            counts=rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"],
+        )
+        dets.append(
+            {
+                "image_id": img["id"],
+                "category_id": cid,
+                "bbox": list(map(float, bbox)),
+                "segmentation": rle,
+                "score": 0.0,
+            }
+        )
 
     for a in data["annotations"]:
         if rng.random() < 0.2:
@@ -106,14 +118,18 @@ def _detections(data, seed=0):
         dx, dy = (int(v) for v in rng.integers(-3, 4, 2))
         m = np.roll(np.roll(m, dy, axis=0), dx, axis=1)
         x, y, bw, bh = a["bbox"]
-        add(img, a["category_id"], [x + dx, y + dy, bw, bh],
-            mask_util.encode(np.asfortranarray(m.astype(np.uint8))))
+        add(
+            img,
+            a["category_id"],
+            [x + dx, y + dy, bw, bh],
+            mask_util.encode(np.asfortranarray(m.astype(np.uint8))),
+        )
 
     def box_det(img, cid):
         h, w = img["height"], img["width"]
         x, y = float(rng.uniform(0, w - 60)), float(rng.uniform(0, h - 60))
         m = np.zeros((h, w), dtype=np.uint8, order="F")
-        m[int(y):int(y) + 40, int(x):int(x) + 50] = 1
+        m[int(y) : int(y) + 40, int(x) : int(x) + 50] = 1
         add(img, cid, [int(x), int(y), 50, 40], mask_util.encode(m))
 
     for img in data["images"]:
@@ -122,8 +138,12 @@ def _detections(data, seed=0):
             box_det(img, int(rng.choice(img["neg_category_ids"])))
         if img["not_exhaustive_category_ids"]:
             box_det(img, int(rng.choice(img["not_exhaustive_category_ids"])))
-        unlabelled = sorted(set(all_ids) - positive - set(img["neg_category_ids"])
-                            - set(img["not_exhaustive_category_ids"]))
+        unlabelled = sorted(
+            set(all_ids)
+            - positive
+            - set(img["neg_category_ids"])
+            - set(img["not_exhaustive_category_ids"])
+        )
         box_det(img, int(rng.choice(unlabelled)))
     for d, s in zip(dets, rng.permutation(len(dets)) / len(dets) + 1e-3):
         d["score"] = float(s)
@@ -140,12 +160,23 @@ def test_evaluation_matches_lvis_api(data, registered, tmp_path, iou_type):
 
     dets = _detections(data)
     contiguous = {c: i for i, c in enumerate(sorted(c["id"] for c in data["categories"]))}
-    ev = LongTailLVISEvaluator(NAME, tasks=(iou_type,), distributed=False,
-                               output_dir=str(tmp_path), max_dets_per_image=300,
-                               train_dataset=NAME)
+    ev = LongTailLVISEvaluator(
+        NAME,
+        tasks=(iou_type,),
+        distributed=False,
+        output_dir=str(tmp_path),
+        max_dets_per_image=300,
+        train_dataset=NAME,
+    )
     ev.reset()
-    ev._predictions = [{"image_id": 0, "instances": [  # what process() collects
-        dict(copy.deepcopy(d), category_id=contiguous[d["category_id"]]) for d in dets]}]
+    ev._predictions = [
+        {
+            "image_id": 0,
+            "instances": [  # what process() collects
+                dict(copy.deepcopy(d), category_id=contiguous[d["category_id"]]) for d in dets
+            ],
+        }
+    ]
     ours = ev.evaluate()[iou_type]
 
     gt = LVIS(JSON)

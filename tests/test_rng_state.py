@@ -1,4 +1,5 @@
 """ltdet.engine.rng_state: what a checkpoint keeps of the global RNGs, and when it is gathered."""
+
 import io
 import random
 from types import SimpleNamespace
@@ -10,8 +11,12 @@ from ltdet.engine import rng_state
 
 
 def _draw():
-    return (torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.normal(size=3).tolist(),
-            [random.random() for _ in range(3)])
+    return (
+        torch.rand(3).tolist(),
+        np.random.rand(3).tolist(),
+        np.random.normal(size=3).tolist(),
+        [random.random() for _ in range(3)],
+    )
 
 
 def test_capture_restore_round_trip_through_a_weights_only_checkpoint():

@@ -27,8 +27,14 @@ def make(loss_name, **kw):
     kw.setdefault("class_counts", COUNTS)
     kw.setdefault("num_images", NUM_IMAGES)
     return LongTailFastRCNNOutputLayers(
-        ShapeSpec(channels=16), box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
-        num_classes=K, test_score_thresh=0.0, test_topk_per_image=50, loss_name=loss_name, **kw)
+        ShapeSpec(channels=16),
+        box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
+        num_classes=K,
+        test_score_thresh=0.0,
+        test_topk_per_image=50,
+        loss_name=loss_name,
+        **kw,
+    )
 
 
 def proposals(n_per_image=(7, 9), seed=0):
@@ -47,9 +53,13 @@ def proposals(n_per_image=(7, 9), seed=0):
 
 def test_softmax_head_equals_stock():
     ours = make("softmax", class_counts=None, num_images=None)
-    stock = FastRCNNOutputLayers(ShapeSpec(channels=16),
-                                 box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
-                                 num_classes=K, test_score_thresh=0.0, test_topk_per_image=50)
+    stock = FastRCNNOutputLayers(
+        ShapeSpec(channels=16),
+        box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
+        num_classes=K,
+        test_score_thresh=0.0,
+        test_topk_per_image=50,
+    )
     stock.load_state_dict(ours.state_dict())
     x = torch.randn(16, 16)
     props = proposals()
@@ -88,11 +98,14 @@ def test_sigmoid_family_head(name):
 
 def test_balanced_heads_use_dataset_prior():
     head = make("balanced_softmax")
-    torch.testing.assert_close(head.log_prior.double(),
-                               torch.log(torch.tensor(COUNTS) / np.mean(COUNTS)).double())
+    torch.testing.assert_close(
+        head.log_prior.double(), torch.log(torch.tensor(COUNTS) / np.mean(COUNTS)).double()
+    )
     head = make("balanced_sigmoid")
     p = torch.tensor(COUNTS, dtype=torch.float64) / NUM_IMAGES
-    torch.testing.assert_close(head.log_prior_odds.double(), torch.log(p / (1 - p)), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        head.log_prior_odds.double(), torch.log(p / (1 - p)), rtol=1e-6, atol=1e-6
+    )
     # non-persistent: class statistics never enter checkpoints
     assert "log_prior_odds" not in head.state_dict()
 
@@ -109,28 +122,47 @@ def test_class_stats_source_reaches_the_softmax_family_only(handmade, source):
     register_lvis_format("test_roi_heads_handmade", handmade["json"], handmade["root"])
     cfg = get_cfg()
     add_ltdet_config(cfg)
-    cfg.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", 3, "DATASETS.TRAIN", ("test_roi_heads_handmade",),
-                         "LTDET.CLASS_STATS.SOURCE", source])
-    counts = torch.tensor([240.0, 12.0, 3.0] if source == "instance_count" else [120.0, 12.0, 1.0],
-                          dtype=torch.float64)
+    cfg.merge_from_list(
+        [
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            3,
+            "DATASETS.TRAIN",
+            ("test_roi_heads_handmade",),
+            "LTDET.CLASS_STATS.SOURCE",
+            source,
+        ]
+    )
+    counts = torch.tensor(
+        [240.0, 12.0, 3.0] if source == "instance_count" else [120.0, 12.0, 1.0],
+        dtype=torch.float64,
+    )
     images = torch.tensor([120.0, 12.0, 1.0], dtype=torch.float64) / 120
     capped = images.clamp(max=120 / 121)
     try:
+
         def head(name):
             cfg.LTDET.LOSS.NAME = name
             return LongTailFastRCNNOutputLayers(cfg, ShapeSpec(channels=16))
 
-        torch.testing.assert_close(head("balanced_softmax").log_prior.double(),
-                                   torch.log(counts / counts.mean()).float().double())
+        torch.testing.assert_close(
+            head("balanced_softmax").log_prior.double(),
+            torch.log(counts / counts.mean()).float().double(),
+        )
         dbm = head("dbm_bs")
-        torch.testing.assert_close(dbm.log_prior.double(), torch.log(counts / counts.mean()).float().double())
-        torch.testing.assert_close(dbm.class_margin.double(),
-                                   (0.1 * counts.min() / counts).float().double())  # Eq. 6, tau 1
+        torch.testing.assert_close(
+            dbm.log_prior.double(), torch.log(counts / counts.mean()).float().double()
+        )
+        torch.testing.assert_close(
+            dbm.class_margin.double(), (0.1 * counts.min() / counts).float().double()
+        )  # Eq. 6, tau 1
         # the sigmoid family keeps image fractions whatever the source
-        torch.testing.assert_close(head("balanced_sigmoid").log_prior_odds.double(),
-                                   torch.log(capped / (1 - capped)).float().double())
-        assert math.isclose(float(head("balanced_sigmoid").log_prior_odds[0]), math.log(120),
-                            rel_tol=1e-6)
+        torch.testing.assert_close(
+            head("balanced_sigmoid").log_prior_odds.double(),
+            torch.log(capped / (1 - capped)).float().double(),
+        )
+        assert math.isclose(
+            float(head("balanced_sigmoid").log_prior_odds[0]), math.log(120), rel_tol=1e-6
+        )
         torch.testing.assert_close(head("eql").class_freq.double(), images.float().double())
     finally:
         DatasetCatalog.remove("test_roi_heads_handmade")
@@ -179,8 +211,9 @@ def test_bad_input():
         make("balanced_softmax", count_floor=-1.0)
     # detectron2 after v0.6's own options (MODEL.ROI_BOX_HEAD) would be ignored: refused
     for key, name in (("use_sigmoid_ce", "sigmoid"), ("use_fed_loss", "federated")):
-        with pytest.raises(ValueError, match=f"{key.upper()} is detectron2's own option.*"
-                                             f"LTDET.LOSS.NAME {name}"):
+        with pytest.raises(
+            ValueError, match=f"{key.upper()} is detectron2's own option.*LTDET.LOSS.NAME {name}"
+        ):
             make("softmax", **{key: True})
 
 
@@ -222,16 +255,18 @@ def test_dbm_heads(name):
     assert torch.isfinite(losses["loss_cls"])
     probs = torch.cat(head.predict_probs((scores, deltas), props))
     torch.testing.assert_close(probs, torch.softmax(30.0 * scores, dim=1))  # no margin at test
-    torch.testing.assert_close(head.class_margin.double(),
-                               0.1 * (torch.tensor(COUNTS) / min(COUNTS)).pow(-1.0).double())
+    torch.testing.assert_close(
+        head.class_margin.double(), 0.1 * (torch.tensor(COUNTS) / min(COUNTS)).pow(-1.0).double()
+    )
 
 
 def test_dbm_cb_weights_foreground_by_class():
     head = make("dbm_cb")
     gt = torch.tensor([0, 4, K, 4])
     scores = head.cls_score(torch.randn(4, 16))
-    per = torch.stack([L.dbm_loss(scores[i:i + 1], gt[i:i + 1], head.class_margin, 30.0)
-                       for i in range(4)])
+    per = torch.stack(
+        [L.dbm_loss(scores[i : i + 1], gt[i : i + 1], head.class_margin, 30.0) for i in range(4)]
+    )
     w = torch.cat([head.cb_weight, torch.ones(1)])[gt]
     torch.testing.assert_close(head.classification_loss(scores, gt), (w * per).sum() / 4)
     assert head.cb_weight[4] > head.cb_weight[0]  # the rarest class weighs most
@@ -251,14 +286,17 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
-@pytest.mark.parametrize("name, kw, warns, says", [
-    # image frequencies 0.8 .. 0.002: the LVIS v0.5 lambda is below every one of them
-    ("eql", dict(eql_lambda=1.76e-3), True, "suppresses the foreground negatives of 0 of 5"),
-    ("eql", dict(eql_lambda=0.05), False, "of 3 of 5"),
-    ("federated", dict(fed_num_classes=50), True, "plain sigmoid"),
-    ("federated", dict(fed_num_classes=5), True, "plain sigmoid"),
-    ("federated", dict(fed_num_classes=3), False, None),
-])
+@pytest.mark.parametrize(
+    "name, kw, warns, says",
+    [
+        # image frequencies 0.8 .. 0.002: the LVIS v0.5 lambda is below every one of them
+        ("eql", dict(eql_lambda=1.76e-3), True, "suppresses the foreground negatives of 0 of 5"),
+        ("eql", dict(eql_lambda=0.05), False, "of 3 of 5"),
+        ("federated", dict(fed_num_classes=50), True, "plain sigmoid"),
+        ("federated", dict(fed_num_classes=5), True, "plain sigmoid"),
+        ("federated", dict(fed_num_classes=3), False, None),
+    ],
+)
 def test_eql_and_federated_say_when_they_reduce_to_plain_sigmoid(name, kw, warns, says):
     log = logging.getLogger("ltdet.modeling.loss_registry")  # where the losses are declared
     handler, level = _Records(), log.level

@@ -43,8 +43,11 @@ def test_positioned_sampler_tags_positions_and_drops_the_consumed_prefix():
     base = RepeatFactorTrainingSampler(torch.tensor([1.0, 2.5, 0.5, 3.0]), seed=7)
     it = iter(base)
     first = [next(it) for _ in range(30)]
-    skipped = iter(PositionedSampler(
-        RepeatFactorTrainingSampler(torch.tensor([1.0, 2.5, 0.5, 3.0]), seed=7), 4, skip=12))
+    skipped = iter(
+        PositionedSampler(
+            RepeatFactorTrainingSampler(torch.tensor([1.0, 2.5, 0.5, 3.0]), seed=7), 4, skip=12
+        )
+    )
     keys = [next(skipped) for _ in range(18)]
     assert [divmod(k, 4) for k in keys] == [(12 + i, idx) for i, idx in enumerate(first[12:])]
 
@@ -87,7 +90,7 @@ def test_resumed_loader_continues_the_batches_for_any_number_of_workers(grouping
     dicts = [{"i": i, "width": 8, "height": 6} for i in range(7)]
     stream = list(itertools.islice(iter(TrainingSampler(7, seed=3)), 40))
     batch = 2
-    want = [stream[j * batch:(j + 1) * batch] for j in range(12)]
+    want = [stream[j * batch : (j + 1) * batch] for j in range(12)]
     for workers in (0, 2, 3):
         cfg = get_cfg()
         cfg.DATALOADER.ASPECT_RATIO_GROUPING = grouping
@@ -95,9 +98,14 @@ def test_resumed_loader_continues_the_batches_for_any_number_of_workers(grouping
         cfg.SOLVER.IMS_PER_BATCH = batch
         for start in (0, 1, 2, 5):
             loader = build_positioned_train_loader(
-                cfg, dicts, TrainingSampler(7, seed=3), seed=0, skip=start * batch,
-                mapper=lambda d: d)
+                cfg,
+                dicts,
+                TrainingSampler(7, seed=3),
+                seed=0,
+                skip=start * batch,
+                mapper=lambda d: d,
+            )
             it = iter(loader)
             got = [[d["i"] for d in next(it)] for _ in range(6)]
             del it
-            assert got == want[start:start + 6], (workers, start)
+            assert got == want[start : start + 6], (workers, start)

@@ -30,7 +30,9 @@ def _load(path):
 def _files(root):
     """{relative path: bytes} of every file under root."""
     root = Path(root)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _shoelace(flat):
@@ -95,7 +97,7 @@ def test_default_long_tail(default_ds):
     # Every confusable group has a frequent head and non-frequent (tail) siblings.
     n = len(syn.GROUPS[0][3]) + 1
     for g in range(len(cats) // n):
-        members = cats[g * n:(g + 1) * n]
+        members = cats[g * n : (g + 1) * n]
         assert members[0]["frequency"] == "f"
         assert all(m["frequency"] != "f" for m in members[1:])
         assert len({m["name"].split("_")[1] for m in members}) == 1  # shared shape
@@ -120,7 +122,9 @@ def test_annotations_are_consistent(which, request):
         images = {im["id"]: im for im in data["images"]}
         cat_ids = {c["id"] for c in data["categories"]}
         assert sorted(images) == list(range(1, len(images) + 1))
-        assert [a["id"] for a in data["annotations"]] == list(range(1, len(data["annotations"]) + 1))
+        assert [a["id"] for a in data["annotations"]] == list(
+            range(1, len(data["annotations"]) + 1)
+        )
         present = collections.defaultdict(set)
         for a in data["annotations"]:
             im = images[a["image_id"]]
@@ -169,8 +173,16 @@ def test_lvis_api_loads_and_evaluates(default_ds, monkeypatch):
     gt = lvis.LVIS(info["val_json"])
     pytest.importorskip("pycocotools")
     monkeypatch.setattr(np, "float", float, raising=False)  # lvis 0.5.3 uses np.float
-    dets = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"],
-                 segmentation=gt.ann_to_rle(a), score=1.0) for a in gt.dataset["annotations"]]
+    dets = [
+        dict(
+            image_id=a["image_id"],
+            category_id=a["category_id"],
+            bbox=a["bbox"],
+            segmentation=gt.ann_to_rle(a),
+            score=1.0,
+        )
+        for a in gt.dataset["annotations"]
+    ]
     ev = lvis.LVISEval(gt, lvis.LVISResults(gt, dets), "segm")
     ev.run()
     for k in ("AP", "APr", "APc", "APf"):
@@ -253,7 +265,9 @@ def test_peer_loss_configs_are_scaled_to_the_synthetic_set(default_ds):
     train = _load(info["train_json"])
     num_images = len(train["images"])
     lam = load("eql.yaml").LTDET.LOSS.EQL_LAMBDA
-    suppressed = {c["frequency"] for c in train["categories"] if c["image_count"] / num_images < lam}
+    suppressed = {
+        c["frequency"] for c in train["categories"] if c["image_count"] / num_images < lam
+    }
     kept = {c["frequency"] for c in train["categories"] if c["image_count"] / num_images >= lam}
     assert suppressed == {"r", "c"} and kept == {"f"}
     # the same boundary in training images as the EQL code's value on LVIS v0.5 (56,740 images

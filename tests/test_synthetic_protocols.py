@@ -1,6 +1,7 @@
 """The synthetic set's two validation protocols (ltdet.data.synthetic, docs/SYNTHETIC_PROTOCOLS.md):
 LVIS's negative labels (lvis_synthetic_val.json) and the hard-negative stress test
 (lvis_synthetic_val_hardneg.json), and the large-vocabulary preset's class statistics."""
+
 import collections
 import hashlib
 import json
@@ -23,11 +24,13 @@ V1 = {
     "tiny": dict(
         train="af97ed66ad492e99882ecc5b8c89f17230292cb27d705d399f1971031ba5c784",
         val="e285b92ef15c379348fd7c7b704b974c5e135336c1cd8040f205f1c1c9c49242",
-        pngs="31f1d697bfcbe192cb12e3a68dfc72528c8d1216707e9fe2db0e9883db129900"),
+        pngs="31f1d697bfcbe192cb12e3a68dfc72528c8d1216707e9fe2db0e9883db129900",
+    ),
     "default": dict(
         train="9a6db39be375cc5d7a35865aab3842e602d859815b413950392c12a6339a52a4",
         val="02d29cd93bb7702adf267b8f63d4cccb7a30f6cc74b57f3080e677c628165e6f",
-        pngs="7ba0a59f2b566d744fa036bf3c7b7cd9500b674c200bc529f862b0766c42e8d6"),
+        pngs="7ba0a59f2b566d744fa036bf3c7b7cd9500b674c200bc529f862b0766c42e8d6",
+    ),
 }
 
 
@@ -50,8 +53,9 @@ def default_ds(tmp_path_factory):
 
 
 @pytest.mark.parametrize("preset", ["tiny", "default"])
-def test_images_train_json_and_annotations_are_unchanged_from_version_1(preset, default_ds,
-                                                                         tmp_path):
+def test_images_train_json_and_annotations_are_unchanged_from_version_1(
+    preset, default_ds, tmp_path
+):
     if preset == "default":
         out, info = default_ds
     else:
@@ -102,8 +106,9 @@ def test_lvis_like_val_follows_lvis_statistics(default_ds):
     n_neg = sum(len(im["neg_category_ids"]) for im in val["images"])
     assert n_neg / n_pos == pytest.approx(942 / 299, rel=0.1)
     # negatives per absent (image, class) pair, per group, relative to frequent
-    absent = collections.Counter(freq[c] for im in val["images"] for c in freq
-                                 if c not in pos[im["id"]])
+    absent = collections.Counter(
+        freq[c] for im in val["images"] for c in freq if c not in pos[im["id"]]
+    )
     negs = collections.Counter(freq[c] for im in val["images"] for c in im["neg_category_ids"])
     rate = {g: negs[g] / absent[g] for g in "rcf"}
     assert rate["r"] / rate["f"] == pytest.approx((161 / 454) / (340 / 315), rel=0.25)
@@ -116,10 +121,12 @@ def test_lvis_negatives_match_lvis_rates_exactly_in_expectation():
     """lvis_negatives on many images: the ratios converge to LVIS's measured ones."""
     rng = np.random.Generator(np.random.PCG64(0))
     frequency = ["f"] * 10 + ["c"] * 15 + ["r"] * 15
-    positives = [set(rng.choice(40, size=k, replace=False).tolist())
-                 for k in rng.integers(1, 4, size=20000)]
-    negatives, not_exhaustive = syn.lvis_negatives(np.random.Generator(np.random.PCG64(1)),
-                                                   positives, frequency)
+    positives = [
+        set(rng.choice(40, size=k, replace=False).tolist()) for k in rng.integers(1, 4, size=20000)
+    ]
+    negatives, not_exhaustive = syn.lvis_negatives(
+        np.random.Generator(np.random.PCG64(1)), positives, frequency
+    )
     n_pos = sum(map(len, positives))
     assert sum(map(len, negatives)) / n_pos == pytest.approx(942 / 299, rel=0.02)
     assert sum(map(len, not_exhaustive)) / n_pos == pytest.approx(16 / 299, rel=0.1)
@@ -182,8 +189,10 @@ def test_lvis_api_scores_sibling_false_positives_only_under_hard_negatives(defau
     for a in val["annotations"]:
         c = a["category_id"]
         sibling = (c - 1) // 4 * 4 + 1 + c % 4  # the next member of its family of 4
-        dets += [dict(image_id=a["image_id"], category_id=c, bbox=a["bbox"], score=0.5),
-                 dict(image_id=a["image_id"], category_id=sibling, bbox=a["bbox"], score=1.0)]
+        dets += [
+            dict(image_id=a["image_id"], category_id=c, bbox=a["bbox"], score=0.5),
+            dict(image_id=a["image_id"], category_id=sibling, bbox=a["bbox"], score=1.0),
+        ]
 
     def box_ap(gt_json):
         gt = LVIS(gt_json)

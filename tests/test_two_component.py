@@ -32,7 +32,9 @@ def _setup(seed=0):
 def test_eps_update_matches_finite_differences():
     clf, opt, x, gt, x_dev, gt_dev, cw = _setup()
     tau = 7.0
-    w = two_component_weights(clf, opt, cw, tau, L.softmax_loss, L.softmax_loss, x, gt, x_dev, gt_dev)
+    w = two_component_weights(
+        clf, opt, cw, tau, L.softmax_loss, L.softmax_loss, x, gt, x_dev, gt_dev
+    )
     fg = gt < K
     base = torch.where(fg, cw[gt.clamp(max=K - 1)], torch.ones(10, dtype=torch.float64))
     assert torch.equal(w[~fg], torch.ones(int((~fg).sum()), dtype=torch.float64))  # background: 1
@@ -47,8 +49,12 @@ def test_eps_update_matches_finite_differences():
             return L.softmax_loss(c(x_dev), gt_dev)
 
     delta = 1e-6
-    grad = torch.stack([(dev_after_step(delta * e) - dev_after_step(-delta * e)) / (2 * delta)
-                        for e in torch.eye(10, dtype=torch.float64)])
+    grad = torch.stack(
+        [
+            (dev_after_step(delta * e) - dev_after_step(-delta * e)) / (2 * delta)
+            for e in torch.eye(10, dtype=torch.float64)
+        ]
+    )
     expected = base - tau * grad * fg  # eps = 0 - tau * grad, foreground only
     torch.testing.assert_close(w, expected, rtol=1e-6, atol=1e-9)
     assert (w[fg] - base[fg]).abs().max() > 1e-6
@@ -56,7 +62,9 @@ def test_eps_update_matches_finite_differences():
 
 def test_no_clipping_no_normalisation():
     clf, opt, x, gt, x_dev, gt_dev, cw = _setup()
-    w = two_component_weights(clf, opt, cw, 1e5, L.softmax_loss, L.softmax_loss, x, gt, x_dev, gt_dev)
+    w = two_component_weights(
+        clf, opt, cw, 1e5, L.softmax_loss, L.softmax_loss, x, gt, x_dev, gt_dev
+    )
     fg = gt < K
     assert (w[fg] < 0).any()  # a huge step makes some weights negative: kept as they are
     assert not torch.isclose(w[fg].mean(), torch.tensor(1.0, dtype=torch.float64))

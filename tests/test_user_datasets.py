@@ -1,5 +1,6 @@
 """Datasets from the command line (ltdet.data.user_datasets), the COCO-format derivation, and the
 device choice of the synthetic recipes (MODEL.DEVICE "auto")."""
+
 import json
 import os
 
@@ -28,8 +29,13 @@ def coco_json(seed=0, num_images=24, with_area=True):
             for j in range(int(rng.integers(1, 3))):
                 size = float(rng.choice([20.0, 50.0, 130.0]))
                 x, y = 120.0 * j + float(rng.uniform(0, 8)), 80.0 * k + float(rng.uniform(0, 8))
-                ann = {"id": len(anns) + 1, "image_id": i, "category_id": cid, "iscrowd": 0,
-                       "bbox": [x, y, min(size, 255 - x), min(size * 0.7, 255 - y)]}
+                ann = {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": cid,
+                    "iscrowd": 0,
+                    "bbox": [x, y, min(size, 255 - x), min(size * 0.7, 255 - y)],
+                }
                 bx, by, bw, bh = ann["bbox"]
                 ann["segmentation"] = [[bx, by, bx + bw, by, bx + bw, by + bh, bx, by + bh]]
                 if with_area:
@@ -58,9 +64,11 @@ def test_derivation_groups_from_training_counts_and_negatives_are_the_absent_cat
     with thresholds 2/50: c (11 <= 50), f, c (3 > 2). Every image's negatives are exactly the
     categories it has no annotation of; no not-exhaustive lists; box-only areas are w*h; a derived
     json with crowd annotations is refused for LVIS evaluation, naming them."""
-    test = {"images": [{"id": 1, "height": 9, "width": 9}, {"id": 2, "height": 9, "width": 9}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [0, 0, 2, 3]}],
-            "categories": [dict(c) for c in CATS]}
+    test = {
+        "images": [{"id": 1, "height": 9, "width": 9}, {"id": 2, "height": 9, "width": 9}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [0, 0, 2, 3]}],
+        "categories": [dict(c) for c in CATS],
+    }
     assert json_format(test) == "coco"
     counts = {2: 11, 5: 101, 9: 3}
     out = derive_lvis_fields(test, counts)
@@ -93,8 +101,9 @@ def test_coco_json_lvis_ap_equals_cocoeval_ap(tmp_path, registered):
 
     data = coco_json()
     path = write(tmp_path / "coco.json", data)
-    registered += register_user_datasets([f"coco_par:{path}:{tmp_path}"], ["coco_par"],
-                                         str(tmp_path / "derived"))
+    registered += register_user_datasets(
+        [f"coco_par:{path}:{tmp_path}"], ["coco_par"], str(tmp_path / "derived")
+    )
     rng = np.random.default_rng(1)
     contiguous = {c["id"]: i for i, c in enumerate(CATS)}
     dets = []
@@ -103,22 +112,39 @@ def test_coco_json_lvis_ap_equals_cocoeval_ap(tmp_path, registered):
             continue  # dropped: a miss
         x, y, w, h = a["bbox"]
         j = rng.normal(0, 0.12 * min(w, h), 4)
-        dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                     "bbox": [x + j[0], y + j[1], max(w + j[2], 2.0), max(h + j[3], 2.0)]})
+        dets.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": [x + j[0], y + j[1], max(w + j[2], 2.0), max(h + j[3], 2.0)],
+            }
+        )
     for img in data["images"]:
-        absent = {c["id"] for c in CATS} - {a["category_id"] for a in data["annotations"]
-                                             if a["image_id"] == img["id"]}
+        absent = {c["id"] for c in CATS} - {
+            a["category_id"] for a in data["annotations"] if a["image_id"] == img["id"]
+        }
         for cid in absent:  # a false positive on a verified negative
-            dets.append({"image_id": img["id"], "category_id": cid,
-                         "bbox": [float(v) for v in rng.uniform(0, 150, 2)] + [40.0, 30.0]})
+            dets.append(
+                {
+                    "image_id": img["id"],
+                    "category_id": cid,
+                    "bbox": [float(v) for v in rng.uniform(0, 150, 2)] + [40.0, 30.0],
+                }
+            )
     scores = rng.permutation(len(dets)) / len(dets) + 0.01
     for d, s in zip(dets, scores):
         d["score"] = float(s)
 
     ev = LongTailLVISEvaluator("coco_par", tasks=("bbox",), distributed=False, output_dir=None)
     ev.reset()
-    ev._predictions = [{"image_id": 0, "instances": [  # what process() collects
-        dict(d, category_id=contiguous[d["category_id"]]) for d in dets]}]
+    ev._predictions = [
+        {
+            "image_id": 0,
+            "instances": [  # what process() collects
+                dict(d, category_id=contiguous[d["category_id"]]) for d in dets
+            ],
+        }
+    ]
     ours = ev.evaluate()["bbox"]
 
     gt = COCO(path)
@@ -142,8 +168,12 @@ def test_coco_test_set_takes_the_training_sets_frequency_groups(tmp_path, regist
     tj, vj = write(tmp_path / "t.json", train), write(tmp_path / "v.json", val)
     emu_images = len({a["image_id"] for a in train["annotations"] if a["category_id"] == 9})
     registered += register_user_datasets(
-        [f"u_train:{tj}:{tmp_path}", f"u_val:{vj}:{tmp_path}"], ["u_train"],
-        str(tmp_path / "derived"), rare_max=emu_images - 1, common_max=emu_images)
+        [f"u_train:{tj}:{tmp_path}", f"u_val:{vj}:{tmp_path}"],
+        ["u_train"],
+        str(tmp_path / "derived"),
+        rare_max=emu_images - 1,
+        common_max=emu_images,
+    )
     derived = json.loads((tmp_path / "derived" / "u_val.json").read_text())
     # common by the training counts; the val json's own count (0) would make it rare
     assert emu_images >= 1 and [c["frequency"] for c in derived["categories"]][2] == "c"
@@ -151,14 +181,22 @@ def test_coco_test_set_takes_the_training_sets_frequency_groups(tmp_path, regist
     assert MetadataCatalog.get("u_val").source_json == vj
     from ltdet.data.lvis_format import load_lvis_format_json
 
-    loaded = load_lvis_format_json(MetadataCatalog.get("u_val").json_file, str(tmp_path),
-                                   check_images=False, dataset_name="u_val")
-    assert len(loaded) == 6 and all(2 in d["neg_category_ids"] for d in loaded
-                                    if all(a["category_id"] != 2 for a in d["annotations"]))
+    loaded = load_lvis_format_json(
+        MetadataCatalog.get("u_val").json_file,
+        str(tmp_path),
+        check_images=False,
+        dataset_name="u_val",
+    )
+    assert len(loaded) == 6 and all(
+        2 in d["neg_category_ids"]
+        for d in loaded
+        if all(a["category_id"] != 2 for a in d["annotations"])
+    )
     assert MetadataCatalog.get("u_val").lvis_eval_problems == []
     # an LVIS-format json (the derived one) is registered without a copy
-    registered += register_user_datasets([f"u_lvis:{tmp_path / 'derived' / 'u_val.json'}:x"],
-                                         [], str(tmp_path / "again"))
+    registered += register_user_datasets(
+        [f"u_lvis:{tmp_path / 'derived' / 'u_val.json'}:x"], [], str(tmp_path / "again")
+    )
     assert not (tmp_path / "again").exists()
 
 
@@ -179,8 +217,9 @@ def test_errors_name_the_problem_and_the_fix(tmp_path, registered):
     assert parse_spec("a:b.json:c:/d") == ("a", "b.json", "c:/d")
     with pytest.raises(KeyError, match="looks like a file.*--dataset NAME JSON IMAGE_ROOT"):
         check_registered(["my_train.json"])
-    registered += register_user_datasets([f"imgs:{tj}:{tmp_path / 'nowhere'}"], ["imgs"],
-                                         str(tmp_path / "d"))
+    registered += register_user_datasets(
+        [f"imgs:{tj}:{tmp_path / 'nowhere'}"], ["imgs"], str(tmp_path / "d")
+    )
     with pytest.raises(FileNotFoundError, match="images of .* are missing under image_root"):
         DatasetCatalog.get("imgs")
 
@@ -194,16 +233,30 @@ def test_train_net_takes_datasets_from_the_command_line(tmp_path, registered):
     tj = write(tmp_path / "t.json", coco_json())
     base = ["--config-file", os.path.join(REPO, "configs/synthetic/base_softmax_rfs.yaml")]
     args = train_net.argument_parser().parse_args(
-        base + ["--dataset", "cli_train", tj, str(tmp_path), "OUTPUT_DIR", str(tmp_path / "out"),
-                "DATASETS.TRAIN", '("cli_train",)', "DATASETS.TEST", '("cli_train",)',
-                "MODEL.ROI_HEADS.NUM_CLASSES", "3"])  # setup() runs the start-up checks
+        base
+        + [
+            "--dataset",
+            "cli_train",
+            tj,
+            str(tmp_path),
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            "DATASETS.TRAIN",
+            '("cli_train",)',
+            "DATASETS.TEST",
+            '("cli_train",)',
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "3",
+        ]
+    )  # setup() runs the start-up checks
     registered.append("cli_train")
     cfg = train_net.setup(args)
     assert cfg.LTDET.DATASETS.REGISTER == [f"cli_train:{tj}:{tmp_path}"]
     assert MetadataCatalog.get("cli_train").source_json == tj
     assert (tmp_path / "out" / "datasets" / "cli_train.json").is_file()  # derived: COCO json
     args = train_net.argument_parser().parse_args(
-        base + ["OUTPUT_DIR", str(tmp_path / "out2"), "DATASETS.TRAIN", '("my_train.json",)'])
+        base + ["OUTPUT_DIR", str(tmp_path / "out2"), "DATASETS.TRAIN", '("my_train.json",)']
+    )
     with pytest.raises(KeyError, match="'my_train.json' is not registered"):
         train_net.setup(args)
 
@@ -251,14 +304,43 @@ def test_train_net_trains_and_evaluates_coco_jsons(tiny_root, tmp_path, register
     train_net.default_setup = lambda cfg, args: None  # no handlers piling up on the loggers
     train_net.setup_logger = lambda *args, **kwargs: None
     out = tmp_path / "out"
-    args = train_net.argument_parser().parse_args([
-        "--config-file", os.path.join(REPO, "configs/synthetic/base_softmax_rfs.yaml"), *specs,
-        "DATASETS.TRAIN", '("coco_train",)', "DATASETS.TEST", '("coco_val",)',
-        "MODEL.ROI_HEADS.NUM_CLASSES", "8", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "2",
-        "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST",
-        "64", "INPUT.MAX_SIZE_TEST", "64", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out),
-        "SEED", "1"])
+    args = train_net.argument_parser().parse_args(
+        [
+            "--config-file",
+            os.path.join(REPO, "configs/synthetic/base_softmax_rfs.yaml"),
+            *specs,
+            "DATASETS.TRAIN",
+            '("coco_train",)',
+            "DATASETS.TEST",
+            '("coco_val",)',
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "8",
+            "SOLVER.IMS_PER_BATCH",
+            "4",
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.STEPS",
+            "(1,)",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(64,)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "64",
+            "INPUT.MIN_SIZE_TEST",
+            "64",
+            "INPUT.MAX_SIZE_TEST",
+            "64",
+            "MODEL.DEVICE",
+            "cpu",
+            "OUTPUT_DIR",
+            str(out),
+            "SEED",
+            "1",
+        ]
+    )
     results = train_net.main(args)
     assert {"AP", "APr", "APc", "APf"} <= set(results["segm"])
     assert (out / "inference" / "coco_val" / "lvis_metrics.json").is_file()

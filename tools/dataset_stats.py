@@ -12,6 +12,7 @@ r(c) = max(1, sqrt(t / f(c))), f(c) the fraction of annotated images containing 
 t = DATALOADER.REPEAT_THRESHOLD, --threshold). Writes <output>/<name>_classes.csv and
 <output>/<name>_long_tail.png (image and instance counts per class, log axis, by group).
 """
+
 import argparse
 import csv
 import math
@@ -38,8 +39,10 @@ def load_stats(name_or_json: str) -> ClassStats:
     """ClassStats of a registered dataset name, or of a json file (not registered; its images
     need not exist)."""
     if name_or_json.endswith(".json") or os.path.isfile(name_or_json):
-        names = [c.get("name", str(c["id"])) for c in
-                 sorted(read_dataset_json(name_or_json)["categories"], key=lambda c: c["id"])]
+        names = [
+            c.get("name", str(c["id"]))
+            for c in sorted(read_dataset_json(name_or_json)["categories"], key=lambda c: c["id"])
+        ]
         return stats_of_dicts(load_lvis_format_json(name_or_json, "", check_images=False), names)
     return class_stats(name_or_json)  # KeyError with the registered names otherwise
 
@@ -57,15 +60,19 @@ def class_table(stats: ClassStats, threshold: float, rare_max: int, common_max: 
 
 
 def summary(rows, num_images: int) -> str:
-    lines = [f"{len(rows)} classes, {num_images} annotated images",
-             "| group | classes | of them without images | instances | share of instances |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"{len(rows)} classes, {num_images} annotated images",
+        "| group | classes | of them without images | instances | share of instances |",
+        "|---|---|---|---|---|",
+    ]
     total = max(sum(r[3] for r in rows), 1)
     for g, label, _ in GROUPS:
         sel = [r for r in rows if r[4] == g]
         inst = sum(r[3] for r in sel)
-        lines.append(f"| {label} | {len(sel)} | {sum(r[2] == 0 for r in sel)} | {inst} | "
-                     f"{100 * inst / total:.1f}% |")
+        lines.append(
+            f"| {label} | {len(sel)} | {sum(r[2] == 0 for r in sel)} | {inst} | "
+            f"{100 * inst / total:.1f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -83,8 +90,13 @@ def plot(rows, path: str, title: str, rare_max: int, common_max: int) -> None:
         sel = [i for i, r in enumerate(order) if r[4] == g]
         if not sel:
             continue
-        ax.bar(x[sel], [max(order[i][2], 0.5) for i in sel], width=1.0, color=colors[g],
-               label=f"{label} ({len(sel)})")
+        ax.bar(
+            x[sel],
+            [max(order[i][2], 0.5) for i in sel],
+            width=1.0,
+            color=colors[g],
+            label=f"{label} ({len(sel)})",
+        )
     ax.plot(x, [max(r[3], 0.5) for r in order], "k.", ms=2, label="instances")
     ax.axhline(rare_max + 0.5, color="gray", lw=0.5, ls="--")
     ax.axhline(common_max + 0.5, color="gray", lw=0.5, ls="--")
@@ -98,11 +110,16 @@ def plot(rows, path: str, title: str, rare_max: int, common_max: int) -> None:
 
 
 def main(argv=None) -> list:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("dataset", help="a registered dataset name or a json file")
-    parser.add_argument("--threshold", type=float, default=0.001,
-                        help="repeat-factor threshold t (LVIS paper and recipes: 0.001)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.001,
+        help="repeat-factor threshold t (LVIS paper and recipes: 0.001)",
+    )
     parser.add_argument("--rare-max", type=int, default=RARE_MAX_IMAGES)
     parser.add_argument("--common-max", type=int, default=COMMON_MAX_IMAGES)
     parser.add_argument("--output", default=".", help="folder for the csv and the PNG")

@@ -14,6 +14,7 @@ output/demo/<run>/inference/<dataset>/.
 Every run gets cfg SEED (default 0), so the table is reproducible: a 300-iteration base model's
 AP varies by several points with the seed (benchmarks/longtail.py measures that spread).
 """
+
 import argparse
 import json
 import os
@@ -44,8 +45,15 @@ PROTOCOLS = [
 
 def run(name: str, config: str, out_dir: str, extra_opts) -> dict:
     """Train/evaluate one run; returns {dataset: its lvis_metrics.json}."""
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
-           os.path.join(ROOT, config), "OUTPUT_DIR", out_dir, *extra_opts]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "train_net.py"),
+        "--config-file",
+        os.path.join(ROOT, config),
+        "OUTPUT_DIR",
+        out_dir,
+        *extra_opts,
+    ]
     print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
     start = time.time()
     subprocess.run(cmd, check=True)
@@ -68,19 +76,31 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "demo"))
-    parser.add_argument("--seed", type=int, default=0,
-                        help="cfg SEED of every run (-1: detectron2's random seed, not reproducible)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="cfg SEED of every run (-1: detectron2's random seed, not reproducible)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few iterations (smoke test)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="MODEL.DEVICE of every run (auto: CUDA when available)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="MODEL.DEVICE of every run (auto: CUDA when available)",
+    )
     args = parser.parse_args()
 
     data_dir = os.path.join(datasets_root(), SYNTHETIC_DIR)
     info = generate(data_dir)
-    print(f"synthetic set: {info['num_classes']} classes, {info['num_train_images']} train / "
-          f"{info['num_val_images']} val images in {data_dir}")
+    print(
+        f"synthetic set: {info['num_classes']} classes, {info['num_train_images']} train / "
+        f"{info['num_val_images']} val images in {data_dir}"
+    )
     extra = ["SEED", str(args.seed), "MODEL.DEVICE", args.device]
     if args.quick:
         extra += ["SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "SOLVER.WARMUP_ITERS", "0"]
@@ -91,9 +111,12 @@ def main() -> None:
         results[name] = run(name, cfg, os.path.join(args.output, name), extra + weights)
     text = "\n\n".join(
         f"{title} ({dataset}):\n\n" + table({run: res[dataset] for run, res in results.items()})
-        for dataset, title in PROTOCOLS)
-    print("\nLVIS AP on the synthetic val split (mask AP with APr/APc/APf, and box AP), "
-          f"seed {args.seed}; the same detections under each protocol.\n\n" + text)
+        for dataset, title in PROTOCOLS
+    )
+    print(
+        "\nLVIS AP on the synthetic val split (mask AP with APr/APc/APf, and box AP), "
+        f"seed {args.seed}; the same detections under each protocol.\n\n" + text
+    )
     with open(os.path.join(args.output, "results.md"), "w") as f:
         f.write(text + "\n")
     print(f"\nper-class AP and plots: {args.output}/<run>/inference/<dataset>/")

@@ -30,8 +30,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # As ltdet.data.builtin.datasets_root() / SYNTHETIC_DIR, without importing detectron2.
     root = os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
-    parser.add_argument("--out", help=f"output directory (default: {root}/<the preset's folder: "
-                        + ", ".join(f"{k}: {v}" for k, v in synthetic.DATASET_DIRS.items()) + ">)")
+    parser.add_argument(
+        "--out",
+        help=f"output directory (default: {root}/<the preset's folder: "
+        + ", ".join(f"{k}: {v}" for k, v in synthetic.DATASET_DIRS.items())
+        + ">)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="default", choices=sorted(synthetic.PRESETS))
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
@@ -48,17 +52,21 @@ def main(argv=None):
         # Frequency groups are defined by training image counts only.
         groups = "f/c/r " + "/".join(str(sum(s[2] == g for s in stats.values())) for g in "fcr")
         n_images = info[f"num_{split}_images"]
-        print(f"{split}: {n_images} images, {sum(insts)} instances, {len(stats)} classes "
-              f"({groups if split == 'train' else 'class-balanced'}), "
-              f"images per class {max(imgs)}..{min(imgs)}, "
-              f"instances per class {max(insts)}..{min(insts)} -> {info[f'{split}_json']}")
+        print(
+            f"{split}: {n_images} images, {sum(insts)} instances, {len(stats)} classes "
+            f"({groups if split == 'train' else 'class-balanced'}), "
+            f"images per class {max(imgs)}..{min(imgs)}, "
+            f"instances per class {max(insts)}..{min(insts)} -> {info[f'{split}_json']}"
+        )
     for name in ("val", "val_hardneg"):
         with open(info[f"{name}_json"]) as f:
             images = json.load(f)["images"]
         neg = sum(len(im["neg_category_ids"]) for im in images) / len(images)
         ne = sum(len(im["not_exhaustive_category_ids"]) for im in images) / len(images)
-        print(f"{name}: {neg:.2f} negative and {ne:.2f} not-exhaustive categories per image "
-              f"-> {info[f'{name}_json']}")
+        print(
+            f"{name}: {neg:.2f} negative and {ne:.2f} not-exhaustive categories per image "
+            f"-> {info[f'{name}_json']}"
+        )
     print(f"done in {elapsed:.1f}s (preset={args.preset}, seed={args.seed})")
     return info
 

@@ -9,6 +9,7 @@ evaluator. Examples:
       --dataset my_val val.json images/ DATASETS.TRAIN '("my_train",)' DATASETS.TEST '("my_val",)'
   python tools/train_net.py --resume --config-file <the run's config> OUTPUT_DIR <its folder>
 """
+
 import contextlib
 import os
 import shlex
@@ -24,8 +25,8 @@ from detectron2.utils.logger import setup_logger
 
 from ltdet.checkpoint import CHANGED_CONFIG_FLAG, EVAL_ONLY, LongTailCheckpointer, check_resume
 from ltdet.config import add_ltdet_config, merge_config
-from ltdet.data.user_datasets import register_from_config
 from ltdet.config_rules import check_config
+from ltdet.data.user_datasets import register_from_config
 from ltdet.engine import Trainer, launch
 from ltdet.engine.divergence import TrainingDiverged
 from ltdet.file_io import restored_on_error
@@ -33,13 +34,21 @@ from ltdet.file_io import restored_on_error
 
 def argument_parser():
     parser = default_argument_parser()
-    parser.add_argument("--dataset", nargs=3, action="append", default=[],
-                        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-                        help="register an LVIS- or COCO-format json as dataset NAME (repeatable)")
-    parser.add_argument(CHANGED_CONFIG_FLAG, action="store_true",
-                        help="with --resume: resume although the config differs from the "
-                             "checkpoint's in keys that define the model, loss or data (a "
-                             "deliberate change; docs/OUTPUTS_AND_RESUME.md)")
+    parser.add_argument(
+        "--dataset",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register an LVIS- or COCO-format json as dataset NAME (repeatable)",
+    )
+    parser.add_argument(
+        CHANGED_CONFIG_FLAG,
+        action="store_true",
+        help="with --resume: resume although the config differs from the "
+        "checkpoint's in keys that define the model, loss or data (a "
+        "deliberate change; docs/OUTPUTS_AND_RESUME.md)",
+    )
     return parser
 
 
@@ -72,8 +81,9 @@ def main(args):
         setup_outputs(cfg, args)
         model = Trainer.build_model(cfg)
         # every layer from the checkpoint: no AP of a freshly initialised classifier
-        LongTailCheckpointer(model, save_dir=cfg.OUTPUT_DIR, require_complete=True,
-                             purpose=EVAL_ONLY).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        LongTailCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, require_complete=True, purpose=EVAL_ONLY
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -84,8 +94,9 @@ def main(args):
     with restored_on_error(config_yaml) if config_yaml else contextlib.nullcontext():
         setup_outputs(cfg, args)
         trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume,
-                               changed_config_ok=getattr(args, "resume_changed_config", False))
+        trainer.resume_or_load(
+            resume=args.resume, changed_config_ok=getattr(args, "resume_changed_config", False)
+        )
     try:
         return trainer.train()
     except TrainingDiverged as e:  # the same error, with this run's exact resume command
@@ -98,20 +109,37 @@ def resume_command(args) -> str:
     opts = [str(o) for o in args.opts]
     if "SOLVER.BASE_LR" in opts:
         i = opts.index("SOLVER.BASE_LR")
-        del opts[i:i + 2]
+        del opts[i : i + 2]
     argv = ["python", os.path.relpath(os.path.abspath(__file__)), "--config-file", args.config_file]
     for name, json_file, image_root in getattr(args, "dataset", []):
         argv += ["--dataset", name, json_file, image_root]
     if args.num_gpus > 1 or args.num_machines > 1:
-        argv += ["--num-gpus", str(args.num_gpus), "--num-machines", str(args.num_machines),
-                 "--machine-rank", str(args.machine_rank), "--dist-url", args.dist_url]
-    argv += ["--resume"] + ([CHANGED_CONFIG_FLAG] if getattr(args, "resume_changed_config", False)
-                            else []) + opts
+        argv += [
+            "--num-gpus",
+            str(args.num_gpus),
+            "--num-machines",
+            str(args.num_machines),
+            "--machine-rank",
+            str(args.machine_rank),
+            "--dist-url",
+            args.dist_url,
+        ]
+    argv += (
+        ["--resume"]
+        + ([CHANGED_CONFIG_FLAG] if getattr(args, "resume_changed_config", False) else [])
+        + opts
+    )
     return " ".join(shlex.quote(a) for a in argv)
 
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

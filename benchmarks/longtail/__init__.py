@@ -103,8 +103,8 @@ def run_benchmark(
     seeds = [int(s) for s in seeds]
     data_root, info = prepare_data(preset, out, data_root)
     log(
-        f"synthetic set ({preset}): {info['num_classes']} classes, {info['num_train_images']} train / "
-        f"{info['num_val_images']} val images in {data_root}"
+        f"synthetic set ({preset}): {info['num_classes']} classes, "
+        f"{info['num_train_images']} train / {info['num_val_images']} val images in {data_root}"
     )
     runs = plan(
         methods,
@@ -126,7 +126,8 @@ def run_benchmark(
     if command is None:
         command = (
             f"run_benchmark(methods={[getattr(m, 'name', m) for m in methods]}, seeds={seeds}, "
-            f"out={out!r}, preset={preset!r}, extra_opts={list(extra_opts)}, iters_scale={iters_scale})"
+            f"out={out!r}, preset={preset!r}, extra_opts={list(extra_opts)}, "
+            f"iters_scale={iters_scale})"
         )
     if dry_run:
         for r in runs:

@@ -351,9 +351,9 @@ def completed_run_dir(out: str, method: str, seed: int) -> str:
         rows = [r for r in csv.DictReader(f) if r["method"] == method and r["seed"] == str(seed)]
     if not rows:
         raise FileNotFoundError(
-            f"{table} has no run of {method} seed {seed}; re-run python -m benchmarks.longtail with "
-            f"every method and seed the table should hold, {method} seed {seed} included (cached "
-            "runs are reused; the table lists only the runs of its last invocation)"
+            f"{table} has no run of {method} seed {seed}; re-run python -m benchmarks.longtail "
+            f"with every method and seed the table should hold, {method} seed {seed} included "
+            "(cached runs are reused; the table lists only the runs of its last invocation)"
         )
     if rows[0]["status"] not in (OK, CACHED):
         raise FileNotFoundError(
@@ -678,7 +678,8 @@ def prepare_data(preset: str, out: str, data_root: Optional[str] = None) -> tupl
 
 def git_commit(ignore: Optional[str] = None) -> str:
     """HEAD, marked when tracked files differ from it. ``ignore``: the benchmark's output folder,
-    whose tracked results files this tool rewrites after every run (they say nothing of the code)."""
+    whose tracked results files this tool rewrites after every run (they say nothing of the
+    code)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=20

@@ -1,4 +1,5 @@
 """Datasets ltdet registers on import, rooted at $DETECTRON2_DATASETS (default ./datasets)."""
+
 import os
 
 from detectron2.data import DatasetCatalog
@@ -36,7 +37,9 @@ def register_all(root: str = None) -> None:
     # so that metadata and statistics come from the json (detectron2 keeps its own otherwise).
     for name, (json_file, image_root) in _LVIS_SPLITS.items():
         if os.path.isfile(os.path.join(root, json_file)):
-            register_lvis_format(name, os.path.join(root, json_file), os.path.join(root, image_root))
+            register_lvis_format(
+                name, os.path.join(root, json_file), os.path.join(root, image_root)
+            )
     for name, (json_file, image_root) in _SYNTHETIC_SPLITS.items():
         register_lvis_format(name, os.path.join(root, json_file), os.path.join(root, image_root))
 

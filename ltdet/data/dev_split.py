@@ -6,6 +6,7 @@ classes), drawn in a fixed pseudo-random order (``seed``); an image is held out 
 class in it keeps at least one training image.
 The held-out images leave the training set entirely.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Tuple
@@ -13,8 +14,13 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 
-def split_dev(dataset_dicts: List[Dict], num_classes: int, per_class: int, seed: int = 0,
-              allow_uncovered: bool = False) -> Tuple[List[int], List[int]]:
+def split_dev(
+    dataset_dicts: List[Dict],
+    num_classes: int,
+    per_class: int,
+    seed: int = 0,
+    allow_uncovered: bool = False,
+) -> Tuple[List[int], List[int]]:
     """Return (train indices, dev indices). Raises if a class cannot have a development image
     (fewer than two training images, or every image of it holds another class's last one) unless
     ``allow_uncovered``."""
@@ -57,8 +63,13 @@ def split_dev(dataset_dicts: List[Dict], num_classes: int, per_class: int, seed:
 def split_for_config(cfg, dicts: List[Dict]) -> Tuple[List[int], List[int]]:
     """``split_dev`` of the training dicts with LTDET.TWO_COMPONENT's settings."""
     tc = cfg.LTDET.TWO_COMPONENT
-    return split_dev(dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES, tc.DEV_IMAGES_PER_CLASS,
-                     seed=0, allow_uncovered=tc.ALLOW_UNCOVERED)
+    return split_dev(
+        dicts,
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        tc.DEV_IMAGES_PER_CLASS,
+        seed=0,
+        allow_uncovered=tc.ALLOW_UNCOVERED,
+    )
 
 
 def holds_out_dev(cfg) -> bool:

@@ -5,6 +5,7 @@ the json itself, so no built-in class list is needed, and the per-class training
 the balanced losses and samplers consume are computed from its annotations
 (``ltdet.data.class_stats``).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,17 +24,21 @@ logger = logging.getLogger(__name__)
 RARE_MAX_IMAGES = 10
 COMMON_MAX_IMAGES = 100
 
+
 def _read_json(json_file: str) -> dict:
     if not os.path.isfile(json_file):
         raise FileNotFoundError(
             f"dataset json {json_file} does not exist. For LVIS, place it under "
-            "$DETECTRON2_DATASETS/lvis/; for the synthetic demo run `python tools/make_synthetic.py`."
+            "$DETECTRON2_DATASETS/lvis/; for the synthetic demo run "
+            "`python tools/make_synthetic.py`."
         )
     try:
         with open(json_file) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{json_file} is not valid json ({e}); re-download or regenerate it") from e
+        raise ValueError(
+            f"{json_file} is not valid json ({e}); re-download or regenerate it"
+        ) from e
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if not isinstance(data, dict) or missing:
         raise ValueError(
@@ -54,37 +59,52 @@ def lvis_eval_problems(data: dict) -> List[str]:
     image's ``neg_category_ids`` and ``not_exhaustive_category_ids``, every annotation's
     ``area`` and every category's ``frequency`` (r/c/f)."""
     images = data.get("images", [])
-    missing = [k for k in ("neg_category_ids", "not_exhaustive_category_ids")
-               if any(k not in img for img in images)]
+    missing = [
+        k
+        for k in ("neg_category_ids", "not_exhaustive_category_ids")
+        if any(k not in img for img in images)
+    ]
     no_area = [a.get("id") for a in data.get("annotations", []) if "area" not in a]
-    bad = [c.get("id") for c in data.get("categories", []) if c.get("frequency") not in ("r", "c", "f")]
+    bad = [
+        c.get("id") for c in data.get("categories", []) if c.get("frequency") not in ("r", "c", "f")
+    ]
     what = crowd_eval_problems(data.get("annotations", []))
     if missing:
         what.append(f"images without {' / '.join(missing)}")
     if no_area:
-        what.append(f"annotations without an 'area' (ids {no_area[:5]}"
-                    f"{' ...' if len(no_area) > 5 else ''}; lvis-api uses it for the size "
-                    "ranges and to ignore empty objects: the mask's pixel area)")
+        what.append(
+            f"annotations without an 'area' (ids {no_area[:5]}"
+            f"{' ...' if len(no_area) > 5 else ''}; lvis-api uses it for the size "
+            "ranges and to ignore empty objects: the mask's pixel area)"
+        )
     if bad:
-        what.append(f"categories without a 'frequency' of 'r', 'c' or 'f' (ids {bad[:5]}"
-                    f"{' ...' if len(bad) > 5 else ''})")
+        what.append(
+            f"categories without a 'frequency' of 'r', 'c' or 'f' (ids {bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''})"
+        )
     return what
 
 
 def json_format(data: dict) -> str:
-    """"lvis" when the json carries LVIS's fields (categories' ``frequency``, images'
+    """ "lvis" when the json carries LVIS's fields (categories' ``frequency``, images'
     ``neg_category_ids`` / ``not_exhaustive_category_ids``), "coco" when it carries none of them
     (a plain COCO-format json). A json with some of them is "lvis": lvis_eval_problems names what
     it lacks rather than mixing given and derived labels."""
     lvis_keys = ("neg_category_ids", "not_exhaustive_category_ids")
-    has = (any("frequency" in c for c in data["categories"])
-           or any(k in img for img in data["images"] for k in lvis_keys))
+    has = any("frequency" in c for c in data["categories"]) or any(
+        k in img for img in data["images"] for k in lvis_keys
+    )
     return "lvis" if has else "coco"
 
 
-def derive_lvis_fields(data: dict, train_image_counts: Optional[Dict[int, int]] = None, *,
-                       rare_max: int = RARE_MAX_IMAGES, common_max: int = COMMON_MAX_IMAGES,
-                       source: str = "the json") -> dict:
+def derive_lvis_fields(
+    data: dict,
+    train_image_counts: Optional[Dict[int, int]] = None,
+    *,
+    rare_max: int = RARE_MAX_IMAGES,
+    common_max: int = COMMON_MAX_IMAGES,
+    source: str = "the json",
+) -> dict:
     """The LVIS fields of a plain COCO-format json, which lvis-api needs to evaluate it:
 
     - each category's ``frequency``: "r" at <= ``rare_max`` training images, "c" at <=
@@ -98,11 +118,14 @@ def derive_lvis_fields(data: dict, train_image_counts: Optional[Dict[int, int]] 
 
     Returns a new dict (``data`` is left alone) and logs the derivation."""
     if json_format(data) != "coco":
-        raise ValueError(f"{source} already carries LVIS fields; only a COCO-format json is "
-                         "derived")
+        raise ValueError(
+            f"{source} already carries LVIS fields; only a COCO-format json is derived"
+        )
     if not 0 <= rare_max < common_max:
-        raise ValueError(f"frequency thresholds rare_max={rare_max}, common_max={common_max}: "
-                         "need 0 <= LTDET.DATASETS.RARE_MAX_IMAGES < COMMON_MAX_IMAGES")
+        raise ValueError(
+            f"frequency thresholds rare_max={rare_max}, common_max={common_max}: "
+            "need 0 <= LTDET.DATASETS.RARE_MAX_IMAGES < COMMON_MAX_IMAGES"
+        )
     cat_ids = [c["id"] for c in data["categories"]]
     present: Dict[int, Set[int]] = {img["id"]: set() for img in data["images"]}
     for ann in data["annotations"]:
@@ -114,20 +137,36 @@ def derive_lvis_fields(data: dict, train_image_counts: Optional[Dict[int, int]] 
                 train_image_counts[c] = train_image_counts.get(c, 0) + 1
     unknown = [c for c in cat_ids if c not in train_image_counts]
     if unknown:
-        raise ValueError(f"{source}: categories {unknown[:5]} are not in the training json; train "
-                         "and test sets must share one category list")
+        raise ValueError(
+            f"{source}: categories {unknown[:5]} are not in the training json; train "
+            "and test sets must share one category list"
+        )
 
     def group(n: int) -> str:
         return "r" if n <= rare_max else ("c" if n <= common_max else "f")
 
     out = dict(data)
-    out["categories"] = [dict(c, frequency=group(train_image_counts[c["id"]]),
-                              image_count=int(train_image_counts[c["id"]]))
-                         for c in data["categories"]]
-    out["images"] = [dict(img, neg_category_ids=sorted(set(cat_ids) - present[img["id"]]),
-                          not_exhaustive_category_ids=[]) for img in data["images"]]
-    boxes_only = [i for i, a in enumerate(data["annotations"])
-                  if "area" not in a and not a.get("segmentation")]
+    out["categories"] = [
+        dict(
+            c,
+            frequency=group(train_image_counts[c["id"]]),
+            image_count=int(train_image_counts[c["id"]]),
+        )
+        for c in data["categories"]
+    ]
+    out["images"] = [
+        dict(
+            img,
+            neg_category_ids=sorted(set(cat_ids) - present[img["id"]]),
+            not_exhaustive_category_ids=[],
+        )
+        for img in data["images"]
+    ]
+    boxes_only = [
+        i
+        for i, a in enumerate(data["annotations"])
+        if "area" not in a and not a.get("segmentation")
+    ]
     out["annotations"] = list(data["annotations"])
     for i in boxes_only:
         a = out["annotations"][i]
@@ -137,8 +176,15 @@ def derive_lvis_fields(data: dict, train_image_counts: Optional[Dict[int, int]] 
         "%s is COCO format: derived LVIS fields. Frequency groups from training image counts "
         "(rare <= %d, common <= %d images): %d rare, %d common, %d frequent; every category absent "
         "from an image is a verified negative (exhaustive annotation); no not-exhaustive "
-        "categories; %d box areas from w*h", source, rare_max, common_max, groups.count("r"),
-        groups.count("c"), groups.count("f"), len(boxes_only))
+        "categories; %d box areas from w*h",
+        source,
+        rare_max,
+        common_max,
+        groups.count("r"),
+        groups.count("c"),
+        groups.count("f"),
+        len(boxes_only),
+    )
     return out
 
 
@@ -153,9 +199,11 @@ def crowd_eval_problems(annotations: Sequence[dict]) -> List[str]:
     crowd = [a.get("id") for a in crowd_annotations(annotations)]
     if not crowd:
         return []
-    return [f"{len(crowd)} crowd annotations (iscrowd 1, ids {crowd[:5]}"
-            f"{' ...' if len(crowd) > 5 else ''}; lvis-api has no ignore regions and would count "
-            "each as an object to detect: remove them from the json)"]
+    return [
+        f"{len(crowd)} crowd annotations (iscrowd 1, ids {crowd[:5]}"
+        f"{' ...' if len(crowd) > 5 else ''}; lvis-api has no ignore regions and would count "
+        "each as an object to detect: remove them from the json)"
+    ]
 
 
 def without_crowd(annotations: List[dict], source: str) -> List[dict]:
@@ -166,18 +214,25 @@ def without_crowd(annotations: List[dict], source: str) -> List[dict]:
     if not crowd:
         return annotations
     cats = sorted({a.get("category_id") for a in crowd})
-    logger.warning("%s: %d crowd annotations (iscrowd 1; category ids %s) are not trained on and "
-                   "not counted in the class statistics or repeat factors, as in detectron2 and "
-                   "COCO", source, len(crowd), cats[:10] + (["..."] if len(cats) > 10 else []))
+    logger.warning(
+        "%s: %d crowd annotations (iscrowd 1; category ids %s) are not trained on and "
+        "not counted in the class statistics or repeat factors, as in detectron2 and "
+        "COCO",
+        source,
+        len(crowd),
+        cats[:10] + (["..."] if len(cats) > 10 else []),
+    )
     return [a for a in annotations if not a.get("iscrowd", 0)]
 
 
 def lvis_eval_error(problems: List[str], source: str) -> str:
-    return (f"{source} cannot be evaluated with LVIS AP: {'; '.join(problems)}. LVIS-format jsons "
-            "carry them (a COCO json does not): add the image lists (empty lists if annotation is "
-            "not federated), the areas and each category's training frequency group; a plain "
-            "COCO-format json gets them derived when given to tools/train_net.py as --dataset "
-            "NAME JSON IMAGE_ROOT (docs/CUSTOM_DATASETS.md)")
+    return (
+        f"{source} cannot be evaluated with LVIS AP: {'; '.join(problems)}. LVIS-format jsons "
+        "carry them (a COCO json does not): add the image lists (empty lists if annotation is "
+        "not federated), the areas and each category's training frequency group; a plain "
+        "COCO-format json gets them derived when given to tools/train_net.py as --dataset "
+        "NAME JSON IMAGE_ROOT (docs/CUSTOM_DATASETS.md)"
+    )
 
 
 def _image_path(img: dict, image_root: str) -> str:
@@ -292,13 +347,17 @@ def shared_loads() -> Iterator[None]:
             _SHARED = None
 
 
-def _load_registered(json_file: str, image_root: str, name: str,
-                     check_images: bool = True) -> List[dict]:
+def _load_registered(
+    json_file: str, image_root: str, name: str, check_images: bool = True
+) -> List[dict]:
     if _SHARED is None:
         return load_lvis_format_json(json_file, image_root, check_images, dataset_name=name)
     key = (json_file, image_root, name)
     if key not in _SHARED:
-        _SHARED[key] = [load_lvis_format_json(json_file, image_root, False, dataset_name=name), False]
+        _SHARED[key] = [
+            load_lvis_format_json(json_file, image_root, False, dataset_name=name),
+            False,
+        ]
     entry = _SHARED[key]
     if check_images and not entry[1]:
         _check_images(entry[0], json_file, image_root)

@@ -6,6 +6,7 @@ run (fresh workers) augments differently from the uninterrupted one. Here the sa
 index with its position in this rank's stream, and the dataset maps it under an RNG seeded from
 (seed, rank, position): the same batches for any number of workers, and after ``--resume``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -92,8 +93,15 @@ class ShardedStream(torch.utils.data.IterableDataset):
                 yield self.dataset[key]
 
 
-def build_positioned_train_loader(cfg, dicts: List[Dict], sampler, seed: int, skip: int = 0,
-                                  total_batch_size: Optional[int] = None, mapper=None):
+def build_positioned_train_loader(
+    cfg,
+    dicts: List[Dict],
+    sampler,
+    seed: int,
+    skip: int = 0,
+    total_batch_size: Optional[int] = None,
+    mapper=None,
+):
     """What detectron2's ``build_detection_train_loader`` builds from ``cfg`` (DatasetMapper,
     aspect-ratio grouping, workers) over ``dicts`` drawn by ``sampler``, with position-seeded
     augmentation and the first ``skip`` draws of this rank dropped."""
@@ -101,7 +109,11 @@ def build_positioned_train_loader(cfg, dicts: List[Dict], sampler, seed: int, sk
     total = total_batch_size or cfg.SOLVER.IMS_PER_BATCH
     grouping = cfg.DATALOADER.ASPECT_RATIO_GROUPING
     per_rank = total // comm.get_world_size()  # divisibility is checked by detectron2 below
-    stream = ShardedStream(dataset, PositionedSampler(sampler, len(dataset), skip),
-                           chunk=1 if grouping else max(per_rank, 1))
-    return build_batch_data_loader(stream, None, total, aspect_ratio_grouping=grouping,
-                                   num_workers=cfg.DATALOADER.NUM_WORKERS)
+    stream = ShardedStream(
+        dataset,
+        PositionedSampler(sampler, len(dataset), skip),
+        chunk=1 if grouping else max(per_rank, 1),
+    )
+    return build_batch_data_loader(
+        stream, None, total, aspect_ratio_grouping=grouping, num_workers=cfg.DATALOADER.NUM_WORKERS
+    )

@@ -1,4 +1,5 @@
 """Repeat factors for detectron2's RepeatFactorTrainingSampler."""
+
 from __future__ import annotations
 
 from typing import Dict, List
@@ -18,8 +19,9 @@ def _class_image_freq(classes: List[set], num_images: int) -> Dict[int, float]:
     return {c: n / num_images for c, n in counts.items()}
 
 
-def class_balanced_repeat_factors(dataset_dicts: List[Dict], num_classes: int,
-                                  allow_missing: bool = False) -> torch.Tensor:
+def class_balanced_repeat_factors(
+    dataset_dicts: List[Dict], num_classes: int, allow_missing: bool = False
+) -> torch.Tensor:
     """Image repeat factors for a class-balanced meta set (BALMS code): the max over the image's
     classes of 1/f(c), f(c) the fraction of images containing c, scaled by 1/K so that an epoch
     is about as long as the dataset (the distribution is unchanged; LVIS would otherwise list
@@ -34,5 +36,7 @@ def class_balanced_repeat_factors(dataset_dicts: List[Dict], num_classes: int,
             "balanced batch can contain them (LTDET.CLASS_STATS.FLOOR only floors the losses' "
             "counts); remove them from the dataset or disable LTDET.META.ENABLED"
         )
-    return torch.tensor([max((1.0 / (num_classes * freq[c]) for c in cs), default=0.0)
-                         for cs in classes], dtype=torch.float32)
+    return torch.tensor(
+        [max((1.0 / (num_classes * freq[c]) for c in cs), default=0.0) for cs in classes],
+        dtype=torch.float32,
+    )

@@ -53,8 +53,15 @@ from PIL import Image
 
 from ltdet.file_io import atomic_open
 
-__all__ = ["PRESETS", "GROUPS", "DATASET_DIRS", "generate", "describe", "lvis_frequency",
-           "lvis_negatives"]
+__all__ = [
+    "PRESETS",
+    "GROUPS",
+    "DATASET_DIRS",
+    "generate",
+    "describe",
+    "lvis_frequency",
+    "lvis_negatives",
+]
 
 # Bump whenever the output of a (preset, seed) changes; an older folder is then regenerated.
 # 2: the LVIS-like val json; the v1 val json became lvis_synthetic_val_hardneg.json.
@@ -108,8 +115,16 @@ PRESETS = {
     # from 300 training images down to 1.
     "lv": dict(
         num_groups=56,
-        hues=(("red", 0), ("orange", 45), ("yellow", 90), ("green", 135), ("cyan", 180),
-              ("blue", 225), ("purple", 270), ("magenta", 315)),
+        hues=(
+            ("red", 0),
+            ("orange", 45),
+            ("yellow", 90),
+            ("green", 135),
+            ("cyan", 180),
+            ("blue", 225),
+            ("purple", 270),
+            ("magenta", 315),
+        ),
         image_size=128,
         tail_knots=((0, 300), (75, 101), (160, 11), (161, 10), (223, 1)),
         classes_per_image=(0.35, 0.40, 0.25),
@@ -134,10 +149,25 @@ PRESETS = {
 
 # Unit-circumradius outlines; (vertices, max |rotation| in degrees). Orientation jitter is
 # limited for shapes whose identity depends on it (a 45-degree square would be a diamond).
-_STAR = [(0.45 if i % 2 else 1.0) * np.array([math.sin(i * math.pi / 5), -math.cos(i * math.pi / 5)]) for i in range(10)]
+_STAR = [
+    (0.45 if i % 2 else 1.0) * np.array([math.sin(i * math.pi / 5), -math.cos(i * math.pi / 5)])
+    for i in range(10)
+]
 _A, _W = 0.95, 0.32
-_CROSS = [(_W, -_A), (_W, -_W), (_A, -_W), (_A, _W), (_W, _W), (_W, _A),
-          (-_W, _A), (-_W, _W), (-_A, _W), (-_A, -_W), (-_W, -_W), (-_W, -_A)]
+_CROSS = [
+    (_W, -_A),
+    (_W, -_W),
+    (_A, -_W),
+    (_A, _W),
+    (_W, _W),
+    (_W, _A),
+    (-_W, _A),
+    (-_W, _W),
+    (-_A, _W),
+    (-_A, -_W),
+    (-_W, -_W),
+    (-_W, -_A),
+]
 _SHAPES = {
     "disc": ([(math.cos(t), math.sin(t)) for t in np.arange(32) * 2 * math.pi / 32], 180),
     "square": ([(1, 1), (-1, 1), (-1, -1), (1, -1)] / np.sqrt(2), 15),
@@ -165,8 +195,10 @@ def _groups(preset):
     shapes = [g[0] for g in GROUPS]
     cues = ["striped", "dotted", "outlined"]
     families = [(color, hue, shape) for color, hue in preset["hues"] for shape in shapes]
-    out = [(shape, color, hue, cues[i % 3:] + cues[: i % 3])
-           for i, (color, hue, shape) in enumerate(families)]
+    out = [
+        (shape, color, hue, cues[i % 3 :] + cues[: i % 3])
+        for i, (color, hue, shape) in enumerate(families)
+    ]
     if len(out) != preset["num_groups"]:
         raise ValueError(f"num_groups={preset['num_groups']} but hues x shapes = {len(out)}")
     return out
@@ -176,17 +208,43 @@ def _classes(groups):
     """Category specs, group-major; category id = index + 1."""
     out = []
     for g, (shape, color, hue, cues) in enumerate(groups):
-        out.append(dict(group=g, member=0, shape=shape, hue=hue, cue="solid",
-                        name=f"{color}_{shape}", desc=f"a solid {color} {shape}"))
+        out.append(
+            dict(
+                group=g,
+                member=0,
+                shape=shape,
+                hue=hue,
+                cue="solid",
+                name=f"{color}_{shape}",
+                desc=f"a solid {color} {shape}",
+            )
+        )
         for m, cue in enumerate(cues, start=1):
             if isinstance(cue, tuple):
                 cname, chue = cue
-                out.append(dict(group=g, member=m, shape=shape, hue=chue, cue="solid",
-                                name=f"{cname}_{shape}",
-                                desc=f"a solid {cname} {shape} (hue-shifted {color} {shape})"))
+                out.append(
+                    dict(
+                        group=g,
+                        member=m,
+                        shape=shape,
+                        hue=chue,
+                        cue="solid",
+                        name=f"{cname}_{shape}",
+                        desc=f"a solid {cname} {shape} (hue-shifted {color} {shape})",
+                    )
+                )
             else:
-                out.append(dict(group=g, member=m, shape=shape, hue=hue, cue=cue,
-                                name=f"{color}_{shape}_{cue}", desc=f"a {cue} {color} {shape}"))
+                out.append(
+                    dict(
+                        group=g,
+                        member=m,
+                        shape=shape,
+                        hue=hue,
+                        cue=cue,
+                        name=f"{color}_{shape}_{cue}",
+                        desc=f"a {cue} {color} {shape}",
+                    )
+                )
     return out
 
 
@@ -238,14 +296,19 @@ def _assign(rng, counts, k_probs):
 
 
 def _hsv(h_deg, s, v):
-    return np.array(colorsys.hsv_to_rgb((h_deg % 360) / 360.0, min(max(s, 0), 1), min(max(v, 0), 1)))
+    return np.array(
+        colorsys.hsv_to_rgb((h_deg % 360) / 360.0, min(max(s, 0), 1), min(max(v, 0), 1))
+    )
 
 
 def _raster(poly, h, w):
     """Mask of the pixels whose centre lies inside ``poly`` (even-odd rule), restricted to
     the polygon's bounding window: returns (mask, (y0, y1, x0, x1))."""
     x0, y0 = max(int(math.floor(poly[:, 0].min())), 0), max(int(math.floor(poly[:, 1].min())), 0)
-    x1, y1 = min(int(math.ceil(poly[:, 0].max())) + 1, w), min(int(math.ceil(poly[:, 1].max())) + 1, h)
+    x1, y1 = (
+        min(int(math.ceil(poly[:, 0].max())) + 1, w),
+        min(int(math.ceil(poly[:, 1].max())) + 1, h),
+    )
     py, px = np.mgrid[y0:y1, x0:x1] + 0.5
     inside = np.zeros(px.shape, dtype=bool)
     for (xa, ya), (xb, yb) in zip(poly, np.roll(poly, -1, axis=0)):
@@ -265,7 +328,9 @@ def _place(rng, radii, size, required):
         while i not in placed:
             for _ in range(60):
                 c = rng.uniform(r + 1, size - r - 1, size=2)
-                if all(math.hypot(c[0] - q[0], c[1] - q[1]) >= r + q[2] + 2 for q in placed.values()):
+                if all(
+                    math.hypot(c[0] - q[0], c[1] - q[1]) >= r + q[2] + 2 for q in placed.values()
+                ):
                     placed[i] = (float(c[0]), float(c[1]), r)
                     break
             else:
@@ -298,8 +363,17 @@ def _render_object(rng, img, spec, cx, cy, r):
         inner = mask  # erode by a (2*width+1)^2 box via shifted ANDs
         for _ in range(max(2, int(round(0.16 * r)))):
             p = np.pad(inner, 1)
-            inner = (p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
-                     & p[:-2, :-2] & p[:-2, 2:] & p[2:, :-2] & p[2:, 2:])
+            inner = (
+                p[1:-1, 1:-1]
+                & p[:-2, 1:-1]
+                & p[2:, 1:-1]
+                & p[1:-1, :-2]
+                & p[1:-1, 2:]
+                & p[:-2, :-2]
+                & p[:-2, 2:]
+                & p[2:, :-2]
+                & p[2:, 2:]
+            )
         tex[mask & ~inner] = _hsv(spec["hue"], sat * 0.6, 0.2)
     img[y0:y1, x0:x1][mask] = tex[mask]
     return poly, int(mask.sum())
@@ -320,14 +394,18 @@ def _make_split(out_dir, split, preset, classes, counts, rng):
     if split == "train":
         per_image = _assign(rng, counts, preset["classes_per_image"])
     else:
-        per_image = _assign(rng, [preset["val_images_per_class"]] * num_cls, preset["val_classes_per_image"])
+        per_image = _assign(
+            rng, [preset["val_images_per_class"]] * num_cls, preset["val_classes_per_image"]
+        )
     lo, hi = preset["object_size"]
     os.makedirs(os.path.join(out_dir, split), exist_ok=True)
     images, anns = [], []
     for img_id, cls_list in enumerate(per_image, start=1):
         objs = list(cls_list)
         if split == "train":  # extra instances of present classes, at most 4 objects in all
-            extra = min(rng.choice(len(preset["extra_objects"]), p=preset["extra_objects"]), 4 - len(objs))
+            extra = min(
+                rng.choice(len(preset["extra_objects"]), p=preset["extra_objects"]), 4 - len(objs)
+            )
             objs += [int(c) for c in rng.choice(cls_list, size=extra)]
         required = [True] * len(cls_list) + [False] * (len(objs) - len(cls_list))
         radii = [0.5 * math.exp(rng.uniform(math.log(lo), math.log(hi))) for _ in objs]
@@ -342,11 +420,21 @@ def _make_split(out_dir, split, preset, classes, counts, rng):
             present.add(objs[i])
             x0, y0 = poly.min(axis=0)
             x1, y1 = poly.max(axis=0)
-            anns.append(dict(
-                id=len(anns) + 1, image_id=img_id, category_id=objs[i] + 1,
-                bbox=[round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
-                area=float(area), segmentation=[[round(float(v), 2) for v in poly.ravel()]],
-            ))
+            anns.append(
+                dict(
+                    id=len(anns) + 1,
+                    image_id=img_id,
+                    category_id=objs[i] + 1,
+                    bbox=[
+                        round(float(x0), 2),
+                        round(float(y0), 2),
+                        round(float(x1 - x0), 2),
+                        round(float(y1 - y0), 2),
+                    ],
+                    area=float(area),
+                    segmentation=[[round(float(v), 2) for v in poly.ravel()]],
+                )
+            )
         if preset["noise_std"] > 0:
             img += rng.normal(0.0, preset["noise_std"], size=img.shape)
         # Hard negatives (lvis_synthetic_val_hardneg.json): confusable siblings of present
@@ -359,11 +447,20 @@ def _make_split(out_dir, split, preset, classes, counts, rng):
         if others:
             neg |= {int(c) for c in rng.choice(others, size=min(5, len(others)), replace=False)}
         rel = f"{split}/{img_id:06d}.png"
-        Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)).save(os.path.join(out_dir, rel))
-        images.append(dict(
-            id=img_id, file_name=rel, coco_url=f"synthetic://{rel}", height=size, width=size,
-            neg_category_ids=sorted(c + 1 for c in neg), not_exhaustive_category_ids=[],
-        ))
+        Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)).save(
+            os.path.join(out_dir, rel)
+        )
+        images.append(
+            dict(
+                id=img_id,
+                file_name=rel,
+                coco_url=f"synthetic://{rel}",
+                height=size,
+                width=size,
+                neg_category_ids=sorted(c + 1 for c in neg),
+                not_exhaustive_category_ids=[],
+            )
+        )
     return images, anns
 
 
@@ -384,8 +481,10 @@ def lvis_negatives(rng, positives, frequency):
         raise ValueError("no absent class to draw negatives from")
     q = LVIS_NEG_PER_POS * sum(len(p) for p in positives) / absent_rate
     if q * rate.max() > 1:
-        raise ValueError(f"too few classes ({num_cls}) for LVIS's {LVIS_NEG_PER_POS:.2f} "
-                         "negatives per positive: use a preset with more classes")
+        raise ValueError(
+            f"too few classes ({num_cls}) for LVIS's {LVIS_NEG_PER_POS:.2f} "
+            "negatives per positive: use a preset with more classes"
+        )
     negatives, not_exhaustive = [], []
     for p in positives:
         draw = rng.random(num_cls) < q * rate
@@ -447,11 +546,14 @@ def generate(out_dir, preset="default", seed=0, force=False):
     if not force and os.path.isfile(marker_path):
         with open(marker_path) as f:
             marker = json.load(f)
-        done = all(os.path.isfile(os.path.join(out_dir, f"lvis_synthetic_{s}.json"))
-                   for s in _JSONS)
+        done = all(
+            os.path.isfile(os.path.join(out_dir, f"lvis_synthetic_{s}.json")) for s in _JSONS
+        )
         # images deleted since (a cleaned folder) make it incomplete too: regenerate them
-        done = done and all(_num_pngs(os.path.join(out_dir, s)) == marker.get(f"num_{s}_images")
-                            for s in ("train", "val"))
+        done = done and all(
+            _num_pngs(os.path.join(out_dir, s)) == marker.get(f"num_{s}_images")
+            for s in ("train", "val")
+        )
         if done and all(marker.get(k) == v for k, v in want.items()):
             return _result(out_dir, marker)
 
@@ -473,8 +575,16 @@ def generate(out_dir, preset="default", seed=0, force=False):
     img_counts, inst_counts = _stats(splits["train"][1], len(classes))
     assert img_counts == counts, "class-to-image assignment missed a target count"
     categories = [
-        dict(id=i + 1, name=c["name"], synonyms=[c["name"]], synset=c["name"], **{"def": c["desc"]},
-             frequency=lvis_frequency(img_counts[i]), image_count=img_counts[i], instance_count=inst_counts[i])
+        dict(
+            id=i + 1,
+            name=c["name"],
+            synonyms=[c["name"]],
+            synset=c["name"],
+            **{"def": c["desc"]},
+            frequency=lvis_frequency(img_counts[i]),
+            image_count=img_counts[i],
+            instance_count=inst_counts[i],
+        )
         for i, c in enumerate(classes)
     ]
     # The LVIS-like val negatives, from their own stream: the split streams stay as in version 1.
@@ -483,11 +593,17 @@ def generate(out_dir, preset="default", seed=0, force=False):
     for a in val_anns:
         positives[a["image_id"] - 1].add(a["category_id"] - 1)
     neg_rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 1, 1])))
-    negatives, not_exhaustive = lvis_negatives(neg_rng, positives,
-                                               [c["frequency"] for c in categories])
-    lvis_images = [dict(im, neg_category_ids=[c + 1 for c in neg],
-                        not_exhaustive_category_ids=[c + 1 for c in ne])
-                   for im, neg, ne in zip(val_images, negatives, not_exhaustive)]
+    negatives, not_exhaustive = lvis_negatives(
+        neg_rng, positives, [c["frequency"] for c in categories]
+    )
+    lvis_images = [
+        dict(
+            im,
+            neg_category_ids=[c + 1 for c in neg],
+            not_exhaustive_category_ids=[c + 1 for c in ne],
+        )
+        for im, neg, ne in zip(val_images, negatives, not_exhaustive)
+    ]
     jsons = {
         "train": (splits["train"], "train"),
         "val": ((lvis_images, val_anns), "val, LVIS-like negatives"),
@@ -495,12 +611,23 @@ def generate(out_dir, preset="default", seed=0, force=False):
         "val_hardneg": (splits["val"], "val"),
     }
     for name, ((images, anns), what) in jsons.items():
-        info = dict(description=f"ltdet synthetic long-tailed dataset ({what})", preset=preset,
-                    seed=int(seed), version=_JSON_VERSIONS[name], year=2024)
-        _dump(os.path.join(out_dir, f"lvis_synthetic_{name}.json"),
-              dict(info=info, licenses=[], images=images, annotations=anns, categories=categories))
-    marker = dict(want, num_classes=len(classes), num_train_images=len(splits["train"][0]),
-                  num_val_images=len(splits["val"][0]))
+        info = dict(
+            description=f"ltdet synthetic long-tailed dataset ({what})",
+            preset=preset,
+            seed=int(seed),
+            version=_JSON_VERSIONS[name],
+            year=2024,
+        )
+        _dump(
+            os.path.join(out_dir, f"lvis_synthetic_{name}.json"),
+            dict(info=info, licenses=[], images=images, annotations=anns, categories=categories),
+        )
+    marker = dict(
+        want,
+        num_classes=len(classes),
+        num_train_images=len(splits["train"][0]),
+        num_val_images=len(splits["val"][0]),
+    )
     _dump(marker_path, marker)
     return _result(out_dir, marker)
 
@@ -517,4 +644,6 @@ def describe(json_path):
     for a in data["annotations"]:
         imgs[index[a["category_id"]]].add(a["image_id"])
         inst[index[a["category_id"]]] += 1
-    return {c["name"]: (len(imgs[i]), inst[i], lvis_frequency(len(imgs[i]))) for i, c in enumerate(cats)}
+    return {
+        c["name"]: (len(imgs[i]), inst[i], lvis_frequency(len(imgs[i]))) for i, c in enumerate(cats)
+    }

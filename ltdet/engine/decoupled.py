@@ -5,6 +5,7 @@ RoI pooling, box head) in eval mode without autograd, and skips everything whose
 gradient (mask head, box-regression and RPN losses). The classifier's features are computed once
 per batch and reused by the meta look-ahead and the main step.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -48,7 +49,10 @@ def _training_proposals(rpn: nn.Module):
     """Let an eval-mode RPN keep its *training* top-k (PRE/POST_NMS_TOPK_TRAIN), as the original
     fine-tuning did in training mode, without computing the RPN losses that training mode needs."""
     saved = dict(rpn.pre_nms_topk), dict(rpn.post_nms_topk)
-    rpn.pre_nms_topk[False], rpn.post_nms_topk[False] = rpn.pre_nms_topk[True], rpn.post_nms_topk[True]
+    rpn.pre_nms_topk[False], rpn.post_nms_topk[False] = (
+        rpn.pre_nms_topk[True],
+        rpn.post_nms_topk[True],
+    )
     try:
         yield
     finally:
@@ -56,8 +60,9 @@ def _training_proposals(rpn: nn.Module):
 
 
 @torch.no_grad()
-def classifier_inputs(model: nn.Module, batched_inputs: List[Dict],
-                      chunk: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def classifier_inputs(
+    model: nn.Module, batched_inputs: List[Dict], chunk: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Box-head features [N, D] of the sampled proposals of a batch and their gt classes [N], by
     the frozen trunk in eval mode (RPN proposals with the training top-k; sampling and gt
     matching are the ROI heads' own, PROPOSAL_APPEND_GT included).
@@ -73,21 +78,23 @@ def classifier_inputs(model: nn.Module, batched_inputs: List[Dict],
     step = chunk if chunk > 0 else n
     xs, classes = [], []
     for i in range(0, n, step):
-        part = ImageList(images.tensor[i:i + step], images.image_sizes[i:i + step])
+        part = ImageList(images.tensor[i : i + step], images.image_sizes[i : i + step])
         features = model.backbone(part.tensor)
         with _training_proposals(model.proposal_generator):
             proposals, _ = model.proposal_generator(part, features, None)
-        proposals = heads.label_and_sample_proposals(proposals, gt[i:i + step])
-        x = heads.box_pooler([features[f] for f in heads.box_in_features],
-                             [p.proposal_boxes for p in proposals])
+        proposals = heads.label_and_sample_proposals(proposals, gt[i : i + step])
+        x = heads.box_pooler(
+            [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]
+        )
         del features  # the next chunk's trunk reuses this memory
         xs.append(heads.box_head(x).flatten(1))
         classes += [p.gt_classes for p in proposals]
     return cat(xs, dim=0), cat(classes, dim=0)
 
 
-def _unlogged_inputs(model: nn.Module, batched_inputs: List[Dict],
-                     chunk: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _unlogged_inputs(
+    model: nn.Module, batched_inputs: List[Dict], chunk: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``classifier_inputs`` of a meta / development batch. The proposal sampling logs
     roi_head/num_fg_samples etc.; those would describe this batch mixed with the training
     batch's, so they go to a throwaway storage."""
@@ -102,11 +109,21 @@ class DecoupledTrainStep(SimpleTrainer):
     wrapped in DDP: the frozen trunk never runs under autograd, so DDP would have nothing to hook).
     """
 
-    def __init__(self, model, data_loader, optimizer, *, reweigher: Optional[MetaReweigher] = None,
-                 meta_loader=None, meta_optimizer: Optional[torch.optim.Optimizer] = None,
-                 meta_loss: str = "plain", meta_interval: int = 1,
-                 two_component: Optional[Tuple[torch.Tensor, float]] = None,
-                 m2m: Optional[M2mTranslator] = None, trunk_chunk: int = 0):
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        *,
+        reweigher: Optional[MetaReweigher] = None,
+        meta_loader=None,
+        meta_optimizer: Optional[torch.optim.Optimizer] = None,
+        meta_loss: str = "plain",
+        meta_interval: int = 1,
+        two_component: Optional[Tuple[torch.Tensor, float]] = None,
+        m2m: Optional[M2mTranslator] = None,
+        trunk_chunk: int = 0,
+    ):
         """``two_component``: (class weights w_y [K], eps step size) for Jamal et al.'s weights,
         with ``meta_loader`` drawing from the development split. ``m2m``: adds translated
         features to every batch (before any meta step, so all steps see the same batch).
@@ -134,10 +151,13 @@ class DecoupledTrainStep(SimpleTrainer):
         # The trunk runs without autograd and only the classification loss is computed, so a
         # parameter outside the class-score layer would be "trained" without ever a gradient.
         classifier = {id(p) for p in self.predictor.cls_score.parameters()}
-        outside = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in classifier]
+        outside = [
+            n for n, p in model.named_parameters() if p.requires_grad and id(p) not in classifier
+        ]
         if outside:
             raise ValueError(
-                f"LTDET.DECOUPLED.TRAINABLE selects {outside[:5]}{' ...' if len(outside) > 5 else ''}"
+                f"LTDET.DECOUPLED.TRAINABLE selects "
+                f"{outside[:5]}{' ...' if len(outside) > 5 else ''}"
                 ", outside the class-score layer: the decoupled step computes only the "
                 "classification loss on features of a frozen trunk, so these would never get a "
                 "gradient. Keep TRAINABLE within 'roi_heads.box_predictor.cls_score.*', or set "
@@ -171,8 +191,9 @@ class DecoupledTrainStep(SimpleTrainer):
         metrics = {}
         weights = None
         if self.m2m is not None:
-            x_gen, gt_gen, m2m_stats = self.m2m(x, gt, len(data), self.predictor.logits,
-                                                self.predictor.logit_scale)
+            x_gen, gt_gen, m2m_stats = self.m2m(
+                x, gt, len(data), self.predictor.logits, self.predictor.logit_scale
+            )
             metrics.update(m2m_stats)
             x, gt = torch.cat([x, x_gen]), torch.cat([gt, gt_gen])
         # the random part of the loss (the federated classes), drawn once: a meta look-ahead
@@ -182,16 +203,38 @@ class DecoupledTrainStep(SimpleTrainer):
             x_dev, gt_dev = _unlogged_inputs(self.model, next(self._meta_iter), self.trunk_chunk)
             class_weights, eps_lr = self.two_component
             weights = two_component_weights(
-                self.predictor.cls_score, self.optimizer, class_weights.to(x.device), eps_lr,
-                self._train_loss, self._meta_loss, x, gt, x_dev, gt_dev)
+                self.predictor.cls_score,
+                self.optimizer,
+                class_weights.to(x.device),
+                eps_lr,
+                self._train_loss,
+                self._meta_loss,
+                x,
+                gt,
+                x_dev,
+                gt_dev,
+            )
             fg = gt < self.predictor.num_classes
             if fg.any():
-                metrics["eps_abs_mean"] = float((weights[fg] - class_weights.to(x.device)[gt[fg]]).abs().mean())
+                metrics["eps_abs_mean"] = float(
+                    (weights[fg] - class_weights.to(x.device)[gt[fg]]).abs().mean()
+                )
         if self.reweigher is not None and self.iter % self.meta_interval == 0:
             x_meta, gt_meta = _unlogged_inputs(self.model, next(self._meta_iter), self.trunk_chunk)
-            metrics.update(meta_reweigher_step(
-                self.predictor.cls_score, self.optimizer, self.reweigher, self.meta_optimizer,
-                self._train_loss, self._meta_loss, x, gt, x_meta, gt_meta))
+            metrics.update(
+                meta_reweigher_step(
+                    self.predictor.cls_score,
+                    self.optimizer,
+                    self.reweigher,
+                    self.meta_optimizer,
+                    self._train_loss,
+                    self._meta_loss,
+                    x,
+                    gt,
+                    x_meta,
+                    gt_meta,
+                )
+            )
 
         if self.reweigher is not None:
             weights = self.reweigher(gt).detach()
@@ -199,8 +242,9 @@ class DecoupledTrainStep(SimpleTrainer):
         loss = self._train_loss(scores, gt, weights)
         self.optimizer.zero_grad()
         loss.backward()
-        averaged = all_reduce_tensors({i: p.grad for i, p in enumerate(self.trainable)},
-                                      average=True)
+        averaged = all_reduce_tensors(
+            {i: p.grad for i, p in enumerate(self.trainable)}, average=True
+        )
         for p, g in zip(self.trainable, averaged.values()):
             if g is not p.grad:
                 p.grad.copy_(g)
@@ -219,7 +263,9 @@ class DecoupledTrainStep(SimpleTrainer):
         super().load_state_dict(state_dict)
         if self.meta_optimizer is not None:
             if "meta_optimizer" not in state_dict:
-                raise ValueError("the checkpoint to resume from has no Meta Reweigher optimizer "
-                                 "state: it was saved without LTDET.META.ENABLED. Resume with the "
-                                 "config that run used, or train into a new OUTPUT_DIR")
+                raise ValueError(
+                    "the checkpoint to resume from has no Meta Reweigher optimizer "
+                    "state: it was saved without LTDET.META.ENABLED. Resume with the "
+                    "config that run used, or train into a new OUTPUT_DIR"
+                )
             self.meta_optimizer.load_state_dict(state_dict["meta_optimizer"])

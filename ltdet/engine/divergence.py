@@ -1,5 +1,6 @@
 """A diverging training run: the error that keeps its context, and the hook that warns while the
 loss grows without yet being NaN (docs/OUTPUTS_AND_RESUME.md)."""
+
 from __future__ import annotations
 
 import logging
@@ -18,29 +19,52 @@ class TrainingDiverged(FloatingPointError):
     a lower SOLVER.BASE_LR. ``command`` is the run's command line without the new learning rate
     (``tools/train_net.py`` gives its own; see ``with_command``)."""
 
-    def __init__(self, iteration: int, lr: float, base_lr: float, output_dir: str,
-                 checkpoint: Optional[str], cause: str, command: Optional[str] = None):
+    def __init__(
+        self,
+        iteration: int,
+        lr: float,
+        base_lr: float,
+        output_dir: str,
+        checkpoint: Optional[str],
+        cause: str,
+        command: Optional[str] = None,
+    ):
         self.iteration, self.lr, self.base_lr = iteration, lr, base_lr
         self.output_dir, self.checkpoint, self.cause = output_dir, checkpoint, cause
-        self.command = command or ("python tools/train_net.py --config-file <the run's config> "
-                                   f"--resume OUTPUT_DIR {output_dir}")
+        self.command = command or (
+            "python tools/train_net.py --config-file <the run's config> "
+            f"--resume OUTPUT_DIR {output_dir}"
+        )
         super().__init__(self._message())
 
     def _message(self) -> str:
         lower = f"SOLVER.BASE_LR {self.base_lr / 10:g}"
         if self.checkpoint is None:
-            fix = (f"No checkpoint was written before it: start again with a lower learning "
-                   f"rate: {self.command} {lower}")
+            fix = (
+                f"No checkpoint was written before it: start again with a lower learning "
+                f"rate: {self.command} {lower}"
+            )
         else:
-            fix = (f"The last finite checkpoint is {self.checkpoint} (non-finite weights are never "
-                   f"saved); resume from it with a lower learning rate: {self.command} {lower}")
-        return (f"Training diverged at iteration {self.iteration}, learning rate {self.lr:g} "
-                f"(SOLVER.BASE_LR {self.base_lr:g}): {self.cause.splitlines()[0]} {fix}")
+            fix = (
+                f"The last finite checkpoint is {self.checkpoint} (non-finite weights are never "
+                f"saved); resume from it with a lower learning rate: {self.command} {lower}"
+            )
+        return (
+            f"Training diverged at iteration {self.iteration}, learning rate {self.lr:g} "
+            f"(SOLVER.BASE_LR {self.base_lr:g}): {self.cause.splitlines()[0]} {fix}"
+        )
 
     def with_command(self, command: str) -> "TrainingDiverged":
         """The same error, with the exact command line of the run to resume."""
-        return TrainingDiverged(self.iteration, self.lr, self.base_lr, self.output_dir,
-                                self.checkpoint, self.cause, command)
+        return TrainingDiverged(
+            self.iteration,
+            self.lr,
+            self.base_lr,
+            self.output_dir,
+            self.checkpoint,
+            self.cause,
+            command,
+        )
 
 
 class LossGrowthHook(HookBase):
@@ -55,8 +79,9 @@ class LossGrowthHook(HookBase):
 
     def __init__(self, window: int = 20, factor: float = 100.0):
         if window < 1 or factor <= 1:
-            raise ValueError(f"LossGrowthHook needs window >= 1 and factor > 1, got {window}, "
-                             f"{factor}")
+            raise ValueError(
+                f"LossGrowthHook needs window >= 1 and factor > 1, got {window}, {factor}"
+            )
         self.window, self.factor = window, factor
         self.first: Optional[Tuple[float, int]] = None  # (loss, iteration) this run began with
         self._recent: Deque[float] = deque(maxlen=window)
@@ -79,11 +104,17 @@ class LossGrowthHook(HookBase):
         recent = float(np.median(self._recent))
         if recent >= self._warn_at * self.first[0]:
             self._warn_at = recent / self.first[0] * 10
-            lr = (f"{storage.history('lr').latest():g}" if "lr" in storage.histories()
-                  else "unknown")
+            lr = f"{storage.history('lr').latest():g}" if "lr" in storage.histories() else "unknown"
             logger.warning(
                 "The training loss grew %.3gx: median %.4g over the last %d iterations (to "
                 "iteration %d) against %.4g at this run's first iteration (%d). The run is likely "
                 "diverging (learning rate now %s): consider stopping it and resuming from an "
-                "earlier checkpoint with a lower SOLVER.BASE_LR", recent / self.first[0], recent,
-                self.window, iteration, self.first[0], self.first[1], lr)
+                "earlier checkpoint with a lower SOLVER.BASE_LR",
+                recent / self.first[0],
+                recent,
+                self.window,
+                iteration,
+                self.first[0],
+                self.first[1],
+                lr,
+            )

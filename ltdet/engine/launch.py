@@ -5,6 +5,7 @@ without CUDA we start the same number of CPU processes on the gloo backend inste
 distributed code paths (DDP, all-reduce of meta gradients, evaluation gathering) run in tests and
 on laptops. With CUDA this defers to detectron2's launch unchanged.
 """
+
 from __future__ import annotations
 
 import socket
@@ -36,26 +37,46 @@ def launch(
     """Like ``detectron2.engine.launch``; without CUDA, ``num_gpus_per_machine`` CPU processes."""
     world_size = num_machines * num_gpus_per_machine
     if torch.cuda.is_available() or world_size <= 1:
-        d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args=args,
-                  timeout=timeout)
+        d2_launch(
+            main_func,
+            num_gpus_per_machine,
+            num_machines,
+            machine_rank,
+            dist_url,
+            args=args,
+            timeout=timeout,
+        )
         return
     if dist_url in (None, "auto"):
         if num_machines != 1:
-            raise ValueError("dist_url='auto' only works on one machine; pass --dist-url tcp://HOST:PORT")
+            raise ValueError(
+                "dist_url='auto' only works on one machine; pass --dist-url tcp://HOST:PORT"
+            )
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
     mp.start_processes(
         _cpu_worker,
         nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout),
+        args=(
+            main_func,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            tuple(args),
+            timeout,
+        ),
         daemon=False,
         start_method="spawn",
     )
 
 
-def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout):
+def _cpu_worker(
+    local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout
+):
     rank = machine_rank * per_machine + local_rank
-    dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank,
-                            timeout=timeout)
+    dist.init_process_group(
+        "gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
+    )
     # detectron2's comm.get_local_rank() reads this group (set as detectron2's launch does).
     for m in range(world_size // per_machine):
         group = dist.new_group(list(range(m * per_machine, (m + 1) * per_machine)))

@@ -13,6 +13,7 @@ back-propagates v through its own gradient g_r(w) and the results are summed (sc
 which is exactly the gradient of the all-rank meta loss. Every rank ends with the same meta
 gradient, so the class weights stay identical.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict
@@ -43,21 +44,26 @@ def all_reduce_tensors(tensors: Dict, average: bool) -> Dict:
         flat /= world
     out, i = {}, 0
     for k, t in tensors.items():
-        out[k] = flat[i:i + t.numel()].view_as(t)
+        out[k] = flat[i : i + t.numel()].view_as(t)
         i += t.numel()
     return out
 
 
-def sgd_lookahead(optimizer: torch.optim.Optimizer, named: Dict[str, nn.Parameter],
-                  grads: Dict[str, torch.Tensor]):
+def sgd_lookahead(
+    optimizer: torch.optim.Optimizer, named: Dict[str, nn.Parameter], grads: Dict[str, torch.Tensor]
+):
     """What ``optimizer.step()`` (torch SGD) would make of ``named`` given ``grads``, without
     touching it; also returns c = d theta' / d g per parameter (a scalar)."""
     # The look-ahead is SGD's update rule (BALMS, Jamal et al.): another optimizer (an
     # overridden build_optimizer) would be simulated wrongly, without a word.
-    if not isinstance(optimizer, torch.optim.SGD) or any(g.get("maximize") for g in optimizer.param_groups):
-        raise ValueError(f"the meta look-ahead simulates a torch.optim.SGD step (minimising), but "
-                         f"the training optimizer is {type(optimizer).__name__}: use detectron2's "
-                         "SGD (Trainer.build_optimizer) with LTDET.META / LTDET.TWO_COMPONENT")
+    if not isinstance(optimizer, torch.optim.SGD) or any(
+        g.get("maximize") for g in optimizer.param_groups
+    ):
+        raise ValueError(
+            f"the meta look-ahead simulates a torch.optim.SGD step (minimising), but "
+            f"the training optimizer is {type(optimizer).__name__}: use detectron2's "
+            "SGD (Trainer.build_optimizer) with LTDET.META / LTDET.TWO_COMPONENT"
+        )
     new, coef = {}, {}
     for k, p in named.items():
         group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
@@ -107,6 +113,7 @@ def meta_gradient(
         def loss(ps):
             scores = functional_call(classifier, ps, (x_train,))
             return train_loss(scores, gt_train, weights_of(w_))
+
         return grad(loss)(params)
 
     g_local, back = vjp(inner, w.detach())
@@ -135,9 +142,19 @@ def meta_reweigher_step(
     gt_meta: torch.Tensor,
 ) -> Dict[str, float]:
     """Update ``reweigher`` by one meta step; the classifier and ``optimizer`` are untouched."""
-    h = meta_gradient(classifier, optimizer, train_loss,
-                      lambda w: proposal_weights(w, gt_train), reweigher.logits, meta_loss,
-                      x_train, gt_train, x_meta, gt_meta, shared=True)
+    h = meta_gradient(
+        classifier,
+        optimizer,
+        train_loss,
+        lambda w: proposal_weights(w, gt_train),
+        reweigher.logits,
+        meta_loss,
+        x_train,
+        gt_train,
+        x_meta,
+        gt_meta,
+        shared=True,
+    )
     meta_optimizer.zero_grad(set_to_none=True)
     reweigher.logits.grad = h
     meta_optimizer.step()
@@ -165,13 +182,27 @@ def two_component_weights(
     """
     num_classes = class_weights.numel()
     fg = gt_train < num_classes
-    base = torch.where(fg, class_weights[gt_train.clamp(max=num_classes - 1)],
-                       torch.ones_like(gt_train, dtype=class_weights.dtype))
+    base = torch.where(
+        fg,
+        class_weights[gt_train.clamp(max=num_classes - 1)],
+        torch.ones_like(gt_train, dtype=class_weights.dtype),
+    )
 
     def weights_of(eps):
         return base + torch.where(fg, eps, torch.zeros_like(eps))
 
     eps0 = torch.zeros_like(base)
-    h = meta_gradient(classifier, optimizer, train_loss, weights_of, eps0, dev_loss,
-                      x_train, gt_train, x_dev, gt_dev, shared=False)
+    h = meta_gradient(
+        classifier,
+        optimizer,
+        train_loss,
+        weights_of,
+        eps0,
+        dev_loss,
+        x_train,
+        gt_train,
+        x_dev,
+        gt_dev,
+        shared=False,
+    )
     return weights_of(-eps_lr * h).detach()

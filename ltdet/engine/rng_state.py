@@ -5,6 +5,7 @@ runs on, M2m from the same, augmentation from numpy and python. Each rank has it
 (detectron2 seeds rank r with SEED + r), but only rank 0 writes the checkpoint, so the states
 of all ranks are gathered just before each checkpoint step and saved together.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,9 +22,17 @@ def capture() -> Dict:
     """This process's torch (CPU and current CUDA device), numpy and python RNG states, as tensors
     and builtins only (torch.load's weights_only mode refuses numpy objects)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                       float(gauss)]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [
+            kind,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(gauss),
+        ],
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -54,7 +63,9 @@ def restore_from_checkpoint(state_dict: Dict) -> None:
                 "The checkpoint holds RNG states for %s process(es), not %d: every rank "
                 "continues from rank 0's, so this resume is not bit-exact (ROI sampling draws "
                 "differ); resume with as many processes as the run that saved it",
-                len(per_rank) if per_rank is not None else 1, world)
+                len(per_rank) if per_rank is not None else 1,
+                world,
+            )
 
 
 class GatherRngHook(HookBase):

@@ -1,4 +1,5 @@
 """detectron2's DefaultTrainer with ltdet's evaluator, checks and CPU-distributed support."""
+
 from __future__ import annotations
 
 import functools
@@ -40,8 +41,9 @@ from .hooks import MetaWeightsHook
 
 
 def _all_train_dicts(cfg: CfgNode):
-    return get_detection_dataset_dicts(cfg.DATASETS.TRAIN,
-                                       filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    return get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
 
 
 def _train_dicts(cfg: CfgNode):
@@ -54,7 +56,10 @@ def _train_dicts(cfg: CfgNode):
         ids = ",".join(str(dicts[i]["image_id"]) for i in dev)
         logging.getLogger(__name__).info(
             "Development split: %d of %d training images held out (image ids sha1 %s)",
-            len(dev), len(dicts), hashlib.sha1(ids.encode()).hexdigest()[:12])
+            len(dev),
+            len(dicts),
+            hashlib.sha1(ids.encode()).hexdigest()[:12],
+        )
         dicts = [dicts[i] for i in train]
     return dicts
 
@@ -72,6 +77,7 @@ def _primed(iterator):
     def gen():
         yield first
         yield from iterator
+
     return gen()
 
 
@@ -80,8 +86,9 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
     if comm.get_world_size() == 1:
         return model
     on_cuda = next(model.parameters()).is_cuda
-    return DistributedDataParallel(model, device_ids=[comm.get_local_rank()] if on_cuda else None,
-                                   **kwargs)
+    return DistributedDataParallel(
+        model, device_ids=[comm.get_local_rank()] if on_cuda else None, **kwargs
+    )
 
 
 class Trainer(DefaultTrainer):
@@ -125,7 +132,8 @@ class Trainer(DefaultTrainer):
         else:
             model = create_ddp_model(model, broadcast_buffers=False)
             self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-                model, (), optimizer)
+                model, (), optimizer
+            )
         # The loader is handed over only now: detectron2 0.6's step starts an iterator in its
         # __init__ (a torch DataLoader's draws from the global RNG, and its workers), later
         # versions lazily; _prime_data starts the one stream at the same point on both.
@@ -134,9 +142,14 @@ class Trainer(DefaultTrainer):
         # Decoupled fine-tuning must start from a complete base model of this architecture; a
         # resume, from a checkpoint of this recipe (the fingerprint).
         self.checkpointer = LongTailCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), require_complete=decoupled,
+            model,
+            cfg.OUTPUT_DIR,
+            trainer=weakref.proxy(self),
+            require_complete=decoupled,
             sigmoid_from_softmax=cfg.LTDET.LOSS.SIGMOID_FROM_SOFTMAX,
-            fingerprint=config_fingerprint(cfg), **extra)
+            fingerprint=config_fingerprint(cfg),
+            **extra,
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -161,26 +174,42 @@ class Trainer(DefaultTrainer):
             beta = cfg.LTDET.LOSS.CB_BETA if cfg.LTDET.LOSS.CB_BETA >= 0 else None
             class_weights = effective_number_weights(counts, beta).float()
             return DecoupledTrainStep(
-                model, data_loader, optimizer, meta_loss="plain",
+                model,
+                data_loader,
+                optimizer,
+                meta_loss="plain",
                 meta_loader=self.build_meta_loader(cfg, seed=self.data_seeds[1]),
-                two_component=(class_weights, cfg.LTDET.TWO_COMPONENT.EPS_LR), m2m=self.m2m,
-                trunk_chunk=chunk)
+                two_component=(class_weights, cfg.LTDET.TWO_COMPONENT.EPS_LR),
+                m2m=self.m2m,
+                trunk_chunk=chunk,
+            )
         if self.reweigher is None:
-            return DecoupledTrainStep(model, data_loader, optimizer, m2m=self.m2m,
-                                      trunk_chunk=chunk)
+            return DecoupledTrainStep(
+                model, data_loader, optimizer, m2m=self.m2m, trunk_chunk=chunk
+            )
         return DecoupledTrainStep(
-            model, data_loader, optimizer, reweigher=self.reweigher,
+            model,
+            data_loader,
+            optimizer,
+            reweigher=self.reweigher,
             meta_loader=self.build_meta_loader(cfg, seed=self.data_seeds[1]),
             meta_optimizer=self.build_meta_optimizer(cfg, self.reweigher),
-            meta_loss=cfg.LTDET.META.LOSS, meta_interval=cfg.LTDET.META.INTERVAL, m2m=self.m2m,
-            trunk_chunk=chunk)
+            meta_loss=cfg.LTDET.META.LOSS,
+            meta_interval=cfg.LTDET.META.INTERVAL,
+            m2m=self.m2m,
+            trunk_chunk=chunk,
+        )
 
     @staticmethod
     def build_meta_optimizer(cfg, reweigher: MetaReweigher) -> torch.optim.Optimizer:
         """Adam on the Meta Reweigher's class-weight logits (BALMS supp. B.2), LTDET.META.LR and
         BETAS, no weight decay."""
-        return torch.optim.Adam(reweigher.parameters(), lr=cfg.LTDET.META.LR,
-                                betas=tuple(cfg.LTDET.META.BETAS), weight_decay=0.0)
+        return torch.optim.Adam(
+            reweigher.parameters(),
+            lr=cfg.LTDET.META.LR,
+            betas=tuple(cfg.LTDET.META.BETAS),
+            weight_decay=0.0,
+        )
 
     @classmethod
     def build_train_loader(cls, cfg, skip: int = 0, seed: Optional[int] = None):
@@ -195,14 +224,16 @@ class Trainer(DefaultTrainer):
         elif name == "RepeatFactorTrainingSampler":
             # detectron2 after v0.6 has DATALOADER.REPEAT_SQRT (False: factors t/f, not
             # sqrt(t/f)); v0.6 has neither the key nor the argument and always takes the root
-            sqrt = ({"sqrt": cfg.DATALOADER.REPEAT_SQRT} if "REPEAT_SQRT" in cfg.DATALOADER
-                    else {})
+            sqrt = {"sqrt": cfg.DATALOADER.REPEAT_SQRT} if "REPEAT_SQRT" in cfg.DATALOADER else {}
             factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-                dicts, cfg.DATALOADER.REPEAT_THRESHOLD, **sqrt)
+                dicts, cfg.DATALOADER.REPEAT_THRESHOLD, **sqrt
+            )
             sampler = RepeatFactorTrainingSampler(factors, seed=seed)
         else:
-            raise ValueError(f"DATALOADER.SAMPLER_TRAIN {name!r} is not supported by ltdet's "
-                             "trainer; use TrainingSampler or RepeatFactorTrainingSampler")
+            raise ValueError(
+                f"DATALOADER.SAMPLER_TRAIN {name!r} is not supported by ltdet's "
+                "trainer; use TrainingSampler or RepeatFactorTrainingSampler"
+            )
         return build_positioned_train_loader(cfg, dicts, sampler, seed, skip)
 
     @classmethod
@@ -212,12 +243,15 @@ class Trainer(DefaultTrainer):
         dev = cfg.LTDET.TWO_COMPONENT.ENABLED
         dicts = _dev_dicts(cfg) if dev else _train_dicts(cfg)
         factors = class_balanced_repeat_factors(
-            dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-            allow_missing=dev and cfg.LTDET.TWO_COMPONENT.ALLOW_UNCOVERED)
+            dicts,
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            allow_missing=dev and cfg.LTDET.TWO_COMPONENT.ALLOW_UNCOVERED,
+        )
         seed = comm.shared_random_seed() if seed is None else seed
         sampler = RepeatFactorTrainingSampler(factors, seed=seed)
-        return build_positioned_train_loader(cfg, dicts, sampler, seed, skip,
-                                             total_batch_size=cls._meta_batch(cfg))
+        return build_positioned_train_loader(
+            cfg, dicts, sampler, seed, skip, total_batch_size=cls._meta_batch(cfg)
+        )
 
     @staticmethod
     def _meta_batch(cfg) -> int:
@@ -241,19 +275,22 @@ class Trainer(DefaultTrainer):
             except Exception as e:  # re-raised below, on every rank
                 error = e
             gathered = comm.all_gather(
-                (self.start_iter, None if error is None else f"{type(error).__name__}: {error}"))
+                (self.start_iter, None if error is None else f"{type(error).__name__}: {error}")
+            )
             if error is not None:
                 raise error
             failed = [(rank, msg) for rank, (_, msg) in enumerate(gathered) if msg]
             if failed:
-                raise RuntimeError(f"rank {failed[0][0]} could not load its checkpoint: "
-                                   f"{failed[0][1]}")
+                raise RuntimeError(
+                    f"rank {failed[0][0]} could not load its checkpoint: {failed[0][1]}"
+                )
             starts = [start for start, _ in gathered]
             if len(set(starts)) > 1:
                 raise RuntimeError(
                     f"ranks resume at different iterations {starts}: their OUTPUT_DIRs hold "
                     f"different checkpoints ({self.cfg.OUTPUT_DIR} on rank {comm.get_rank()}). "
-                    "Give every machine the same checkpoints (a shared OUTPUT_DIR) before --resume")
+                    "Give every machine the same checkpoints (a shared OUTPUT_DIR) before --resume"
+                )
         if self.m2m is not None and not bool(self.m2m.initialized):
             # Fresh fine-tuning: g is the base model's classifier, frozen from now on.
             self.m2m.init_generator(self._trainer.predictor.cls_score)
@@ -264,14 +301,23 @@ class Trainer(DefaultTrainer):
             world, cfg, step = comm.get_world_size(), self.cfg, self._trainer
             with shared_loads():
                 step.data_loader = self.build_train_loader(
-                    cfg, skip=self.start_iter * cfg.SOLVER.IMS_PER_BATCH // world,
-                    seed=self.data_seeds[0])
+                    cfg,
+                    skip=self.start_iter * cfg.SOLVER.IMS_PER_BATCH // world,
+                    seed=self.data_seeds[0],
+                )
                 if getattr(step, "meta_steps_per_iter", 0):
-                    meta_steps = (self.start_iter if step.two_component is not None
-                                  else -(-self.start_iter // step.meta_interval))
-                    step.set_meta_loader(self.build_meta_loader(
-                        cfg, skip=meta_steps * self._meta_batch(cfg) // world,
-                        seed=self.data_seeds[1]))
+                    meta_steps = (
+                        self.start_iter
+                        if step.two_component is not None
+                        else -(-self.start_iter // step.meta_interval)
+                    )
+                    step.set_meta_loader(
+                        self.build_meta_loader(
+                            cfg,
+                            skip=meta_steps * self._meta_batch(cfg) // world,
+                            seed=self.data_seeds[1],
+                        )
+                    )
             self._prime_data()
             torch.set_rng_state(rng)
 
@@ -309,15 +355,20 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         meta = MetadataCatalog.get(dataset_name)
         if meta.get("evaluator_type") != "lvis":
-            raise ValueError(f"ltdet evaluates LVIS-format datasets; {dataset_name} has "
-                             f"evaluator_type {meta.get('evaluator_type')!r}")
+            raise ValueError(
+                f"ltdet evaluates LVIS-format datasets; {dataset_name} has "
+                f"evaluator_type {meta.get('evaluator_type')!r}"
+            )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         os.makedirs(output_folder, exist_ok=True)
         if cfg.TEST.DETECTIONS_PER_IMAGE > LVIS_MAX_DETS:
             logging.getLogger(__name__).warning(
                 "TEST.DETECTIONS_PER_IMAGE = %d, but LVIS AP counts only each image's top %d "
                 "detections (the LVIS protocol, as detectron2 evaluates it): the rest are written "
-                "to the results json and not scored", cfg.TEST.DETECTIONS_PER_IMAGE, LVIS_MAX_DETS)
+                "to the results json and not scored",
+                cfg.TEST.DETECTIONS_PER_IMAGE,
+                LVIS_MAX_DETS,
+            )
         return LongTailLVISEvaluator(
             dataset_name,
             ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
@@ -347,8 +398,14 @@ class Trainer(DefaultTrainer):
             super().run_step()
         except FloatingPointError as e:  # detectron2's "Loss became infinite or NaN"
             lr = max(g["lr"] for g in self._trainer.optimizer.param_groups)
-            raise TrainingDiverged(self.iter, lr, self.cfg.SOLVER.BASE_LR, self.cfg.OUTPUT_DIR,
-                                   last_checkpoint(self.cfg.OUTPUT_DIR), str(e)) from e
+            raise TrainingDiverged(
+                self.iter,
+                lr,
+                self.cfg.SOLVER.BASE_LR,
+                self.cfg.OUTPUT_DIR,
+                last_checkpoint(self.cfg.OUTPUT_DIR),
+                str(e),
+            ) from e
 
     def train(self):
         """Train; return the last evaluation results (detectron2 0.6 returns them only when
@@ -362,19 +419,31 @@ class Trainer(DefaultTrainer):
         if comm.get_world_size() > 1:
             # every rank's RNG state into the checkpoint; right before the (rank 0) checkpointer
             self._rng_hook = rng_state.GatherRngHook(self.cfg.SOLVER.CHECKPOINT_PERIOD)
-            at = next(i for i, h in enumerate(hooks)
-                      if isinstance(h, (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook)))
+            at = next(
+                i
+                for i, h in enumerate(hooks)
+                if isinstance(h, (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook))
+            )
             hooks.insert(at, self._rng_hook)
         hooks.insert(-1, LossGrowthHook())  # warns while a loss grows towards NaN
         if getattr(self, "reweigher", None) is not None:
             # before the writers (last in the list), so its scalars are written with the step's
-            hooks.insert(-1, MetaWeightsHook(self.reweigher, training_class_stats(self.cfg),
-                                             self.cfg.OUTPUT_DIR, self.cfg.LTDET.META.LOG_PERIOD))
+            hooks.insert(
+                -1,
+                MetaWeightsHook(
+                    self.reweigher,
+                    training_class_stats(self.cfg),
+                    self.cfg.OUTPUT_DIR,
+                    self.cfg.LTDET.META.LOG_PERIOD,
+                ),
+            )
         return hooks
 
     def build_writers(self):
-        writers = [CommonMetricPrinter(self.max_iter),
-                   JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+        writers = [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+        ]
         try:  # tensorboard is optional
             from detectron2.utils.events import TensorboardXWriter
 

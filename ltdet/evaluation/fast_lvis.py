@@ -15,6 +15,7 @@ The protocol, step by step as lvis-api runs it:
    then file order) give the precision at 101 recall points (interpolated to the right);
    -1 where the category has no ground truth in the range.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,9 @@ logger = logging.getLogger(__name__)
 # lvis-api's Params, built the same way so that thresholds compare equal bit for bit
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
-AREA_RNG = np.array([[0 ** 2, 1e5 ** 2], [0 ** 2, 32 ** 2], [32 ** 2, 96 ** 2],
-                     [96 ** 2, 1e5 ** 2]], dtype=np.float64)
+AREA_RNG = np.array(
+    [[0**2, 1e5**2], [0**2, 32**2], [32**2, 96**2], [96**2, 1e5**2]], dtype=np.float64
+)
 AREA_LBL = ["all", "small", "medium", "large"]
 FREQ_LBL = ["r", "c", "f"]
 
@@ -57,11 +59,17 @@ class LVISDetections:
         n = len(self.image_ids)
         if self.boxes is not None:
             self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
-        for name, v in (("category_ids", self.category_ids), ("scores", self.scores),
-                        ("boxes", self.boxes), ("masks", self.masks)):
+        for name, v in (
+            ("category_ids", self.category_ids),
+            ("scores", self.scores),
+            ("boxes", self.boxes),
+            ("masks", self.masks),
+        ):
             if v is not None and len(v) != n:
-                raise ValueError(f"LVISDetections: {n} image_ids but {len(v)} {name}; every "
-                                 "field needs one entry per detection")
+                raise ValueError(
+                    f"LVISDetections: {n} image_ids but {len(v)} {name}; every "
+                    "field needs one entry per detection"
+                )
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -78,21 +86,28 @@ class LVISDetections:
             img = np.fromiter((r["image_id"] for r in results), np.int64, len(results))
             cat = np.fromiter((r["category_id"] for r in results), np.int64, len(results))
             score = np.fromiter((r["score"] for r in results), np.float64, len(results))
-            boxes = (np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
-                     if has_box else None)
+            boxes = (
+                np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
+                if has_box
+                else None
+            )
             masks = [r["segmentation"] for r in results] if has_mask else None
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(
                 f"detection results must be dicts with image_id, category_id, score and bbox "
                 f"(4 numbers, XYWH) and/or segmentation (RLE), as every entry of the first "
-                f"has; one entry fails ({type(e).__name__}: {e})") from e
+                f"has; one entry fails ({type(e).__name__}: {e})"
+            ) from e
         return cls(img, cat, score, boxes, masks)
 
     def select(self, idx: np.ndarray) -> "LVISDetections":
         return LVISDetections(
-            self.image_ids[idx], self.category_ids[idx], self.scores[idx],
+            self.image_ids[idx],
+            self.category_ids[idx],
+            self.scores[idx],
             None if self.boxes is None else self.boxes[idx],
-            None if self.masks is None else [self.masks[i] for i in idx])
+            None if self.masks is None else [self.masks[i] for i in idx],
+        )
 
 
 def top_per_image(image_ids: np.ndarray, scores: np.ndarray, max_dets: int) -> np.ndarray:
@@ -123,8 +138,9 @@ class _GroundTruth:
         cat = np.fromiter((a["category_id"] for a in anns), np.int64, n)
         area = np.fromiter((a["area"] for a in anns), np.float64, n)
         # lvis-api's get_ann_ids keeps 0 < area < inf, json categories, json images
-        keep = (np.isin(img, self.img_ids) & np.isin(cat, self.cat_ids) & (area > 0)
-                & (area < np.inf))
+        keep = (
+            np.isin(img, self.img_ids) & np.isin(cat, self.cat_ids) & (area > 0) & (area < np.inf)
+        )
         idx = np.flatnonzero(keep)
         idx = idx[np.argsort(img[idx], kind="stable")]
         self.img = np.searchsorted(self.img_ids, img[idx])  # image index
@@ -133,12 +149,10 @@ class _GroundTruth:
         self.ignore = np.array([bool(anns[i].get("ignore", 0)) for i in idx], dtype=bool)
         self.ann_id = np.array([anns[i]["id"] for i in idx], dtype=np.int64)
         if iou_type == "bbox":
-            self.regions = np.array([anns[i]["bbox"] for i in idx],
-                                    dtype=np.float64).reshape(-1, 4)
+            self.regions = np.array([anns[i]["bbox"] for i in idx], dtype=np.float64).reshape(-1, 4)
         else:
             hw = {im["id"]: (im["height"], im["width"]) for im in images}
-            self.regions = [_to_rle(anns[i]["segmentation"], *hw[anns[i]["image_id"]])
-                            for i in idx]
+            self.regions = [_to_rle(anns[i]["segmentation"], *hw[anns[i]["image_id"]]) for i in idx]
         num_img = len(self.img_ids)
         self.pos_keys = np.unique(self.cat * num_img + self.img)
         self.neg_keys = self._keys(images, "neg_category_ids")
@@ -154,13 +168,15 @@ class _GroundTruth:
         img = np.array(img, dtype=np.int64)
         cat = np.array(cat, dtype=np.int64)
         ok = np.isin(cat, self.cat_ids)
-        return np.unique(np.searchsorted(self.cat_ids, cat[ok]) * len(self.img_ids)
-                         + np.searchsorted(self.img_ids, img[ok]))
+        return np.unique(
+            np.searchsorted(self.cat_ids, cat[ok]) * len(self.img_ids)
+            + np.searchsorted(self.img_ids, img[ok])
+        )
 
 
 def _mask_areas(rles: List[dict]) -> np.ndarray:
     # pycocotools 2.x on NumPy 2 overflows (np.array((n,), uint8)) for lists over 255 masks
-    parts = [mask_utils.area(rles[i:i + 255]) for i in range(0, len(rles), 255)]
+    parts = [mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)]
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
 
@@ -177,8 +193,14 @@ class FastLVISEval:
     """lvis-api's ``LVISEval`` on arrays. ``run()`` fills ``precision`` [T, R, K, A], ``recall``
     [T, K, A] and ``results`` (lvis-api's keys, -1 for "no data"), as ``LVISEval`` does."""
 
-    def __init__(self, dataset: dict, detections: LVISDetections, iou_type: str = "segm",
-                 max_dets: int = 300, progress_s: float = 10.0):
+    def __init__(
+        self,
+        dataset: dict,
+        detections: LVISDetections,
+        iou_type: str = "segm",
+        max_dets: int = 300,
+        progress_s: float = 10.0,
+    ):
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
         self.dataset = dataset
@@ -199,8 +221,13 @@ class FastLVISEval:
         t0 = time.perf_counter()
         self.gt = gt = _GroundTruth(self.dataset, self.iou_type)
         d = self._prepare_detections(gt)
-        logger.info("LVIS %s: %d ground-truth and %d scored detections (%.1f s to prepare)",
-                    self.iou_type, len(gt.img), len(d["img"]), time.perf_counter() - t0)
+        logger.info(
+            "LVIS %s: %d ground-truth and %d scored detections (%.1f s to prepare)",
+            self.iou_type,
+            len(gt.img),
+            len(d["img"]),
+            time.perf_counter() - t0,
+        )
         tp, dt_ig = self._match(gt, d)
         self._accumulate(gt, d, tp, dt_ig)
         self._summarize(gt)
@@ -214,20 +241,24 @@ class FastLVISEval:
             raise ValueError(
                 f"{len(unknown)} image id(s) of the detections are not images of the ground-truth "
                 f"json (e.g. {unknown[:5].tolist()}): evaluate against the json the detections "
-                "were made for")
+                "were made for"
+            )
         keep = top_per_image(dets.image_ids, dets.scores, self.max_dets)
         if self.iou_type == "bbox":
             if dets.boxes is None:  # lvis-api derives boxes from masks
-                boxes = np.array(mask_utils.toBbox([dets.masks[i] for i in keep]),
-                                 dtype=np.float64).reshape(-1, 4)
+                boxes = np.array(
+                    mask_utils.toBbox([dets.masks[i] for i in keep]), dtype=np.float64
+                ).reshape(-1, 4)
             else:
                 boxes = dets.boxes[keep]
             area = boxes[:, 2] * boxes[:, 3]
             regions = boxes
         else:
             if dets.masks is None:
-                raise ValueError("segm evaluation needs 'segmentation' (RLE) in the detections; "
-                                 "these have boxes only: evaluate bbox")
+                raise ValueError(
+                    "segm evaluation needs 'segmentation' (RLE) in the detections; "
+                    "these have boxes only: evaluate bbox"
+                )
             regions = [dets.masks[i] for i in keep]
             area = _mask_areas(regions)
         cat_ids = dets.category_ids[keep]
@@ -237,21 +268,35 @@ class FastLVISEval:
         known = (gt.cat_ids[cat] == cat_ids) if len(gt.cat_ids) else np.zeros(len(keep), bool)
         key = cat * num_img + img
         # a category counts on an image only where it is positive or a verified negative
-        ok = (known & (area > 0) & (area < np.inf)
-              & (np.isin(key, gt.pos_keys) | np.isin(key, gt.neg_keys)))
+        ok = (
+            known
+            & (area > 0)
+            & (area < np.inf)
+            & (np.isin(key, gt.pos_keys) | np.isin(key, gt.neg_keys))
+        )
         sel = np.flatnonzero(ok)
-        return {"img": img[sel], "cat": cat[sel], "key": key[sel], "score": dets.scores[keep][sel],
-                "area": area[sel], "nel": np.isin(key[sel], gt.nel_keys),
-                "regions": regions[sel] if isinstance(regions, np.ndarray)
-                else [regions[i] for i in sel]}
+        return {
+            "img": img[sel],
+            "cat": cat[sel],
+            "key": key[sel],
+            "score": dets.scores[keep][sel],
+            "area": area[sel],
+            "nel": np.isin(key[sel], gt.nel_keys),
+            "regions": regions[sel]
+            if isinstance(regions, np.ndarray)
+            else [regions[i] for i in sel],
+        }
 
     def _match(self, gt: _GroundTruth, d: dict):
         """Greedy matching of every (image, category): returns tp and ignore flags [N, A, T]."""
         n, A, T = len(d["img"]), len(AREA_RNG), len(self.iou_thrs)
         # ground truth outside an area range is ignored there [A, G]
-        g_ig = (gt.ignore[None, :] | (gt.area[None, :] < AREA_RNG[:, :1])
-                | (gt.area[None, :] > AREA_RNG[:, 1:]))
-        d_out = ((d["area"][None, :] < AREA_RNG[:, :1]) | (d["area"][None, :] > AREA_RNG[:, 1:]))
+        g_ig = (
+            gt.ignore[None, :]
+            | (gt.area[None, :] < AREA_RNG[:, :1])
+            | (gt.area[None, :] > AREA_RNG[:, 1:])
+        )
+        d_out = (d["area"][None, :] < AREA_RNG[:, :1]) | (d["area"][None, :] > AREA_RNG[:, 1:])
         tp = np.zeros((n, A, T), dtype=bool)
         dt_ig = np.zeros((n, A, T), dtype=bool)
         # detections of a group in decreasing score, equal scores in input order
@@ -265,7 +310,7 @@ class FastLVISEval:
         ious = []
         t_last = time.perf_counter()
         for i in range(len(both)):
-            di, gi = d_order[d_lo[i]:d_hi[i]], g_order[g_lo[i]:g_hi[i]]
+            di, gi = d_order[d_lo[i] : d_hi[i]], g_order[g_lo[i] : g_hi[i]]
             if self.iou_type == "bbox":
                 dr, gr = d["regions"][di], gt.regions[gi]
             else:
@@ -273,8 +318,12 @@ class FastLVISEval:
             ious.append(np.asarray(mask_utils.iou(dr, gr, [0] * len(gi)), dtype=np.float64))
             if time.perf_counter() - t_last > self.progress_s:
                 t_last = time.perf_counter()
-                logger.info("LVIS %s: IoUs of %d/%d (image, category) pairs", self.iou_type,
-                            i + 1, len(both))
+                logger.info(
+                    "LVIS %s: IoUs of %d/%d (image, category) pairs",
+                    self.iou_type,
+                    i + 1,
+                    len(both),
+                )
         d_cnt, g_cnt = d_hi - d_lo, g_hi - g_lo
         # groups padded to a power-of-two number of ground truths, matched all at once per
         # detection rank: at rank r the groups with more than r detections take a step
@@ -289,10 +338,10 @@ class FastLVISEval:
             ig = np.ones((len(grp), A, pad), dtype=bool)
             gid = np.zeros((len(grp), pad), dtype=np.int64)
             for k, g in enumerate(grp):
-                iou[start[k]:start[k] + nd[k], :g_cnt[g]] = ious[g]
-                gi = g_order[g_lo[g]:g_hi[g]]
-                ig[k, :, :g_cnt[g]] = g_ig[:, gi]
-                gid[k, :g_cnt[g]] = gt.ann_id[gi]
+                iou[start[k] : start[k] + nd[k], : g_cnt[g]] = ious[g]
+                gi = g_order[g_lo[g] : g_hi[g]]
+                ig[k, :, : g_cnt[g]] = g_ig[:, gi]
+                gid[k, : g_cnt[g]] = gt.ann_id[gi]
             matched = np.zeros((len(grp), A, T, pad), dtype=bool)
             for r in range(int(nd[0])):
                 m_r = int(np.searchsorted(-nd, -r, side="left"))  # groups with nd > r
@@ -317,8 +366,13 @@ class FastLVISEval:
                 dt_ig[det[:, 0, 0]] = hit_ig | unm
         # detections of groups without ground truth: unmatched
         alone = np.ones(n, dtype=bool)
-        alone[d_order[np.concatenate([np.arange(lo, hi) for lo, hi in zip(d_lo, d_hi)])
-                      if len(both) else np.zeros(0, np.int64)]] = False
+        alone[
+            d_order[
+                np.concatenate([np.arange(lo, hi) for lo, hi in zip(d_lo, d_hi)])
+                if len(both)
+                else np.zeros(0, np.int64)
+            ]
+        ] = False
         dt_ig[alone] |= (d_out[:, alone].T | d["nel"][alone][:, None])[:, :, None]
         return tp, dt_ig
 
@@ -326,8 +380,11 @@ class FastLVISEval:
         T, R, K, A = len(self.iou_thrs), len(self.rec_thrs), len(gt.cat_ids), len(AREA_RNG)
         precision = -np.ones((T, R, K, A))
         recall = -np.ones((T, K, A))
-        g_ig = (gt.ignore[None, :] | (gt.area[None, :] < AREA_RNG[:, :1])
-                | (gt.area[None, :] > AREA_RNG[:, 1:]))
+        g_ig = (
+            gt.ignore[None, :]
+            | (gt.area[None, :] < AREA_RNG[:, :1])
+            | (gt.area[None, :] > AREA_RNG[:, 1:])
+        )
         num_gt = np.zeros((K, A), dtype=np.int64)
         for a in range(A):
             num_gt[:, a] = np.bincount(gt.cat[~g_ig[a]], minlength=K)
@@ -395,7 +452,8 @@ def _best(cand: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.where(cand.any(-1), best, -1)
 
 
-def evaluate_lvis(dataset: dict, detections: LVISDetections, iou_type: str,
-                  max_dets: int = 300) -> FastLVISEval:
+def evaluate_lvis(
+    dataset: dict, detections: LVISDetections, iou_type: str, max_dets: int = 300
+) -> FastLVISEval:
     """Run the fast LVIS evaluation; the json's contents as ``dataset``."""
     return FastLVISEval(dataset, detections, iou_type, max_dets).run()

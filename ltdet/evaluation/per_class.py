@@ -1,4 +1,5 @@
 """Per-class AP table (csv) and a plot of per-class AP against training frequency."""
+
 from __future__ import annotations
 
 import csv
@@ -44,18 +45,37 @@ def write_per_class_csv(
     with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         tasks = sorted(ap)
-        w.writerow(["class_id", "category_id", "name", "frequency", "train_image_count",
-                    "train_instance_count"] + [f"AP_{t}" for t in tasks])
+        w.writerow(
+            [
+                "class_id",
+                "category_id",
+                "name",
+                "frequency",
+                "train_image_count",
+                "train_instance_count",
+            ]
+            + [f"AP_{t}" for t in tasks]
+        )
         for k, name in enumerate(names):
-            counts = ("", "") if train_stats is None else (
-                int(train_stats.image_counts[k]), int(train_stats.instance_counts[k]))
+            counts = (
+                ("", "")
+                if train_stats is None
+                else (int(train_stats.image_counts[k]), int(train_stats.instance_counts[k]))
+            )
             cat = "" if category_ids is None else int(category_ids[k])
-            w.writerow([k, cat, name, eval_frequency[k], *counts]
-                       + [f"{100 * ap[t][k]:.2f}" if np.isfinite(ap[t][k]) else "" for t in tasks])
+            w.writerow(
+                [k, cat, name, eval_frequency[k], *counts]
+                + [f"{100 * ap[t][k]:.2f}" if np.isfinite(ap[t][k]) else "" for t in tasks]
+            )
 
 
-def plot_per_class_ap(path: str, ap: Dict[str, np.ndarray], image_counts: np.ndarray,
-                      names: Optional[Sequence[str]] = None, title: str = ""):
+def plot_per_class_ap(
+    path: str,
+    ap: Dict[str, np.ndarray],
+    image_counts: np.ndarray,
+    names: Optional[Sequence[str]] = None,
+    title: str = "",
+):
     """Scatter of per-class AP against training image count (log scale), coloured by the LVIS
     group of that count (<= 10 rare, <= 100 common), one panel per task titled with ``title``
     (run, dataset) and the task. Legible with LVIS's 1,203 classes: small translucent points,
@@ -80,32 +100,59 @@ def plot_per_class_ap(path: str, ap: Dict[str, np.ndarray], image_counts: np.nda
             sel = (groups == g) & shown & (image_counts > 0)
             grp = (groups == g) & shown
             mean = float(y[grp].mean()) if grp.any() else float("nan")
-            ax.scatter(counts[sel], y[sel], c=GROUP_COLORS[g], s=size, alpha=alpha,
-                       linewidths=0, label=f"{label} ({int(grp.sum())}, mean {mean:.1f})")
+            ax.scatter(
+                counts[sel],
+                y[sel],
+                c=GROUP_COLORS[g],
+                s=size,
+                alpha=alpha,
+                linewidths=0,
+                label=f"{label} ({int(grp.sum())}, mean {mean:.1f})",
+            )
             if grp.any():
                 ax.hlines(mean, *spans[g], colors=GROUP_COLORS[g], lw=2)
                 if names is not None:
                     idx = np.flatnonzero(grp)
-                    for k, va in ((idx[np.argmax(y[idx])], "bottom"),
-                                  (idx[np.argmin(y[idx])], "top")):
-                        ax.annotate(str(names[k]), (counts[k], y[k]), fontsize=7,
-                                    color=GROUP_COLORS[g], va=va, ha="center",
-                                    xytext=(0, 3 if va == "bottom" else -3),
-                                    textcoords="offset points")
+                    for k, va in (
+                        (idx[np.argmax(y[idx])], "bottom"),
+                        (idx[np.argmin(y[idx])], "top"),
+                    ):
+                        ax.annotate(
+                            str(names[k]),
+                            (counts[k], y[k]),
+                            fontsize=7,
+                            color=GROUP_COLORS[g],
+                            va=va,
+                            ha="center",
+                            xytext=(0, 3 if va == "bottom" else -3),
+                            textcoords="offset points",
+                        )
         unseen = shown & (image_counts == 0)
         if unseen.any():
-            ax.scatter(counts[unseen], y[unseen], c=GROUP_COLORS["r"], marker="x",
-                       label="no training image", s=size + 6, alpha=alpha)
+            ax.scatter(
+                counts[unseen],
+                y[unseen],
+                c=GROUP_COLORS["r"],
+                marker="x",
+                label="no training image",
+                s=size + 6,
+                alpha=alpha,
+            )
         ax.set_xscale("log")
         ax.set_xlabel("training images containing the class")
         ax.set_ylabel(f"{task} AP (%)")
         ax.set_ylim(-4, 104)
-        ax.set_title(f"{title}: {task} AP per class" if title else f"{task} AP per class",
-                     fontsize=10)
+        ax.set_title(
+            f"{title}: {task} AP per class" if title else f"{task} AP per class", fontsize=10
+        )
         ax.axvline(10.5, color="gray", lw=0.5, ls="--")
         ax.axvline(100.5, color="gray", lw=0.5, ls="--")
-        ax.legend(loc="upper left", fontsize=8, title="group by training images (classes, "
-                  "mean AP)", title_fontsize=8)
+        ax.legend(
+            loc="upper left",
+            fontsize=8,
+            title="group by training images (classes, mean AP)",
+            title_fontsize=8,
+        )
     fig.tight_layout()
     _save(fig, path)
     return fig

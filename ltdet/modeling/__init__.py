@@ -1,5 +1,13 @@
-__all__ = ["losses", "LongTailFastRCNNOutputLayers", "LongTailROIHeads", "CLS_LOSS_REGISTRY",
-           "ClassificationLoss", "get_loss", "loss_names", "register_loss"]
+__all__ = [
+    "losses",
+    "LongTailFastRCNNOutputLayers",
+    "LongTailROIHeads",
+    "CLS_LOSS_REGISTRY",
+    "ClassificationLoss",
+    "get_loss",
+    "loss_names",
+    "register_loss",
+]
 
 from . import losses
 from .box_predictor import LongTailFastRCNNOutputLayers

@@ -4,6 +4,7 @@
 Box regression (class-specific for every one of the K classes, with its loss) and inference are
 detectron2's; only the class logits, their loss and the test-time scores change.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -54,22 +55,25 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             if kwargs.get(key):
                 raise ValueError(
                     f"MODEL.ROI_BOX_HEAD.{key.upper()} is detectron2's own option and ltdet's box "
-                    f"head does not apply it: set it False and LTDET.LOSS.NAME {name}")
+                    f"head does not apply it: set it False and LTDET.LOSS.NAME {name}"
+                )
         super().__init__(input_shape, **kwargs)
         self.loss = get_loss(loss_name)
         self.loss_name = loss_name
         self.family = self.loss.family
         if self.family.scaled and dbm_scale <= 0:
             raise ValueError(f"LTDET.DBM.SCALE must be > 0, got {dbm_scale}")
-        classifier = self.family.classifier(self.cls_score.in_features, self.num_classes,
-                                            sigmoid_prior_prob)
+        classifier = self.family.classifier(
+            self.cls_score.in_features, self.num_classes, sigmoid_prior_prob
+        )
         if classifier is not None:
             self.cls_score = classifier
         # scores = logit_scale * cls_score(x) (DBM: s cos theta)
         self.logit_scale = dbm_scale if self.family.scaled else 1.0
 
         if self.loss.build is not None and (
-                class_counts is None or (self.loss.needs_num_images and num_images is None)):
+            class_counts is None or (self.loss.needs_num_images and num_images is None)
+        ):
             needs_images = self.loss.needs_num_images
             raise ValueError(
                 f"loss {loss_name!r} needs per-class training counts"
@@ -77,12 +81,19 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
                 + "; with a config they come from DATASETS.TRAIN, otherwise pass class_counts="
                 + (" and num_images=" if needs_images else "")
             )
-        options = LossOptions(eql_lambda=eql_lambda, fed_num_classes=fed_num_classes,
-                              fed_power=fed_power, dbm_scale=dbm_scale, dbm_k=dbm_k,
-                              dbm_tau=dbm_tau, cb_beta=cb_beta)
+        options = LossOptions(
+            eql_lambda=eql_lambda,
+            fed_num_classes=fed_num_classes,
+            fed_power=fed_power,
+            dbm_scale=dbm_scale,
+            dbm_k=dbm_k,
+            dbm_tau=dbm_tau,
+            cb_beta=cb_beta,
+        )
         floor = config_count_floor(count_floor) if self.loss.build is not None else None
         stats, self.loss_kwargs = self.loss.statistics(
-            class_counts, self.num_classes, num_images, floor, options)
+            class_counts, self.num_classes, num_images, floor, options
+        )
         # Non-persistent buffers: follow the module's device/dtype, stay out of checkpoints (they
         # belong to the training set, not to the model).
         self._stat_names = sorted(stats)
@@ -126,7 +137,10 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         return self.logit_scale * self.cls_score(x)
 
     def classification_loss(
-        self, scores: torch.Tensor, gt_classes: torch.Tensor, weights: Optional[torch.Tensor] = None,
+        self,
+        scores: torch.Tensor,
+        gt_classes: torch.Tensor,
+        weights: Optional[torch.Tensor] = None,
         **extra,
     ) -> torch.Tensor:
         """The head's loss on ``cls_score``'s output; ``extra`` goes to the loss function (the
@@ -143,19 +157,26 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     def losses(self, predictions, proposals):
         scores, proposal_deltas = predictions
-        gt_classes = cat([p.gt_classes for p in proposals], dim=0) if proposals else \
-            torch.empty(0, dtype=torch.long, device=scores.device)
+        gt_classes = (
+            cat([p.gt_classes for p in proposals], dim=0)
+            if proposals
+            else torch.empty(0, dtype=torch.long, device=scores.device)
+        )
         if self.family.background:  # detectron2's accuracy logging assumes a background column
             _log_classification_stats(scores, gt_classes)
         if proposals:
             proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
-            gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor
-                            for p in proposals], dim=0)
+            gt_boxes = cat(
+                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
+                dim=0,
+            )
         else:
             proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
         losses = {
             "loss_cls": self.classification_loss(scores, gt_classes),
-            "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes),
+            "loss_box_reg": self.box_reg_loss(
+                proposal_boxes, gt_boxes, proposal_deltas, gt_classes
+            ),
         }
         return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
 

@@ -6,6 +6,7 @@ class-vs-background log-odds: sigmoid(z_k - z_bg) = p_k / (p_k + p_bg). Opt-in
 (LTDET.LOSS.SIGMOID_FROM_SOFTMAX): it lets sigmoid-family recipes fine-tune from a softmax base
 model, e.g. detectron2's LVIS model-zoo checkpoints, instead of training a sigmoid base.
 """
+
 import logging
 from typing import Dict, List, Tuple
 
@@ -16,8 +17,9 @@ logger = logging.getLogger(__name__)
 CLS_SCORE = "box_predictor.cls_score"
 
 
-def sigmoid_from_softmax(weight: torch.Tensor, bias: torch.Tensor = None
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+def sigmoid_from_softmax(
+    weight: torch.Tensor, bias: torch.Tensor = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(K+1, D) weight and (K+1,) bias of a softmax classifier, background last -> the (K, D)
     weight and (K,) bias of the K sigmoid logits z_k - z_bg. ``bias`` may be None."""
     w = weight[:-1] - weight[-1:]
@@ -41,7 +43,11 @@ def convert_softmax_classifier(model_state: Dict[str, torch.Tensor], ckpt_state:
         if bias is not None:
             ckpt_state[bias_key] = b
         done.append(key)
-        logger.info("Initialised the %d sigmoid logits of %s from the checkpoint's %d softmax "
-                    "logits: each class minus the background (LTDET.LOSS.SIGMOID_FROM_SOFTMAX)",
-                    param.shape[0], key, weight.shape[0])
+        logger.info(
+            "Initialised the %d sigmoid logits of %s from the checkpoint's %d softmax "
+            "logits: each class minus the background (LTDET.LOSS.SIGMOID_FROM_SOFTMAX)",
+            param.shape[0],
+            key,
+            weight.shape[0],
+        )
     return done

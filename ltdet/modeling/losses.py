@@ -9,6 +9,7 @@ weights keep their absolute scale); ``weights=None`` is the plain mean.
 
 Equation numbers refer to the BALMS supplementary material (Ren et al., NeurIPS 2020).
 """
+
 import math
 from typing import Optional, Tuple
 
@@ -146,7 +147,9 @@ def _shifted(logits: Tensor, shift: Tensor, gt_classes: Tensor) -> Tuple[Tensor,
     with the [N] foreground mask and the shift padded to the logits' width."""
     k = shift.numel()
     fg = (gt_classes < k).to(logits.dtype)
-    row = shift if logits.shape[1] == k else torch.cat([shift, shift.new_zeros(logits.shape[1] - k)])
+    row = (
+        shift if logits.shape[1] == k else torch.cat([shift, shift.new_zeros(logits.shape[1] - k)])
+    )
     return torch.addcmul(logits, fg[:, None], row[None, :]), fg, row
 
 
@@ -204,8 +207,9 @@ class _BalancedSoftmaxCE(torch.autograd.Function):
             row = scale if weights is None else weights * scale
             kernels = _kernels_for(logits)
             if kernels is not None:
-                grad_logits = kernels.rows_backward(logits, shift, gt_classes, lse, row,
-                                                    sigmoid=False)
+                grad_logits = kernels.rows_backward(
+                    logits, shift, gt_classes, lse, row, sigmoid=False
+                )
             else:
                 grad_logits = _shifted(logits, shift, gt_classes)[0]
                 grad_logits.sub_(lse[:, None]).exp_()
@@ -285,8 +289,9 @@ class _BalancedSigmoidBCE(torch.autograd.Function):
             row = scale if weights is None else weights * scale
             kernels = _kernels_for(logits)
             if kernels is not None:
-                grad_logits = kernels.rows_backward(logits, shift, gt_classes, None, row,
-                                                    sigmoid=True)
+                grad_logits = kernels.rows_backward(
+                    logits, shift, gt_classes, None, row, sigmoid=True
+                )
             else:
                 grad_logits = _shifted(logits, shift, gt_classes)[0].sigmoid_()
                 fg = (gt_classes < num_classes).nonzero().squeeze(1)
@@ -375,8 +380,10 @@ def federated_loss(
     if classes is None:
         classes = federated_classes(gt_classes, class_weight, num_classes, generator)
     elif not torch.isin(gt_classes[gt_classes < class_weight.numel()], classes).all():
-        raise ValueError("federated_loss: the given classes miss a foreground class of "
-                         "gt_classes; draw them with federated_classes(gt_classes, ...)")
+        raise ValueError(
+            "federated_loss: the given classes miss a foreground class of "
+            "gt_classes; draw them with federated_classes(gt_classes, ...)"
+        )
     # Only the selected columns enter the loss, so compute BCE on them alone ([N, C], C << K).
     targets = (gt_classes[:, None] == classes[None, :]).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits[:, classes], targets, reduction="none")
@@ -447,8 +454,9 @@ def dbm_class_margins(counts: CountsLike, k: float = 0.1, tau: float = 1.0) -> T
     counts = torch.as_tensor(counts, dtype=torch.float64)
     counts = validate_counts(counts, counts.numel(), name="class counts")
     if k < 0 or tau < 0:
-        raise ValueError(f"DBM margins need LTDET.DBM.K >= 0 and LTDET.DBM.TAU >= 0, got "
-                         f"K={k}, tau={tau}")
+        raise ValueError(
+            f"DBM margins need LTDET.DBM.K >= 0 and LTDET.DBM.TAU >= 0, got K={k}, tau={tau}"
+        )
     return k * (counts / counts.min()).pow(-tau)
 
 
@@ -516,8 +524,11 @@ def check_logit_width(name: str, num_columns: int, num_classes: int, background:
     expected = num_classes + 1 if background else num_classes
     if num_columns == expected:
         return
-    want = (f"K+1 logits (K={num_classes} + background)" if background
-            else f"K logits (K={num_classes})")
+    want = (
+        f"K+1 logits (K={num_classes} + background)"
+        if background
+        else f"K logits (K={num_classes})"
+    )
     if not background and num_columns == num_classes + 1:
         got = "K+1 columns: a softmax checkpoint/head?"
     elif background and num_columns == num_classes:

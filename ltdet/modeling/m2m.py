@@ -26,6 +26,7 @@ being fine-tuned. What is ours (the paper translates images of a class-balanced 
 - Accepted features are added to the classifier's batch with their target label, so the cost per
   iteration is bounded by the number of attempts times ``num_steps`` passes of two linear layers.
 """
+
 from __future__ import annotations
 
 import copy
@@ -113,25 +114,38 @@ class M2mTranslator(nn.Module):
         init_noise: float = 0.05,
     ):
         super().__init__()
-        checks = [("ATTEMPTS_PER_IMAGE", attempts_per_image >= 0, "must be >= 0"),
-                  ("BETA", 0.0 <= beta < 1.0, "must be in [0, 1)"),
-                  ("GAMMA", 0.0 <= gamma <= 1.0, "must be in [0, 1] (a probability threshold)"),
-                  ("LAMBDA", lam >= 0, "must be >= 0"),
-                  ("STEP_SIZE", step_size > 0, "must be > 0"),
-                  ("NUM_STEPS", num_steps >= 1, "must be >= 1"),
-                  ("INIT_NOISE", init_noise >= 0, "must be >= 0")]
-        values = dict(ATTEMPTS_PER_IMAGE=attempts_per_image, BETA=beta, GAMMA=gamma, LAMBDA=lam,
-                      STEP_SIZE=step_size, NUM_STEPS=num_steps, INIT_NOISE=init_noise)
+        checks = [
+            ("ATTEMPTS_PER_IMAGE", attempts_per_image >= 0, "must be >= 0"),
+            ("BETA", 0.0 <= beta < 1.0, "must be in [0, 1)"),
+            ("GAMMA", 0.0 <= gamma <= 1.0, "must be in [0, 1] (a probability threshold)"),
+            ("LAMBDA", lam >= 0, "must be >= 0"),
+            ("STEP_SIZE", step_size > 0, "must be > 0"),
+            ("NUM_STEPS", num_steps >= 1, "must be >= 1"),
+            ("INIT_NOISE", init_noise >= 0, "must be >= 0"),
+        ]
+        values = dict(
+            ATTEMPTS_PER_IMAGE=attempts_per_image,
+            BETA=beta,
+            GAMMA=gamma,
+            LAMBDA=lam,
+            STEP_SIZE=step_size,
+            NUM_STEPS=num_steps,
+            INIT_NOISE=init_noise,
+        )
         for key, ok, why in checks:
             if not ok:
                 raise ValueError(f"LTDET.M2M.{key} {why}, got {values[key]}")
         counts = torch.as_tensor(class_counts, dtype=torch.float32)
         if counts.ndim != 1:
-            raise ValueError(f"M2m class counts must be one count per class (shape [K]), got "
-                             f"shape {list(counts.shape)}")
+            raise ValueError(
+                f"M2m class counts must be one count per class (shape [K]), got "
+                f"shape {list(counts.shape)}"
+            )
         if (counts <= 0).any():
-            raise ValueError("M2m needs a positive training count for every class "
-                             "(set LTDET.CLASS_STATS.FLOOR for classes without images)")
+            raise ValueError(
+                "M2m needs a positive training count for every class "
+                "(set LTDET.CLASS_STATS.FLOOR for classes without images)"
+            )
         self.register_buffer("counts", counts, persistent=False)
         self.register_buffer("target_probs", target_class_probs(counts), persistent=False)
         self.attempts_per_image = attempts_per_image
@@ -147,9 +161,16 @@ class M2mTranslator(nn.Module):
 
         c = cfg.LTDET.M2M
         counts = config_class_counts(cfg, "M2m class counts")
-        return dict(class_counts=counts, attempts_per_image=c.ATTEMPTS_PER_IMAGE, beta=c.BETA,
-                    gamma=c.GAMMA, lam=c.LAMBDA, step_size=c.STEP_SIZE, num_steps=c.NUM_STEPS,
-                    init_noise=c.INIT_NOISE)
+        return dict(
+            class_counts=counts,
+            attempts_per_image=c.ATTEMPTS_PER_IMAGE,
+            beta=c.BETA,
+            gamma=c.GAMMA,
+            lam=c.LAMBDA,
+            step_size=c.STEP_SIZE,
+            num_steps=c.NUM_STEPS,
+            init_noise=c.INIT_NOISE,
+        )
 
     def build_generator(self, classifier: nn.Module) -> None:
         """Create g with the classifier's shape (weights are set by ``init_generator`` or by
@@ -161,7 +182,8 @@ class M2mTranslator(nn.Module):
             raise ValueError(
                 f"M2m has {self.counts.numel()} class counts but the classifier scores {outputs} "
                 f"columns; it needs K + 1 (K classes and background), so {outputs - 1} counts. "
-                "Check MODEL.ROI_HEADS.NUM_CLASSES against the training set's categories")
+                "Check MODEL.ROI_HEADS.NUM_CLASSES against the training set's categories"
+            )
         self.g = copy.deepcopy(classifier)
         for p in self.g.parameters():
             p.requires_grad_(False)
@@ -174,14 +196,22 @@ class M2mTranslator(nn.Module):
         self.g.load_state_dict(classifier.state_dict())
         self.initialized.fill_(True)
 
-    def forward(self, x: Tensor, gt_classes: Tensor, num_images: int, f_logits: LogitFn,
-                logit_scale: float = 1.0) -> Tuple[Tensor, Tensor, Dict[str, float]]:
+    def forward(
+        self,
+        x: Tensor,
+        gt_classes: Tensor,
+        num_images: int,
+        f_logits: LogitFn,
+        logit_scale: float = 1.0,
+    ) -> Tuple[Tensor, Tensor, Dict[str, float]]:
         """Translated features [A, D] and their target classes [A] for a batch of box-head
         features ``x`` [N, D] with ``gt_classes`` [N] (K = background); ``f_logits`` gives the
         classifier-in-training's class logits. Draws from the global torch RNG."""
         if self.g is None or not bool(self.initialized):
-            raise RuntimeError("M2mTranslator.init_generator(classifier) must be called with the "
-                               "base model's classifier before training")
+            raise RuntimeError(
+                "M2mTranslator.init_generator(classifier) must be called with the "
+                "base model's classifier before training"
+            )
         num_classes = self.counts.numel()
         fg = torch.nonzero(gt_classes < num_classes).squeeze(1)
         attempts = self.attempts_per_image * num_images
@@ -210,8 +240,17 @@ class M2mTranslator(nn.Module):
         def g_logits(z):
             return logit_scale * self.g(z)
 
-        x_new = translate(x[seeds], targets, gt_classes[seeds], g_logits, f_logits, self.lam,
-                          self.step_size, self.num_steps, self.init_noise)
+        x_new = translate(
+            x[seeds],
+            targets,
+            gt_classes[seeds],
+            g_logits,
+            f_logits,
+            self.lam,
+            self.step_size,
+            self.num_steps,
+            self.init_noise,
+        )
         with torch.no_grad():
             prob = F.softmax(g_logits(x_new), dim=1).gather(1, targets[:, None]).squeeze(1)
         ok = prob >= self.gamma

@@ -1,4 +1,5 @@
 """Meta Reweigher (BALMS supp. B.2): a learnable loss weight per class."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """ROI heads that build ltdet's box predictor (detectron2 has no box-predictor registry, so, as
 PointRend does, a registered ROIHeads subclass swaps it in). Mask head and box head are stock."""
+
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 
 from .box_predictor import LongTailFastRCNNOutputLayers
