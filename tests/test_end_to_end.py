@@ -70,6 +70,10 @@ def tiny_cfg(out_dir, config="configs/synthetic/base_softmax_rfs.yaml", *opts):
             str(out_dir),
             "SEED",
             1,
+            # one val set (LVIS's negative protocol): results keyed by task, as detectron2 returns
+            # them for a single test set (tests/test_demo.py scores both protocols)
+            "DATASETS.TEST",
+            ("ltdet_synthetic_val",),
             *opts,
         ]
     )
