@@ -86,5 +86,9 @@ def _cpu_worker(
     comm.synchronize()
     try:
         main_func(*args)
+        # Every rank past its last collective before any tears gloo down: a rank that destroyed
+        # its group while another still exchanged data with it aborted now and then ("terminate
+        # called without an active exception"). After an error the others may never arrive.
+        comm.synchronize()
     finally:
         dist.destroy_process_group()
