@@ -66,7 +66,8 @@ def _read_csv(path):
 
 class FakeRunner:
     """Writes the files of a finished train_net run (metrics with APf = -100 as on the tiny set,
-    per-class csv); ``fail`` = method names or (name, seed) pairs that exit with code 1."""
+    per-class csv) and of its scoring under the hard-negative protocol (1 AP lower), so the real
+    scorer never runs; ``fail`` = method names or (name, seed) pairs that exit with code 1."""
 
     def __init__(self, fail=()):
         self.fail = set(fail)
@@ -87,18 +88,21 @@ class FakeRunner:
                     "KeyError: 'unknown config key LTDET.NOPE'\n"
                 )
             return 1
-        inf = os.path.dirname(run.metrics_path)
-        os.makedirs(inf)
-        ap = 10.0 + 2 * run.seed + len(run.name)
-        task = {"AP": ap, "AP50": ap, "AP75": ap, "APr": ap - 5, "APc": ap + 1, "APf": -100.0}
-        with open(run.metrics_path, "w") as f:
-            json.dump({"bbox": dict(task, AP=ap + 3), "segm": task}, f)
-        with open(run.per_class_path, "w") as f:
-            f.write(
-                "class_id,name,frequency,train_image_count,train_instance_count,AP_bbox,AP_segm\n"
-            )
-            for c, n in enumerate([30, 11, 4, 1, 30, 11, 4, 1]):
-                f.write(f"{c},cls{c},{'c' if n > 10 else 'r'},{n},{n + 1},{ap:.2f},{ap + c:.2f}\n")
+        for protocol, shift in (("lvis", 0.0), ("hardneg", -1.0)):
+            os.makedirs(run.inference_dir(protocol))
+            ap = 10.0 + 2 * run.seed + len(run.name) + shift
+            task = {"AP": ap, "AP50": ap, "AP75": ap, "APr": ap - 5, "APc": ap + 1, "APf": -100.0}
+            with open(run.protocol_metrics_path(protocol), "w") as f:
+                json.dump({"bbox": dict(task, AP=ap + 3), "segm": task}, f)
+            with open(run.protocol_per_class_path(protocol), "w") as f:
+                f.write(
+                    "class_id,name,frequency,train_image_count,train_instance_count,AP_bbox,"
+                    "AP_segm\n"
+                )
+                for c, n in enumerate([30, 11, 4, 1, 30, 11, 4, 1]):
+                    f.write(
+                        f"{c},cls{c},{'c' if n > 10 else 'r'},{n},{n + 1},{ap:.2f},{ap + c:.2f}\n"
+                    )
         open(os.path.join(run.out_dir, "model_final.pth"), "w").close()
         return 0
 
@@ -125,6 +129,8 @@ def test_real_tiny_run_and_cache(data_root, tmp_path):
     with open(os.path.join(softmax.out_dir, "log.txt")) as f:  # ltdet's own INFO lines too
         assert "Decoupled regime: training only ['roi_heads.box_predictor.cls_score" in f.read()
     rows = _read_csv(os.path.join(out, "results.csv"))
+    assert [r["protocol"] for r in rows] == ["lvis"] * 3 + ["hardneg"] * 3
+    rows = rows[:3]
     assert [(r["method"], r["status"]) for r in rows] == [
         ("base_softmax_rfs", "ok"),
         ("softmax", "ok"),
@@ -183,19 +189,26 @@ def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
     assert "LTDET.NOPE" in failed.cmd
 
     rows = _read_csv(os.path.join(out, "results.csv"))
-    assert len(rows) == 10 and {r["status"] for r in rows} == {"ok", "failed", "not implemented"}
+    assert len(rows) == 20 and {r["status"] for r in rows} == {"ok", "failed", "not implemented"}
     sm = [r for r in rows if r["method"] == "softmax"]
-    assert [float(r["segm_AP"]) for r in sm] == [17.0, 19.0] and sm[0]["segm_APf"] == ""
+    assert [float(r["segm_AP"]) for r in sm] == [17.0, 19.0, 16.0, 18.0]
+    assert [r["protocol"] for r in sm] == ["lvis", "lvis", "hardneg", "hardneg"]
+    assert sm[0]["segm_APf"] == ""
     md = open(os.path.join(out, "results.md")).read()
-    summary = md.split("## Per seed")[0]
+    summary, hardneg = md.split("## Per seed")[0].split("## Hard-negative stress test")
     assert (
         "| softmax | 18.0 ± 1.4 | 13.0 ± 1.4 | 19.0 ± 1.4 | n/a | 21.0 ± 1.4 | 2/2 | ok |"
         in summary
     )
+    assert summary.index("## LVIS's negative protocol") < summary.index("| softmax |")
+    assert (
+        "| softmax | 17.0 ± 1.4 | 12.0 ± 1.4 | 18.0 ± 1.4 | n/a | 20.0 ± 1.4 | 2/2 | ok |"
+        in hardneg
+    )
     assert "| broken | — | — | — | — | — | 0/2 | failed (exit code 1) |" in summary
     assert "| planned | — | — | — | — | — | 0/2 | not implemented |" in summary
     assert "| base_softmax_rfs |" in summary
-    for name in ("groups.png", "per_class.png"):
+    for name in ("groups.png", "per_class.png", "groups_hardneg.png", "per_class_hardneg.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000
     assert lt.benchmark_data_root(out) == data_root  # what the diagnostics will evaluate on
 
@@ -475,10 +488,17 @@ def test_git_commit_ignores_its_own_results_files(tmp_path, monkeypatch):
 
 
 def _run(name, seed, ap, apr, status="ok"):
+    """A finished run with LVIS-protocol metrics only (its hard-negative scoring failed)."""
     method = lt.BASES["softmax"] if name == "base_softmax_rfs" else lt.KNOWN_METHODS[name]
     task = {"AP": ap, "APr": apr, "APc": ap, "APf": ap}
+    metrics = {"segm": task, "bbox": task} if status == "ok" else None
     return lt.Run(
-        method, seed, status=status, metrics={"segm": task, "bbox": task}, log_path=f"{name}.log"
+        method,
+        seed,
+        status=status,
+        metrics=metrics,
+        all_metrics={"lvis": metrics} if metrics else {},
+        log_path=f"{name}.log",
     )
 
 
@@ -532,9 +552,27 @@ def test_paired_deltas_against_the_softmax_baseline(tmp_path):
     )
     assert "| sigmoid | -3.0 ± 0.0 | +1.0 ± 0.0 |" in section and section.count("| no |") == 3
     # The sigmoid-base methods also against plain sigmoid from the same base; no others there.
-    section = md.split("sigmoid re-training baseline, paired by seed")[1].split("## Per seed")[0]
+    section = md.split("sigmoid re-training baseline, paired by seed")[1].split("\n## ")[0]
     assert "| balanced_sigmoid | -1.0 ± 0.0 | -2.0 ± 0.0 |" in section
     assert "balanced_softmax" not in section and "dbm_bs" not in section
+    # Without hard-negative metrics (scoring failed) that protocol's table says so.
+    hardneg = md.split("## Hard-negative stress test")[1].split("\n## ")[0]
+    assert "| softmax | — | — | — | — | — | 0/3 | failed (no hardneg metrics) |" in hardneg
+
+
+def test_variants_are_paired_with_their_counterpart(tmp_path):
+    # sigmoid from the softmax base's classifier against sigmoid from the sigmoid base, by seed
+    runs = [_run("softmax", s, 50.0, 30.0) for s in (0, 1)]
+    runs += [_run("sigmoid", s, 47.0 + 5 * s, 31.0 + 5 * s) for s in (0, 1)]
+    runs += [_run("sigmoid_from_softmax", s, 46.0 + 5 * s, 33.0 + 6 * s) for s in (0, 1)]
+    rows = {(d["method"], d["against"]): d for d in lt.paired_deltas(runs, baseline=None)}
+    assert list(rows) == [("sigmoid_from_softmax", "sigmoid")]
+    d = rows[("sigmoid_from_softmax", "sigmoid")]
+    assert d["stats"]["mask AP"] == pytest.approx((-1.0, 0.0))
+    assert d["stats"]["APr"] == pytest.approx((2.5, 0.5**0.5))  # +2, +3
+    md = open(lt.write_results(runs, str(tmp_path), "cmd", {}, plots=False)["md"]).read()
+    section = md.split("variants against the method they vary")[1].split("\n## ")[0]
+    assert "| sigmoid_from_softmax | sigmoid | -1.0 ± 0.0 | +2.5 ± 0.7 |" in section
 
 
 def test_estimate_uses_the_closest_finished_runs():

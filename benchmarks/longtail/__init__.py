@@ -4,7 +4,10 @@ Per training seed (cfg ``SEED``; the synthetic dataset itself is always generato
 instance-balanced base model is trained once (softmax + repeat-factor sampling, and the sigmoid
 base only when a selected method needs it), then every selected method fine-tunes its box
 classifier in the decoupled regime from the matching base. Every run is a subprocess of
-``tools/train_net.py`` and is evaluated with LVIS AP on ``ltdet_synthetic_val``.
+``tools/train_net.py``, evaluated once with LVIS AP on the preset's LVIS-protocol val set
+(``ltdet_synthetic_val``; the headline); ``tools/evaluate.py`` then scores the same detections
+against the hard-negative val json (``ltdet_synthetic_val_hardneg``; a stress test), so the two
+protocols differ in their negative labels only (docs/SYNTHETIC_PROTOCOLS.md).
 
     python -m benchmarks.longtail [--seeds 0 1 2] [--methods softmax balms ...]
         [--out benchmarks/results/longtail] [--preset default|tiny] [--iters-scale 1.0]
@@ -13,8 +16,9 @@ classifier in the decoupled regime from the matching base. Every run is a subpro
 Caching: each run lives in ``OUT/runs/seed<S>/<name>-<hash>/``; the hash covers the contents of
 the run's config and its ``_BASE_`` chain (also outside configs/synthetic), the method's own opts,
 the preset, ``--iters-scale``, ``--extra-opts`` and, for a decoupled run, its base's hash. A run
-is complete when its ``inference/ltdet_synthetic_val/lvis_metrics.json`` exists (``done.json``
-records hash and duration); re-running the command only runs what is missing or failed. A
+is trained when its ``inference/ltdet_synthetic_val/lvis_metrics.json`` exists (``done.json``
+records hash and duration); re-running the command only runs what is missing or failed, and
+scores a trained run under a protocol it has no metrics for without re-training it. A
 decoupled run is also re-run when its base model was re-trained since.
 A failed run (non-zero exit) writes ``failed.json`` (return code, log tail) and is reported as
 "failed"; the methods of a failed base are reported as "skipped". Methods of the paper list that
@@ -23,16 +27,19 @@ ltdet does not implement yet are reported as "not implemented" rows when request
 Code: ``runs`` (methods, configs, cache, execution), ``report`` (results.md / .csv),
 ``plots`` (figures); this module runs them.
 
-Outputs in OUT: ``results.md`` (mean ± std over seeds of mask AP, APr, APc, APf and box AP per
-method; the per-seed differences against the softmax re-training baseline, and for the methods
-from the sigmoid base against plain sigmoid, paired by seed; the per-seed table, the command line
-and the git commit), ``results.csv`` (one row
-per method x seed), ``groups.png`` (mask APr/APc/APf per method with std error bars) and
-``per_class.png`` (per-class mask AP against training image count, mean over seeds).
+Outputs in OUT: ``results.md``, per protocol (the headline first): mean ± std over seeds of mask
+AP, APr, APc, APf and box AP per method; the per-seed differences against the softmax re-training
+baseline, for the methods from the sigmoid base against plain sigmoid, and for the variants
+(sigmoid-family losses from the softmax base's classifier) against the same loss from the sigmoid
+base, paired by seed; then the per-seed tables, the command line and the git commit.
+``results.csv`` (one row per method x seed x protocol), ``groups.png`` (mask APr/APc/APf per
+method with std error bars) and ``per_class.png`` (per-class mask AP against training image
+count, mean over seeds), and their ``_hardneg`` siblings.
 
-Presets other than "default" get ``MODEL.ROI_HEADS.NUM_CLASSES`` and the input size of the
-generated set and their data under ``OUT/datasets/<preset>`` (``--data-root`` to change; the
-default preset uses ``$DETECTRON2_DATASETS``, default ./datasets, like tools/demo.py).
+Preset "lv" (large vocabulary, 224 classes) trains the recipes of configs/synthetic_lv. Presets
+other than "default" get ``MODEL.ROI_HEADS.NUM_CLASSES`` and the input size of the generated set
+and their data under ``OUT/datasets/<preset>`` (``--data-root`` to change; the default preset
+uses ``$DETECTRON2_DATASETS``, default ./datasets, like tools/demo.py).
 A frequency group with no class (the tiny preset has no frequent class) has no AP: NaN from
 ltdet's evaluator, -100 in metrics written before it mapped lvis-api's -1 to NaN; shown as n/a.
 """
@@ -62,6 +69,7 @@ from .runs import (  # noqa: F401  (re-exported: the benchmark's interface)
     Method,
     Run,
     Runner,
+    Scorer,
     add_run_table_arguments,
     benchmark_data_root,
     cached,
@@ -77,7 +85,10 @@ from .runs import (  # noqa: F401  (re-exported: the benchmark's interface)
     print_line,
     resolve_methods,
     scaled_schedule_opts,
+    score_protocols,
+    scoring_command,
     subprocess_runner,
+    subprocess_scorer,
     synthetic_module,
 )
 
@@ -94,9 +105,12 @@ def run_benchmark(
     command: Optional[str] = None,
     log=print_line,
     dry_run: bool = False,
+    scorer: Optional[Scorer] = None,
 ) -> dict:
     """Plan, run (cache-aware) and report the benchmark. ``runner(run) -> return code`` is
-    called for every run to execute (default: tools/train_net.py subprocess). Returns a dict
+    called for every run to execute (default: tools/train_net.py subprocess), ``scorer(run,
+    protocol) -> return code`` to score its detections under the other protocols (default:
+    tools/evaluate.py subprocess). Returns a dict
     with ``runs`` (Run objects: status ok | cached | failed | skipped | not implemented),
     ``summary`` (per method) and ``paths`` of the written outputs."""
     out = os.path.abspath(out)
@@ -147,6 +161,7 @@ def run_benchmark(
         runs,
         runner or subprocess_runner,
         log=log,
+        scorer=scorer or subprocess_scorer,
         on_update=lambda: write_results(runs, out, command, settings, plots=False),
     )
     paths = write_results(runs, out, command, settings)
@@ -184,7 +199,7 @@ def main(argv=None) -> int:
         "for another preset and _custom with --iters-scale / --extra-opts, "
         "so a smoke run keeps off the table)",
     )
-    parser.add_argument("--preset", default="default", help="synthetic preset: default | tiny")
+    parser.add_argument("--preset", default="default", help="synthetic preset: default | tiny | lv")
     parser.add_argument(
         "--iters-scale",
         type=float,

@@ -18,7 +18,7 @@ def _plt():
     return plt
 
 
-def plot_groups(rows: List[dict], path: str) -> None:
+def plot_groups(rows: List[dict], path: str, subtitle: str = "") -> None:
     plt = _plt()
     rows = [r for r in rows if r["good"]]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.2))
@@ -50,7 +50,10 @@ def plot_groups(rows: List[dict], path: str) -> None:
         [f"{r['method']}\n(n={len(r['good'])})" for r in rows], rotation=30, ha="right", fontsize=8
     )
     ax.set_ylabel("mask AP (%)")
-    ax.set_title("Mask AP per frequency group (mean ± std over seeds)")
+    ax.set_title(
+        "Mask AP per frequency group (mean ± std over seeds)"
+        + (f", {subtitle}" if subtitle else "")
+    )
     if not rows:
         ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
     ax.legend(fontsize=8)
@@ -92,7 +95,7 @@ def _within_group(count: float, x: float) -> float:
     return min(max(x, lo * 1.005), hi / 1.005)
 
 
-def plot_per_class(rows: List[dict], path: str) -> None:
+def plot_per_class(rows: List[dict], path: str, subtitle: str = "") -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.8))
     markers = "osD^vP*Xh<>p"
@@ -131,7 +134,11 @@ def plot_per_class(rows: List[dict], path: str) -> None:
         )
     ax.set_xlabel("training images of the class (log; methods dodged slightly)")
     ax.set_ylabel("mask AP (%)")
-    ax.set_title("Per-class mask AP against training frequency (mean over seeds)", pad=14)
+    ax.set_title(
+        "Per-class mask AP against training frequency (mean over seeds)"
+        + (f", {subtitle}" if subtitle else ""),
+        pad=14,
+    )
     if not rows:
         ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
     else:

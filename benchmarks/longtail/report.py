@@ -15,13 +15,16 @@ from .runs import (
     CSV_METRICS,
     DATA_SEED,
     FAILED,
+    HEADLINE,
     METRICS,
     NOT_IMPLEMENTED,
     OK,
-    VAL_DATASET,
+    PROTOCOL_TITLES,
+    PROTOCOLS,
     Run,
     git_commit,
     read_json,
+    val_dataset,
 )
 
 # ----------------------------------------------------------------------------- results
@@ -86,19 +89,22 @@ BASELINE = "softmax"  # item 4 of the benchmark issue: the softmax re-training b
 AP_LOSS_ALLOWED = 1.0  # ... and a method may give up at most this much mask AP
 
 
-def paired_deltas(runs: List[Run], baseline: str = BASELINE) -> List[dict]:
+def paired_deltas(runs: List[Run], baseline: Optional[str] = BASELINE) -> List[dict]:
     """Per decoupled method: (mean, std) over seeds of (method - baseline) for every metric,
     paired by seed. Every method of a seed starts from that seed's base model(s), so the seed's
-    luck cancels in the difference and its spread is smaller than the table's."""
-    ref = {r.seed: r for r in runs if r.name == baseline and _ok(r)}
+    luck cancels in the difference and its spread is smaller than the table's. ``baseline``
+    None: each method with a ``counterpart`` against that counterpart."""
+    ok = {(r.name, r.seed): r for r in runs if _ok(r)}
     rows = []
     for name in dict.fromkeys(r.name for r in runs):
+        method = next(r.method for r in runs if r.name == name)
+        ref_name = baseline if baseline is not None else method.counterpart
         pairs = [
-            (r, ref[r.seed])
+            (r, ok[(ref_name, r.seed)])
             for r in runs
-            if r.name == name and _ok(r) and r.seed in ref and not r.is_base
+            if r.name == name and _ok(r) and (ref_name, r.seed) in ok and not r.is_base
         ]
-        if name == baseline or not pairs:
+        if name == ref_name or not pairs:
             continue
         stats = {
             label: _mean_std(
@@ -115,6 +121,7 @@ def paired_deltas(runs: List[Run], baseline: str = BASELINE) -> List[dict]:
         rows.append(
             dict(
                 method=name,
+                against=ref_name,
                 base=pairs[0][0].method.base,
                 stats=stats,
                 seeds=len(pairs),
@@ -126,26 +133,33 @@ def paired_deltas(runs: List[Run], baseline: str = BASELINE) -> List[dict]:
 
 
 def _delta_table(
-    runs: List[Run], baseline: str, labels: List[str], text: str, base: Optional[str] = None
+    runs: List[Run],
+    baseline: Optional[str],
+    labels: List[str],
+    title: str,
+    text: str,
+    base: Optional[str] = None,
 ) -> List[str]:
-    """Markdown section of ``paired_deltas`` against ``baseline`` (only methods from ``base``)."""
+    """Markdown section of ``paired_deltas`` against ``baseline`` (only methods from ``base``;
+    ``baseline`` None: against each method's counterpart)."""
     deltas = [d for d in paired_deltas(runs, baseline) if base is None or d["base"] == base]
     if not deltas:
         return []
+    against = " | against" if baseline is None else ""
     lines = [
         "",
-        f"## Against the {baseline} re-training baseline, paired by seed",
+        title,
         "",
         text,
         "",
-        "| method | "
+        f"| method{against} | "
         + " | ".join(f"Δ {label}" for label in labels)
         + f" | APr up in | APr up, AP ≥ -{AP_LOSS_ALLOWED:g} |",
-        "|---|" + "---:|" * len(labels) + "---:|---|",
+        "|---|" + "---|" * bool(against) + "---:|" * len(labels) + "---:|---|",
     ]
     for d in deltas:
         lines.append(
-            f"| {d['method']} | "
+            f"| {d['method']}{' | ' + d['against'] if against else ''} | "
             + " | ".join(_cell(*d["stats"][label], signed=True) for label in labels)
             + f" | {d['apr_up']}/{d['seeds']} seeds | {'yes' if d['holds'] else 'no'} |"
         )
@@ -168,53 +182,12 @@ def _run_commits(runs: List[Run]) -> Dict[str, int]:
     return commits
 
 
-def write_results(
-    runs: List[Run], out: str, command: str, settings: dict, plots: bool = True
-) -> Dict[str, str]:
-    os.makedirs(out, exist_ok=True)
-    rows = summarize(runs)
-    seeds = sorted({r.seed for r in runs})
-    paths = dict(
-        md=os.path.join(out, "results.md"),
-        csv=os.path.join(out, "results.csv"),
-        groups=os.path.join(out, "groups.png"),
-        per_class=os.path.join(out, "per_class.png"),
-    )
-
-    with open(paths["csv"] + ".tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            ["method", "seed", "status", *CSV_METRICS, "reason", "duration_s", "hash", "run_dir"]
-        )
-        for r in runs:
-            vals = [_metric(r.metrics, t, k) for _, t, k in METRICS]
-            w.writerow(
-                [
-                    r.name,
-                    r.seed,
-                    r.status,
-                    *("" if math.isnan(v) else f"{v:.4f}" for v in vals),
-                    r.reason,
-                    f"{r.duration_s:.1f}" if r.duration_s else "",
-                    r.hash,
-                    os.path.relpath(r.out_dir, out) if r.out_dir else "",
-                ]
-            )
-    os.replace(paths["csv"] + ".tmp", paths["csv"])
-
-    labels = [label for label, _, _ in METRICS]
+def _summary_table(runs: List[Run], labels: List[str]) -> List[str]:
     lines = [
-        "# Long-tail benchmark: decoupled classifier methods on the synthetic set",
-        "",
-        f"LVIS AP (%) on `{VAL_DATASET}`, mean ± std (sample std) over training seeds "
-        f"{', '.join(map(str, seeds))}; the dataset is the same for every seed (generator seed "
-        f"{DATA_SEED}, preset `{settings.get('preset')}`). n/a: no value (a frequency "
-        "group without classes).",
-        "",
         "| method | " + " | ".join(labels) + " | seeds | status |",
         "|---|" + "---:|" * len(labels) + "---:|---|",
     ]
-    for row in rows:
+    for row in summarize(runs):
         if row["good"]:
             cells = [_cell(*row["stats"][label]) for label in labels]
             # A metric some seeds lack is averaged over the others: say over how many.
@@ -229,10 +202,27 @@ def write_results(
             + " | ".join(cells)
             + f" | {len(row['good'])}/{len(row['runs'])} | {row['status']} |"
         )
+    return lines
+
+
+def _protocol_section(
+    runs: List[Run], protocol: str, preset: str, headline: bool, labels: List[str]
+) -> List[str]:
+    """The tables of one protocol: the summary and the paired differences."""
+    lines = [
+        "",
+        f"## {PROTOCOL_TITLES[protocol][0].upper()}{PROTOCOL_TITLES[protocol][1:]}"
+        + (" — the headline" if headline else " — a stress test"),
+        "",
+        f"Scored on `{val_dataset(preset, protocol)}`.",
+        "",
+        *_summary_table(runs, labels),
+    ]
     lines += _delta_table(
         runs,
         BASELINE,
         labels,
+        f"### {protocol}: against the {BASELINE} re-training baseline, paired by seed",
         f"Per seed, method minus `{BASELINE}`; mean ± std over the seeds where both "
         f"ran. Expected ordering: APr up, mask AP down by at most {AP_LOSS_ALLOWED:g} "
         "(means). Methods from the sigmoid base share less of the seed's luck "
@@ -242,20 +232,30 @@ def write_results(
         runs,
         "sigmoid",
         labels,
+        f"### {protocol}: against the sigmoid re-training baseline, paired by seed",
         "The methods trained from the sigmoid base against plain sigmoid re-training "
         "from the same base: the effect of the loss alone.",
         base="sigmoid",
     )
-    lines += [
-        "",
-        "## Per seed",
-        "",
+    lines += _delta_table(
+        runs,
+        None,
+        labels,
+        f"### {protocol}: variants against the method they vary, paired by seed",
+        "Each variant minus its counterpart of the same seed: the sigmoid-family losses "
+        "fine-tuned from the softmax base with the classifier initialised from its softmax "
+        "logits (LTDET.LOSS.SIGMOID_FROM_SOFTMAX) against the same loss from the sigmoid base.",
+    )
+    return lines
+
+
+def _per_seed_table(runs: List[Run], labels: List[str]) -> List[str]:
+    lines = [
         "| method | seed | " + " | ".join(labels) + " | status |",
         "|---|---:|" + "---:|" * len(labels) + "---|",
     ]
-    for r in sorted(
-        runs, key=lambda r: (list(dict.fromkeys(x.name for x in runs)).index(r.name), r.seed)
-    ):
+    order = list(dict.fromkeys(x.name for x in runs))
+    for r in sorted(runs, key=lambda r: (order.index(r.name), r.seed)):
         if _ok(r):
             vals = [_metric(r.metrics, t, k) for _, t, k in METRICS]
             cells = ["n/a" if math.isnan(v) else f"{v:.1f}" for v in vals]
@@ -263,6 +263,72 @@ def write_results(
             cells = ["—"] * len(labels)
         status = r.status + (f": {r.reason}" if r.reason else "")
         lines.append(f"| {r.name} | {r.seed} | " + " | ".join(cells) + f" | {status} |")
+    return lines
+
+
+def write_results(
+    runs: List[Run], out: str, command: str, settings: dict, plots: bool = True
+) -> Dict[str, str]:
+    """results.md (every protocol's tables, the headline first), results.csv (a row per
+    method x seed x protocol) and the figures of each protocol."""
+    os.makedirs(out, exist_ok=True)
+    seeds = sorted({r.seed for r in runs})
+    preset = settings.get("preset", "default")
+    by_protocol = {p: [r.for_protocol(p) for r in runs] for p in PROTOCOLS}
+    paths = dict(md=os.path.join(out, "results.md"), csv=os.path.join(out, "results.csv"))
+    for p in PROTOCOLS:
+        suffix = "" if p == HEADLINE else f"_{p}"
+        paths[f"groups{suffix}"] = os.path.join(out, f"groups{suffix}.png")
+        paths[f"per_class{suffix}"] = os.path.join(out, f"per_class{suffix}.png")
+
+    with open(paths["csv"] + ".tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "method",
+                "seed",
+                "protocol",
+                "status",
+                *CSV_METRICS,
+                "reason",
+                "duration_s",
+                "hash",
+                "run_dir",
+            ]
+        )
+        for p, prs in by_protocol.items():
+            for r in prs:
+                vals = [_metric(r.metrics, t, k) for _, t, k in METRICS]
+                w.writerow(
+                    [
+                        r.name,
+                        r.seed,
+                        p,
+                        r.status,
+                        *("" if math.isnan(v) else f"{v:.4f}" for v in vals),
+                        r.reason,
+                        f"{r.duration_s:.1f}" if r.duration_s else "",
+                        r.hash,
+                        os.path.relpath(r.out_dir, out) if r.out_dir else "",
+                    ]
+                )
+    os.replace(paths["csv"] + ".tmp", paths["csv"])
+
+    labels = [label for label, _, _ in METRICS]
+    lines = [
+        "# Long-tail benchmark: decoupled classifier methods on the synthetic set",
+        "",
+        f"LVIS AP (%), mean ± std (sample std) over training seeds "
+        f"{', '.join(map(str, seeds))}; the dataset is the same for every seed (generator seed "
+        f"{DATA_SEED}, preset `{preset}`). Every run's model is evaluated once; its detections "
+        "are scored under each validation protocol (the same images and annotations, different "
+        "verified-negative labels; docs/SYNTHETIC_PROTOCOLS.md). n/a: no value (a frequency "
+        "group without classes).",
+    ]
+    for p, prs in by_protocol.items():
+        lines += _protocol_section(prs, p, preset, p == HEADLINE, labels)
+    for p, prs in by_protocol.items():
+        lines += ["", f"## Per seed: {p} protocol", "", *_per_seed_table(prs, labels)]
     lines += [
         "",
         "## Methods",
@@ -297,21 +363,24 @@ def write_results(
         ),
         "* settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
         f"* written: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-        "* runs: `runs/seed<S>/<method>-<config hash>/` (train_net.log, done.json or failed.json)",
+        "* runs: `runs/seed<S>/<method>-<config hash>/` (train_net.log, done.json or failed.json; "
+        "inference/<val set>/ per protocol)",
         "",
     ]
-    failed = [r for r in runs if r.status == FAILED]
+    failed = [r for prs in by_protocol.values() for r in prs if r.status == FAILED]
     if failed:
         lines += ["## Failed runs", ""]
         for r in failed:
-            lines += [
-                f"* seed {r.seed} {r.name}: {r.reason}; log `{os.path.relpath(r.log_path, out)}`"
-            ]
+            log = os.path.relpath(r.log_path, out) if r.log_path else "none"
+            lines += [f"* seed {r.seed} {r.name} ({r.protocol}): {r.reason}; log `{log}`"]
         lines.append("")
     with open(paths["md"] + ".tmp", "w") as f:
         f.write("\n".join(lines))
     os.replace(paths["md"] + ".tmp", paths["md"])
     if plots:
-        plot_groups(rows, paths["groups"])
-        plot_per_class(rows, paths["per_class"])
+        for p, prs in by_protocol.items():
+            suffix = "" if p == HEADLINE else f"_{p}"
+            rows = summarize(prs)
+            plot_groups(rows, paths[f"groups{suffix}"], f"{p} protocol")
+            plot_per_class(rows, paths[f"per_class{suffix}"], f"{p} protocol")
     return paths

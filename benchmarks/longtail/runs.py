@@ -14,16 +14,44 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(ROOT, "configs", "synthetic")
+# The recipes of each preset (the tiny preset trains the default recipes, shortened by opts).
+PRESET_CONFIG_DIRS = {"lv": os.path.join(ROOT, "configs", "synthetic_lv")}
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
+EVALUATE = os.path.join(ROOT, "tools", "evaluate.py")
 VAL_DATASET = "ltdet_synthetic_val"
 SYNTHETIC_DIR = "ltdet_synthetic"  # as ltdet.data.builtin.SYNTHETIC_DIR
 DATA_SEED = 0  # the dataset is the same for every training seed
+
+# The validation protocols (docs/SYNTHETIC_PROTOCOLS.md), each a val json over the same images and
+# annotations: name -> suffix of the dataset / json name. A run's model is evaluated once, on the
+# first (LVIS's negative protocol, the headline); the same detections are then scored against the
+# others' jsons by tools/evaluate.py, so the protocols differ in nothing but the labels.
+PROTOCOLS = {"lvis": "", "hardneg": "_hardneg"}
+HEADLINE = "lvis"
+PROTOCOL_TITLES = {
+    "lvis": "LVIS's negative protocol (random absent categories as verified negatives)",
+    "hardneg": "hard-negative stress test (every confusable sibling of a present class a negative)",
+}
+
+
+def preset_config_dir(preset: str) -> str:
+    return PRESET_CONFIG_DIRS.get(preset, CONFIG_DIR)
+
+
+def dataset_dir(preset: str) -> str:
+    """The preset's folder under $DETECTRON2_DATASETS, which is also its datasets' name prefix."""
+    return synthetic_module().DATASET_DIRS[preset]
+
+
+def val_dataset(preset: str, protocol: str = HEADLINE) -> str:
+    return f"{dataset_dir(preset)}_val{PROTOCOLS[protocol]}"
+
 
 # (column label, task, metric) of the tables; mask AP = segm.
 METRICS = [
@@ -56,6 +84,9 @@ class Method:
     opts: tuple = ()
     implemented: bool = True
     description: str = ""
+    # Another method this one is paired with, seed by seed, in a table of its own (a variant of
+    # it: the same loss from another starting point).
+    counterpart: Optional[str] = None
 
 
 BASES = {
@@ -131,6 +162,26 @@ KNOWN_METHODS: Dict[str, Method] = {
             "softmax",
             description="softmax + major-to-minor feature translation (Kim et al. 2020)",
         ),
+        # Sigmoid-family fine-tuning from the softmax base: the K sigmoid logits start as each
+        # class's softmax logit minus the background's (ltdet/modeling/classifier_init.py), the
+        # start a user of the model zoo's softmax checkpoints gets. Paired with the same loss
+        # from the sigmoid base.
+        Method(
+            "sigmoid_from_softmax",
+            "decoupled/sigmoid.yaml",
+            "softmax",
+            opts=("LTDET.LOSS.SIGMOID_FROM_SOFTMAX", "True"),
+            description="sigmoid, classifier initialised from the softmax base's",
+            counterpart="sigmoid",
+        ),
+        Method(
+            "balanced_sigmoid_from_softmax",
+            "decoupled/balanced_sigmoid.yaml",
+            "softmax",
+            opts=("LTDET.LOSS.SIGMOID_FROM_SOFTMAX", "True"),
+            description="balanced sigmoid, classifier initialised from the softmax base's",
+            counterpart="balanced_sigmoid",
+        ),
     ]
 }
 DEFAULT_METHODS = list(KNOWN_METHODS)
@@ -157,7 +208,10 @@ class Run:
     returncode: Optional[int] = None
     duration_s: Optional[float] = None
     run_id: str = ""  # identifies a completed training (dependents record their base's)
-    metrics: Optional[dict] = None
+    metrics: Optional[dict] = None  # of the headline protocol; every protocol's in all_metrics
+    all_metrics: Dict[str, dict] = field(default_factory=dict)
+    preset: str = "default"
+    protocol: str = HEADLINE  # whose metrics ``metrics`` and ``per_class_path`` are
 
     @property
     def name(self) -> str:
@@ -167,13 +221,44 @@ class Run:
     def is_base(self) -> bool:
         return self.method.base is None and self.method.implemented
 
+    def inference_dir(self, protocol: str = HEADLINE) -> str:
+        return os.path.join(self.out_dir, "inference", val_dataset(self.preset, protocol))
+
     @property
     def metrics_path(self) -> str:
-        return os.path.join(self.out_dir, "inference", VAL_DATASET, "lvis_metrics.json")
+        return self.protocol_metrics_path(HEADLINE)
+
+    def protocol_metrics_path(self, protocol: str) -> str:
+        return os.path.join(self.inference_dir(protocol), "lvis_metrics.json")
 
     @property
     def per_class_path(self) -> str:
-        return os.path.join(self.out_dir, "inference", VAL_DATASET, "per_class_ap.csv")
+        return self.protocol_per_class_path(self.protocol)
+
+    def protocol_per_class_path(self, protocol: str) -> str:
+        return os.path.join(self.inference_dir(protocol), "per_class_ap.csv")
+
+    @property
+    def detections_path(self) -> str:
+        """The detections the run's own evaluation wrote (headline protocol's folder)."""
+        return os.path.join(self.inference_dir(HEADLINE), "lvis_instances_results.json")
+
+    def read_metrics(self) -> bool:
+        """Load every protocol's metrics; True when all are there and readable."""
+        self.all_metrics = {
+            p: m for p in PROTOCOLS if (m := read_json(self.protocol_metrics_path(p))) is not None
+        }
+        self.metrics = self.all_metrics.get(HEADLINE)
+        return len(self.all_metrics) == len(PROTOCOLS)
+
+    def for_protocol(self, protocol: str) -> "Run":
+        """A copy whose ``metrics`` are ``protocol``'s (the report's tables read ``metrics``);
+        a trained run without them (its scoring failed) is a failed run of that table."""
+        metrics = self.all_metrics.get(protocol)
+        if metrics is None and self.status in (OK, CACHED):
+            reason = self.reason or f"no {protocol} metrics"
+            return replace(self, metrics=None, status=FAILED, reason=reason, protocol=protocol)
+        return replace(self, metrics=metrics, protocol=protocol)
 
     def summary(self) -> dict:
         return dict(
@@ -190,6 +275,7 @@ class Run:
 
 
 Runner = Callable[[Run], int]
+Scorer = Callable[[Run, str], int]
 
 
 def subprocess_runner(run: Run) -> int:
@@ -199,6 +285,36 @@ def subprocess_runner(run: Run) -> int:
         log.flush()
         return subprocess.run(
             run.cmd, env=run.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        ).returncode
+
+
+def scoring_command(run: Run, protocol: str) -> List[str]:
+    """tools/evaluate.py scoring the run's detections against ``protocol``'s val json."""
+    root = os.path.join(run.env.get("DETECTRON2_DATASETS", ""), dataset_dir(run.preset))
+    return [
+        sys.executable,
+        EVALUATE,
+        "--gt",
+        os.path.join(root, f"lvis_synthetic_val{PROTOCOLS[protocol]}.json"),
+        "--dt",
+        run.detections_path,
+        "--train-json",
+        os.path.join(root, "lvis_synthetic_train.json"),
+        "--output",
+        run.inference_dir(protocol),
+        "--title",
+        f"{run.name} seed {run.seed}, {protocol} protocol",
+    ]
+
+
+def subprocess_scorer(run: Run, protocol: str) -> int:
+    """Default scorer: ``scoring_command`` in a subprocess, appending to the run's log."""
+    cmd = scoring_command(run, protocol)
+    with open(run.log_path, "a") as log:
+        log.write("\n$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        log.flush()
+        return subprocess.run(
+            cmd, env=run.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
         ).returncode
 
 
@@ -297,7 +413,7 @@ def _file_digest(paths: Sequence[str]) -> List[List[str]]:
 def config_hash(method: Method, opts: Sequence[str], preset: str, base_hash: str = "") -> str:
     """Hash of everything that defines a run except its seed (the seed is in its directory)."""
     # Only the run's own _BASE_ chain: adding a recipe must not invalidate the other runs.
-    config = os.path.join(CONFIG_DIR, method.config)
+    config = os.path.join(preset_config_dir(preset), method.config)
     payload = dict(
         files=_file_digest(_config_chain(config)),
         config=method.config,
@@ -452,6 +568,8 @@ def plan(
             "INPUT.MAX_SIZE_TEST",
             size,
         ]
+    # One inference pass, on the headline protocol's set; the others score its detections.
+    test_opts = ["DATASETS.TEST", f"('{val_dataset(preset)}',)"]
     env = dict(os.environ)
     if data_root:
         env["DETECTRON2_DATASETS"] = data_root
@@ -463,14 +581,15 @@ def plan(
     runs: List[Run] = []
 
     def make(method: Method, seed: int, base: Optional[Run]) -> Run:
-        run = Run(method=method, seed=seed, base_run=base)
+        run = Run(method=method, seed=seed, base_run=base, preset=preset)
         if not method.implemented:
             run.status, run.reason = NOT_IMPLEMENTED, method.description
             return run
-        config = os.path.join(CONFIG_DIR, method.config)
+        config = os.path.join(preset_config_dir(preset), method.config)
         run.opts = (
             [str(o) for o in method.opts]
             + preset_opts
+            + test_opts
             + scaled_schedule_opts(config, iters_scale)
             + extra
         )
@@ -532,13 +651,33 @@ def print_line(msg: str) -> None:
     print(msg, flush=True)
 
 
+def score_protocols(run: Run, scorer: Scorer = subprocess_scorer) -> str:
+    """Score the run's detections under every protocol that has no metrics yet (a cached run
+    trained before a protocol existed is scored without re-training). Returns "" or why not."""
+    for protocol in PROTOCOLS:
+        path = run.protocol_metrics_path(protocol)
+        if protocol == HEADLINE or read_json(path) is not None:
+            continue
+        try:
+            rc = scorer(run, protocol)
+        except Exception as e:  # a scorer bug must not lose the other runs
+            rc = -1
+            with open(run.log_path, "a") as f:
+                f.write(f"\nscorer raised {type(e).__name__}: {e}\n")
+        if rc != 0 or read_json(path) is None:
+            return f"scoring the {protocol} protocol failed (exit code {rc}; log {run.log_path})"
+    return ""
+
+
 def execute(
     runs: List[Run],
     runner: Runner = subprocess_runner,
     log=print_line,
     on_update: Optional[Callable[[], None]] = None,
+    scorer: Scorer = subprocess_scorer,
 ) -> List[Run]:
-    """Run (or take from the cache) every planned run, in order; never raises for a failed run."""
+    """Run (or take from the cache) every planned run, in order, and score each under every
+    protocol; never raises for a failed run."""
     todo = [r for r in runs if r.status == PLANNED]
     fresh: List[Run] = []
     cached_runs: List[Run] = []
@@ -551,9 +690,10 @@ def execute(
             continue
         if cached(run):
             run.status = CACHED
-            run.metrics = read_json(run.metrics_path)
+            run.reason = score_protocols(run, scorer)
+            run.read_metrics()
             cached_runs.append(run)
-            log(f"{tag}: cached ({run.out_dir})")
+            log(f"{tag}: cached ({run.out_dir})" + (f"; {run.reason}" if run.reason else ""))
             continue
         # Runs still to train; complete ones further on are skipped and lend their durations
         # (checked in order, so a cached base is resolved before its methods).
@@ -581,7 +721,9 @@ def execute(
         run.returncode = rc
         metrics = read_json(run.metrics_path) if rc == 0 else None
         if metrics is not None:
-            run.status, run.run_id, run.metrics = OK, uuid.uuid4().hex, metrics
+            run.status, run.run_id = OK, uuid.uuid4().hex
+            run.reason = score_protocols(run, scorer)
+            run.read_metrics()
             _write_json(
                 os.path.join(run.out_dir, "done.json"),
                 dict(
@@ -597,7 +739,10 @@ def execute(
                 ),
             )
             fresh.append(run)
-            log(f"{tag}: done in {fmt_duration(run.duration_s)}")
+            log(
+                f"{tag}: done in {fmt_duration(run.duration_s)}"
+                + (f"; {run.reason}" if run.reason else "")
+            )
         else:
             run.status = FAILED
             run.reason = (
@@ -671,7 +816,7 @@ def prepare_data(preset: str, out: str, data_root: Optional[str] = None) -> tupl
             data_root = os.path.join(os.path.abspath(out), "datasets", preset)
     data_root = os.path.abspath(data_root)
     info = synthetic_module().generate(
-        os.path.join(data_root, SYNTHETIC_DIR), preset=preset, seed=DATA_SEED
+        os.path.join(data_root, dataset_dir(preset)), preset=preset, seed=DATA_SEED
     )
     return data_root, info
 
