@@ -6,6 +6,7 @@ synthetic set) checks the whole chain; caching, failures, skipped dependents and
 
 import csv
 import json
+import math
 import os
 
 import pytest
@@ -157,6 +158,111 @@ def test_real_tiny_run_and_cache(data_root, tmp_path):
     assert [r.status for r in again["runs"]] == ["cached", "cached", "not implemented"]
     assert os.path.getmtime(done) == mtime
     assert again["runs"][1].metrics == softmax.metrics
+
+
+def test_real_run_is_scored_under_both_protocols_from_one_inference(data_root, tmp_path):
+    """The run's model is evaluated once (LVIS protocol); the hard-negative metrics are lvis-api's
+    on the very same detections file against the hard-negative json. A cached run that lacks
+    them is scored again without training."""
+    import pycocotools.mask as mask_util
+    from lvis import LVIS, LVISEval, LVISResults
+
+    out = str(tmp_path / "bench")
+    res = lt.run_benchmark(["softmax"], [0], out, "tiny", TINY_OPTS, data_root=data_root)
+    softmax = res["runs"][1]
+    assert softmax.status == "ok" and set(softmax.all_metrics) == {"lvis", "hardneg"}
+    with open(os.path.join(softmax.out_dir, "config.yaml")) as f:
+        assert "TEST:\n  - ltdet_synthetic_val\n" in f.read()  # one inference pass
+    assert not os.path.exists(
+        os.path.join(softmax.inference_dir("hardneg"), "lvis_instances_results.json")
+    )
+    # Detections with known scores (a 3-iteration model scores AP 0 under any labels): every
+    # object found with its class (0.5) and, ranked first, as its next family member (1.0).
+    val_dir = os.path.join(data_root, "ltdet_synthetic")
+    with open(os.path.join(val_dir, "lvis_synthetic_val.json")) as f:
+        val = json.load(f)
+    size = {im["id"]: (im["height"], im["width"]) for im in val["images"]}
+    dets = []
+    for a in val["annotations"]:
+        c = a["category_id"]
+        sibling = (c - 1) // 4 * 4 + 1 + c % 4
+        rle = mask_util.merge(mask_util.frPyObjects(a["segmentation"], *size[a["image_id"]]))
+        rle["counts"] = rle["counts"].decode()
+        for cat, score in ((c, 0.5), (sibling, 1.0)):
+            dets.append(
+                dict(
+                    image_id=a["image_id"],
+                    category_id=cat,
+                    bbox=a["bbox"],
+                    score=score,
+                    segmentation=rle,
+                )
+            )
+    with open(softmax.detections_path, "w") as f:
+        json.dump(dets, f)
+    hardneg = softmax.protocol_metrics_path("hardneg")
+    os.remove(hardneg)
+    again = lt.run_benchmark(
+        ["softmax"], [0], out, "tiny", TINY_OPTS, data_root=data_root, runner=lambda run: 1
+    )
+    assert [r.status for r in again["runs"]] == ["cached", "cached"]
+    gt = LVIS(os.path.join(val_dir, "lvis_synthetic_val_hardneg.json"))
+    got = again["runs"][1].all_metrics["hardneg"]
+    for task in ("bbox", "segm"):
+        ev = LVISEval(gt, LVISResults(gt, dets), task)
+        ev.run()
+        want = ev.get_results()
+        for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"):
+            v = want[k]
+            if v == -1:  # lvis-api's "no such objects" is NaN in ltdet's metrics
+                assert math.isnan(got[task][k]), (task, k)
+            else:
+                assert got[task][k] == pytest.approx(100 * v, abs=1e-6), (task, k)
+    assert 0 < got["bbox"]["AP"] < 90  # the sibling false positives count here
+    rows = _read_csv(os.path.join(out, "results.csv"))
+    assert [(r["method"], r["protocol"]) for r in rows] == [
+        ("base_softmax_rfs", "lvis"),
+        ("softmax", "lvis"),
+        ("base_softmax_rfs", "hardneg"),
+        ("softmax", "hardneg"),
+    ]
+
+    # a scoring failure is the failure of that protocol's table only, and says why
+    os.remove(hardneg)
+    failed = lt.run_benchmark(
+        ["softmax"],
+        [0],
+        out,
+        "tiny",
+        TINY_OPTS,
+        data_root=data_root,
+        runner=lambda run: 1,
+        scorer=lambda run, protocol: 3,
+    )
+    sm = failed["runs"][1]
+    assert sm.status == "cached" and "scoring the hardneg protocol failed (exit code 3" in sm.reason
+    md = open(os.path.join(out, "results.md")).read()
+    lvis_part, hard_part = md.split("## Per seed")[0].split("## Hard-negative stress test")
+    assert "| softmax |" in lvis_part and "| 1/1 | ok |" in lvis_part
+    assert "| softmax | — | — | — | — | — | 0/1 | failed (scoring the hardneg" in hard_part
+
+
+def test_large_vocabulary_preset_plans_its_own_recipes(tmp_path):
+    runs = lt.plan(["softmax", "eql"], [0], str(tmp_path), "lv", num_classes=224)
+    configs = [r.cmd[r.cmd.index("--config-file") + 1] for r in runs]
+    assert [os.path.relpath(c, REPO) for c in configs] == [
+        "configs/synthetic_lv/base_softmax_rfs.yaml",
+        "configs/synthetic_lv/base_sigmoid_rfs.yaml",
+        "configs/synthetic_lv/decoupled/softmax.yaml",
+        "configs/synthetic_lv/decoupled/eql.yaml",
+    ]
+    for r in runs:
+        i = r.cmd.index("DATASETS.TEST")
+        assert r.cmd[i + 1] == "('ltdet_synthetic_lv_val',)"
+        assert r.inference_dir("hardneg").endswith("inference/ltdet_synthetic_lv_val_hardneg")
+    # every method of the benchmark has an lv recipe
+    for m in lt.KNOWN_METHODS.values():
+        assert os.path.isfile(os.path.join(REPO, "configs", "synthetic_lv", m.config)), m.name
 
 
 def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
