@@ -32,7 +32,7 @@ def test_per_class_ap_by_hand_and_averages_to_lvis_api(fp_setup):  # noqa: F811
     ranks above its exact hit, so its precision is 1/2 at every recall: AP 0.5. Class 2: 1.0.
     lvis-api's AP is the mean over classes of exactly these, and APr the rare ones' mean."""
     ev = _lvis_eval(
-        fp_setup["root"] / "ltdet_synthetic" / "lvis_synthetic_val.json", fp_setup["dets"]
+        fp_setup["root"] / "ltdet_synthetic" / "lvis_synthetic_val_hardneg.json", fp_setup["dets"]
     )
     ap = per_class_ap(ev)
     np.testing.assert_allclose(ap, [0.5, 1.0], atol=1e-12)

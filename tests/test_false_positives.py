@@ -64,7 +64,12 @@ def fp_setup(tmp_path):
         }
         for c, n, f in ((1, "rare_one", "r"), (2, "frequent_one", "f"))
     ]
-    write_lvis_json(root / "ltdet_synthetic" / "lvis_synthetic_val.json", images, anns, cats)
+    write_lvis_json(
+        root / "ltdet_synthetic" / "lvis_synthetic_val_hardneg.json", images, anns, cats
+    )
+    # LVIS's protocol: the same images without the negative label (AP counts no false positive)
+    lvis_images = [dict(im, neg_category_ids=[]) for im in images]
+    write_lvis_json(root / "ltdet_synthetic" / "lvis_synthetic_val.json", lvis_images, anns, cats)
 
     dets = [
         {
@@ -92,7 +97,9 @@ def fp_setup(tmp_path):
         "root": root,
         "out": tmp_path,
         "dets": dets,
-        "val": json.loads((root / "ltdet_synthetic" / "lvis_synthetic_val.json").read_text()),
+        "val": json.loads(
+            (root / "ltdet_synthetic" / "lvis_synthetic_val_hardneg.json").read_text()
+        ),
     }
 
 
@@ -145,6 +152,14 @@ def test_table_as_evaluated_and_without_negatives(fp_setup, capsys):
     assert row["f with / negative / other"] == "1 / 0 / 0"
     assert (row["AP"], row["APr"]) == ("75.0", "50.0")
     assert (row["AP, no negatives"], row["APr, no negatives"]) == ("100.0", "100.0")
+
+    # the same detections under LVIS's protocol: the false positive is on an unjudged image
+    args = ["--out", str(fp_setup["out"]), "--methods", "m", "--seeds", "0"]
+    args += ["--data-root", str(fp_setup["root"]), "--protocol", "lvis"]
+    assert script.main(args) == 0
+    (row,) = tables(capsys.readouterr().out)[0]
+    assert row["r with / negative / other"] == "1 / 0 / 1"
+    assert (row["AP"], row["APr"]) == ("100.0", "100.0")
 
 
 def test_missing_or_failed_run_names_the_fix(fp_setup, tmp_path):

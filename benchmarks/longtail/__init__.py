@@ -60,12 +60,17 @@ from .runs import (  # noqa: F401  (re-exported: the benchmark's interface)
     CACHED,
     DEFAULT_METHODS,
     FAILED,
+    HEADLINE,
     KNOWN_METHODS,
     NOT_IMPLEMENTED,
     OK,
     PLANNED,
+    PROTOCOL_TITLES,
+    PROTOCOLS,
     ROOT,
     SKIPPED,
+    SYNTHETIC_DIR,
+    VAL_DATASET,
     Method,
     Run,
     Runner,
@@ -90,6 +95,7 @@ from .runs import (  # noqa: F401  (re-exported: the benchmark's interface)
     subprocess_runner,
     subprocess_scorer,
     synthetic_module,
+    val_dataset,
 )
 
 

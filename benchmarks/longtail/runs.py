@@ -464,7 +464,14 @@ def completed_run_dir(out: str, method: str, seed: int) -> str:
             "(or pass its --out)"
         )
     with open(table, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["method"] == method and r["seed"] == str(seed)]
+        # one row per protocol (the training's status is the headline's), or one in older tables
+        rows = [
+            r
+            for r in csv.DictReader(f)
+            if r["method"] == method
+            and r["seed"] == str(seed)
+            and r.get("protocol", HEADLINE) == HEADLINE
+        ]
     if not rows:
         raise FileNotFoundError(
             f"{table} has no run of {method} seed {seed}; re-run python -m benchmarks.longtail "
