@@ -33,7 +33,12 @@ from typing import Iterator, Sequence
 import torch
 
 # the runs its table reports
-from benchmarks.longtail import add_run_table_arguments, benchmark_data_root, completed_run_dir
+from benchmarks.longtail import (
+    VAL_DATASET,
+    add_run_table_arguments,
+    benchmark_data_root,
+    completed_run_dir,
+)
 
 BALANCED = ("balanced_sigmoid", "balms_sigmoid")
 PLAIN = ("sigmoid", "eql", "federated")
@@ -126,9 +131,8 @@ def main(argv: Sequence[str] = None) -> int:
             run_dir = completed_run_dir(args.out, method, seed)
             sign = 0.0 if args.no_shift else 1.0 if method in BALANCED else -1.0
             segm = evaluate(run_dir, sign, args.opts)["segm"]
-            with open(
-                os.path.join(run_dir, "inference", "ltdet_synthetic_val", "lvis_metrics.json")
-            ) as f:
+            # the run's own evaluation: on the LVIS-protocol val set, as this re-evaluation
+            with open(os.path.join(run_dir, "inference", VAL_DATASET, "lvis_metrics.json")) as f:
                 trained = json.load(f)["segm"]
             # "as trained" only when nothing at test time differs from the run's own evaluation
             how = (
