@@ -1088,6 +1088,33 @@ def test_eval_only_checks_before_inference(base_model, handmade, tmp_path):  # n
             config,
             *_tiny_opts(tmp_path / "partial", "MODEL.WEIGHTS", partial),
         )
+    # A sigmoid-family config scores a softmax checkpoint with LTDET.LOSS.SIGMOID_FROM_SOFTMAX,
+    # as training would start from it: the same AP as the conversion done by hand (class k's
+    # weights and bias minus the background's, the last row) saved as a sigmoid checkpoint.
+    sigmoid_config = os.path.join(REPO, "configs/synthetic/decoupled/sigmoid.yaml")
+    converted = tmp_path / "converted.pth"
+    state = torch.load(weights, map_location="cpu", weights_only=False)
+    for key in ("weight", "bias"):
+        w = state["model"][f"roi_heads.box_predictor.cls_score.{key}"]
+        state["model"][f"roi_heads.box_predictor.cls_score.{key}"] = w[:-1] - w[-1:]
+    torch.save(state, converted)
+    by_hand = _train_net(
+        "--eval-only",
+        "--config-file",
+        sigmoid_config,
+        *_tiny_opts(tmp_path / "by_hand", "MODEL.WEIGHTS", converted),
+    )
+    by_flag = _train_net(
+        "--eval-only",
+        "--config-file",
+        sigmoid_config,
+        *_tiny_opts(
+            tmp_path / "by_flag", "MODEL.WEIGHTS", weights, "LTDET.LOSS.SIGMOID_FROM_SOFTMAX", True
+        ),
+    )
+    assert by_flag["segm"]["AP"] == pytest.approx(by_hand["segm"]["AP"], abs=1e-9)
+    assert by_flag["bbox"] == pytest.approx(by_hand["bbox"], abs=1e-9, nan_ok=True)
+
     name = "test_eval_only_three_classes"
     register_lvis_format(name, handmade["json"], handmade["root"])
     try:

@@ -81,8 +81,14 @@ def main(args):
         setup_outputs(cfg, args)
         model = Trainer.build_model(cfg)
         # every layer from the checkpoint: no AP of a freshly initialised classifier
+        # (a softmax checkpoint under a sigmoid-family config: converted as for training, so
+        # --eval-only scores the fine-tune's starting point)
         LongTailCheckpointer(
-            model, save_dir=cfg.OUTPUT_DIR, require_complete=True, purpose=EVAL_ONLY
+            model,
+            save_dir=cfg.OUTPUT_DIR,
+            require_complete=True,
+            purpose=EVAL_ONLY,
+            sigmoid_from_softmax=cfg.LTDET.LOSS.SIGMOID_FROM_SOFTMAX,
         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
