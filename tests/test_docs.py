@@ -438,6 +438,24 @@ def test_demo_tables_are_the_committed_demo_output():
     ]
 
 
+@pytest.mark.skipif(not os.path.exists(RESULTS), reason="no benchmark results")
+def test_benchmark_seed_0_is_the_committed_demo_output():
+    """docs/BENCHMARKS.md says the benchmark's seed 0 is `make demo`'s table to the last digit:
+    the same recipes, seed and protocols, so the same numbers under each protocol."""
+    demo = tables(_read(os.path.join(REPO, "benchmarks", "results", "demo", "results.md")))
+    per_seed = [
+        t for t in tables(_read(RESULTS)) if t and "seed" in t[0] and "status" in t[0]
+    ]  # the per-seed tables, one per protocol, in the demo's order (LVIS's protocol first)
+    assert len(demo) == len(per_seed) == 2
+    names = {"decoupled_softmax": "softmax", "decoupled_balanced_softmax": "balanced_softmax"}
+    names["decoupled_balms"] = "balms"
+    metrics = ["mask AP", "APr", "APc", "APf", "box AP"]
+    for shown, runs in zip(demo, per_seed):
+        seed0 = {r["method"]: [r[m] for m in metrics] for r in runs if r["seed"] == "0"}
+        for row in shown:
+            assert [row[m] for m in metrics] == seed0[names.get(row["run"], row["run"])], row
+
+
 @pytest.mark.skipif(not os.path.exists(REFERENCE), reason="no shared reference notes")
 def test_reported_lvis_numbers_are_the_reference_ones():
     columns = ["AP", "APr", "APc", "APf"]
