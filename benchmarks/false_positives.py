@@ -37,17 +37,12 @@ from typing import Dict, List, Sequence
 # the runs its table reports
 from benchmarks.longtail import (
     PROTOCOLS,
-    SYNTHETIC_DIR,
     VAL_DATASET,
     add_run_table_arguments,
     benchmark_data_root,
     completed_run_dir,
+    val_json,
 )
-
-
-def val_json(protocol: str) -> str:
-    """The default preset's val json of ``protocol``, relative to the data root."""
-    return os.path.join(SYNTHETIC_DIR, f"lvis_synthetic_val{PROTOCOLS[protocol]}.json")
 
 
 def _detections(out: str, method: str, seed: int) -> str:
@@ -126,7 +121,7 @@ def main(argv: Sequence[str] = None) -> int:
 
     ltdet.compat.apply_runtime_fixes()  # lvis-api 0.5.3 on numpy >= 1.24
 
-    val_path = os.path.join(args.data_root, val_json(args.protocol))
+    val_path = val_json(args.data_root, "default", args.protocol)
     with open(val_path) as f:
         val = json.load(f)
     no_neg = copy.deepcopy(val)

@@ -69,7 +69,6 @@ from .runs import (  # noqa: F401  (re-exported: the benchmark's interface)
     PROTOCOLS,
     ROOT,
     SKIPPED,
-    SYNTHETIC_DIR,
     VAL_DATASET,
     Method,
     Run,
@@ -96,6 +95,7 @@ from .runs import (  # noqa: F401  (re-exported: the benchmark's interface)
     subprocess_scorer,
     synthetic_module,
     val_dataset,
+    val_json,
 )
 
 

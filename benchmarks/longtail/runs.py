@@ -25,7 +25,6 @@ PRESET_CONFIG_DIRS = {"lv": os.path.join(ROOT, "configs", "synthetic_lv")}
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 EVALUATE = os.path.join(ROOT, "tools", "evaluate.py")
 VAL_DATASET = "ltdet_synthetic_val"
-SYNTHETIC_DIR = "ltdet_synthetic"  # as ltdet.data.builtin.SYNTHETIC_DIR
 DATA_SEED = 0  # the dataset is the same for every training seed
 
 # The validation protocols (docs/SYNTHETIC_PROTOCOLS.md), each a val json over the same images and
@@ -278,28 +277,41 @@ Runner = Callable[[Run], int]
 Scorer = Callable[[Run, str], int]
 
 
-def subprocess_runner(run: Run) -> int:
-    """Default runner: tools/train_net.py in a subprocess, stdout+stderr into ``run.log_path``."""
-    with open(run.log_path, "w") as log:
-        log.write("$ " + " ".join(shlex.quote(c) for c in run.cmd) + "\n")
+def _logged_subprocess(cmd: List[str], run: Run, mode: str) -> int:
+    """``cmd`` in a subprocess with the run's env, the command line and stdout+stderr written to
+    ``run.log_path`` (``mode`` "w" starts the log, "a" appends to it)."""
+    with open(run.log_path, mode) as log:
+        log.write(("\n" if mode == "a" else "") + "$ " + shlex.join(cmd) + "\n")
         log.flush()
         return subprocess.run(
-            run.cmd, env=run.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            cmd, env=run.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
         ).returncode
+
+
+def subprocess_runner(run: Run) -> int:
+    """Default runner: tools/train_net.py in a subprocess, stdout+stderr into ``run.log_path``."""
+    return _logged_subprocess(run.cmd, run, "w")
+
+
+def val_json(data_root: str, preset: str, protocol: str) -> str:
+    """The val json of ``protocol`` in the preset's folder under ``data_root``."""
+    return os.path.join(
+        data_root, dataset_dir(preset), f"lvis_synthetic_val{PROTOCOLS[protocol]}.json"
+    )
 
 
 def scoring_command(run: Run, protocol: str) -> List[str]:
     """tools/evaluate.py scoring the run's detections against ``protocol``'s val json."""
-    root = os.path.join(run.env.get("DETECTRON2_DATASETS", ""), dataset_dir(run.preset))
+    data_root = run.env.get("DETECTRON2_DATASETS", "")
     return [
         sys.executable,
         EVALUATE,
         "--gt",
-        os.path.join(root, f"lvis_synthetic_val{PROTOCOLS[protocol]}.json"),
+        val_json(data_root, run.preset, protocol),
         "--dt",
         run.detections_path,
         "--train-json",
-        os.path.join(root, "lvis_synthetic_train.json"),
+        os.path.join(data_root, dataset_dir(run.preset), "lvis_synthetic_train.json"),
         "--output",
         run.inference_dir(protocol),
         "--title",
@@ -309,13 +321,7 @@ def scoring_command(run: Run, protocol: str) -> List[str]:
 
 def subprocess_scorer(run: Run, protocol: str) -> int:
     """Default scorer: ``scoring_command`` in a subprocess, appending to the run's log."""
-    cmd = scoring_command(run, protocol)
-    with open(run.log_path, "a") as log:
-        log.write("\n$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
-        log.flush()
-        return subprocess.run(
-            cmd, env=run.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-        ).returncode
+    return _logged_subprocess(scoring_command(run, protocol), run, "a")
 
 
 def read_json(path: str) -> Optional[dict]:
