@@ -9,7 +9,7 @@ benchmark's runs (python -m benchmarks.longtail), on their saved val detections:
    ``neg_category_ids`` list the class) and with every ``neg_category_ids`` emptied, so that
    false positives count only on images that contain the class.
 
-    python -m benchmarks.false_positives [--out benchmarks/results/longtail]
+    python -m benchmarks.false_positives [--out benchmarks/results/longtail(_lv)]
         [--methods sigmoid balanced_sigmoid ...] [--seeds 0 1 2] [--score 0.3]
         [--protocol hardneg|lvis]
 
@@ -37,10 +37,11 @@ from typing import Dict, List, Sequence
 # the runs its table reports
 from benchmarks.longtail import (
     PROTOCOLS,
-    VAL_DATASET,
     add_run_table_arguments,
     benchmark_data_root,
+    benchmark_preset,
     completed_run_dir,
+    val_dataset,
     val_json,
 )
 
@@ -49,7 +50,7 @@ def _detections(out: str, method: str, seed: int) -> str:
     path = os.path.join(
         completed_run_dir(out, method, seed),
         "inference",
-        VAL_DATASET,
+        val_dataset(benchmark_preset(out)),  # the run's one evaluation
         "lvis_instances_results.json",
     )
     if not os.path.isfile(path):
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] = None) -> int:
 
     ltdet.compat.apply_runtime_fixes()  # lvis-api 0.5.3 on numpy >= 1.24
 
-    val_path = val_json(args.data_root, "default", args.protocol)
+    val_path = val_json(args.data_root, benchmark_preset(args.out), args.protocol)
     with open(val_path) as f:
         val = json.load(f)
     no_neg = copy.deepcopy(val)

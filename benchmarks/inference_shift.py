@@ -13,7 +13,7 @@ This script re-evaluates trained models with the shift moved to test time:
 * a balanced model (balanced_sigmoid, balms_sigmoid) scored with sigma(eta_j + s_j): its training
   without the test-time boost.
 
-    python -m benchmarks.inference_shift [--out benchmarks/results/longtail]
+    python -m benchmarks.inference_shift [--out benchmarks/results/longtail(_lv)]
         [--methods sigmoid balanced_sigmoid] [--seeds 0] [--no-shift] [--opts KEY VALUE ...]
 
 ``--no-shift`` scores as trained; ``--opts`` overrides test-time config keys (e.g.
@@ -34,10 +34,11 @@ import torch
 
 # the runs its table reports
 from benchmarks.longtail import (
-    VAL_DATASET,
     add_run_table_arguments,
     benchmark_data_root,
+    benchmark_preset,
     completed_run_dir,
+    val_dataset,
 )
 
 BALANCED = ("balanced_sigmoid", "balms_sigmoid")
@@ -122,6 +123,7 @@ def main(argv: Sequence[str] = None) -> int:
     if os.path.abspath(args.data_root) != os.path.abspath(datasets_root()):
         register_all(os.path.abspath(args.data_root))
 
+    preset = benchmark_preset(args.out)
     lines = [
         "| method | seed | scored with | mask AP | APr | APc | APf | as trained: AP | APr |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -132,7 +134,8 @@ def main(argv: Sequence[str] = None) -> int:
             sign = 0.0 if args.no_shift else 1.0 if method in BALANCED else -1.0
             segm = evaluate(run_dir, sign, args.opts)["segm"]
             # the run's own evaluation: on the LVIS-protocol val set, as this re-evaluation
-            with open(os.path.join(run_dir, "inference", VAL_DATASET, "lvis_metrics.json")) as f:
+            metrics = os.path.join(run_dir, "inference", val_dataset(preset), "lvis_metrics.json")
+            with open(metrics) as f:
                 trained = json.load(f)["segm"]
             # "as trained" only when nothing at test time differs from the run's own evaluation
             how = (

@@ -187,3 +187,37 @@ def test_missing_or_failed_run_names_the_fix(fp_setup, tmp_path):
         FileNotFoundError, match="no benchmark table.*run python -m benchmarks.longtail"
     ):
         run(0, out=tmp_path / "elsewhere")
+
+
+def test_reads_the_val_set_and_detections_of_the_preset_the_table_records(fp_setup, tmp_path):
+    """A --preset lv table: its runs were evaluated on ltdet_synthetic_lv_val and its jsons live
+    in the lv folder; the script follows the preset its results.md records."""
+    import shutil
+
+    out, root = fp_setup["out"], fp_setup["root"]
+    shutil.move(str(root / "ltdet_synthetic"), str(root / "ltdet_synthetic_lv"))
+    inference = out / "runs" / "seed0" / "m-0123abcd" / "inference"
+    shutil.move(str(inference / "ltdet_synthetic_val"), str(inference / "ltdet_synthetic_lv_val"))
+    args = ["--out", str(out), "--methods", "m", "--seeds", "0", "--data-root", str(root)]
+    # no settings recorded: the default preset's folders, which this table does not have
+    with pytest.raises(FileNotFoundError, match="ltdet_synthetic"):
+        _script().main(args)
+    (out / "results.md").write_text(
+        f"# x\n\n* settings: preset=lv, seeds=0, iters_scale=1.0, extra_opts=none, "
+        f"data_root={root}\n"
+    )
+    printed = _capture(args)
+    (row,) = tables(printed)[0]
+    assert row["r with / negative / other"] == "1 / 1 / 0"
+    assert (row["AP"], row["APr"]) == ("75.0", "50.0")
+    assert "(lvis_synthetic_val_hardneg.json)" in printed
+
+
+def _capture(args):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert _script().main(args) == 0
+    return buf.getvalue()

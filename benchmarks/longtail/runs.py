@@ -24,7 +24,6 @@ CONFIG_DIR = os.path.join(ROOT, "configs", "synthetic")
 PRESET_CONFIG_DIRS = {"lv": os.path.join(ROOT, "configs", "synthetic_lv")}
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 EVALUATE = os.path.join(ROOT, "tools", "evaluate.py")
-VAL_DATASET = "ltdet_synthetic_val"
 DATA_SEED = 0  # the dataset is the same for every training seed
 
 # The validation protocols (docs/SYNTHETIC_PROTOCOLS.md), each a val json over the same images and
@@ -796,11 +795,10 @@ def default_data_root() -> str:
     return data_root if os.path.isabs(data_root) else os.path.join(ROOT, data_root)
 
 
-def benchmark_data_root(out: str) -> str:
-    """The data root the benchmark table in ``out`` was made with, for the diagnostics that
-    re-evaluate its runs: the ``data_root`` its results.md records when that folder exists here,
-    else where ``prepare_data`` puts the recorded preset's set by default."""
-    settings = {}
+def benchmark_settings(out: str) -> Dict[str, str]:
+    """The settings (preset, seeds, ..., data_root) the results.md in ``out`` records; empty
+    when there is no table."""
+    settings: Dict[str, str] = {}
     try:
         with open(os.path.join(out, "results.md")) as f:
             line = next((ln for ln in f if ln.startswith("* settings: ")), "")
@@ -811,10 +809,23 @@ def benchmark_data_root(out: str) -> str:
         for item in head[len("* settings: ") :].split(", "):
             key, _, value = item.partition("=")
             settings[key] = value
-    recorded = settings.get("data_root", "")
+    return settings
+
+
+def benchmark_preset(out: str) -> str:
+    """The synthetic preset of the benchmark table in ``out`` (default when none is recorded),
+    for the diagnostics that read its runs' val sets."""
+    return benchmark_settings(out).get("preset", "default")
+
+
+def benchmark_data_root(out: str) -> str:
+    """The data root the benchmark table in ``out`` was made with, for the diagnostics that
+    re-evaluate its runs: the ``data_root`` its results.md records when that folder exists here,
+    else where ``prepare_data`` puts the recorded preset's set by default."""
+    recorded = benchmark_settings(out).get("data_root", "")
     if recorded and os.path.isdir(recorded):
         return recorded
-    preset = settings.get("preset", "default")
+    preset = benchmark_preset(out)
     if preset == "default":
         return default_data_root()
     return os.path.join(os.path.abspath(out), "datasets", preset)
