@@ -46,11 +46,11 @@ from benchmarks.longtail import (
 )
 
 
-def _detections(out: str, method: str, seed: int) -> str:
+def _detections(out: str, preset: str, method: str, seed: int) -> str:
     path = os.path.join(
         completed_run_dir(out, method, seed),
         "inference",
-        val_dataset(benchmark_preset(out)),  # the run's one evaluation
+        val_dataset(preset),  # the run's one evaluation
         "lvis_instances_results.json",
     )
     if not os.path.isfile(path):
@@ -122,7 +122,8 @@ def main(argv: Sequence[str] = None) -> int:
 
     ltdet.compat.apply_runtime_fixes()  # lvis-api 0.5.3 on numpy >= 1.24
 
-    val_path = val_json(args.data_root, benchmark_preset(args.out), args.protocol)
+    preset = benchmark_preset(args.out)
+    val_path = val_json(args.data_root, preset, args.protocol)
     with open(val_path) as f:
         val = json.load(f)
     no_neg = copy.deepcopy(val)
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] = None) -> int:
             counts: Counter = Counter()
             scores = {"as is": [], "no neg": []}
             for s in args.seeds:
-                path = _detections(args.out, m, s)
+                path = _detections(args.out, preset, m, s)
                 with open(path) as f:
                     counts += confident_counts(val, json.load(f), args.score)
                 scores["as is"].append(mask_ap(val_path, path))

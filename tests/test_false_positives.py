@@ -189,7 +189,7 @@ def test_missing_or_failed_run_names_the_fix(fp_setup, tmp_path):
         run(0, out=tmp_path / "elsewhere")
 
 
-def test_reads_the_val_set_and_detections_of_the_preset_the_table_records(fp_setup, tmp_path):
+def test_reads_the_val_set_and_detections_of_the_preset_the_table_records(fp_setup, capsys):
     """A --preset lv table: its runs were evaluated on ltdet_synthetic_lv_val and its jsons live
     in the lv folder; the script follows the preset its results.md records."""
     import shutil
@@ -206,18 +206,10 @@ def test_reads_the_val_set_and_detections_of_the_preset_the_table_records(fp_set
         f"# x\n\n* settings: preset=lv, seeds=0, iters_scale=1.0, extra_opts=none, "
         f"data_root={root}\n"
     )
-    printed = _capture(args)
+    capsys.readouterr()
+    assert _script().main(args) == 0
+    printed = capsys.readouterr().out
     (row,) = tables(printed)[0]
     assert row["r with / negative / other"] == "1 / 1 / 0"
     assert (row["AP"], row["APr"]) == ("75.0", "50.0")
     assert "(lvis_synthetic_val_hardneg.json)" in printed
-
-
-def _capture(args):
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert _script().main(args) == 0
-    return buf.getvalue()
