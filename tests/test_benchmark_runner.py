@@ -565,6 +565,40 @@ def test_estimate_counts_only_runs_left_to_train(data_root, tmp_path, capsys):
     assert "[4/6] seed 1 base_softmax_rfs: cached" in printed
 
 
+def test_estimate_takes_durations_from_other_seeds_in_the_cache(data_root, tmp_path, capsys):
+    """Adding a seed: nothing of this invocation has finished yet, so the estimate comes from the
+    same runs (method and hash) of the seed already in the cache."""
+    out = str(tmp_path / "bench")
+    runs = lt.run_benchmark(
+        ["softmax", "balanced_softmax"],
+        [1],
+        out,
+        "tiny",
+        TINY_OPTS,
+        runner=FakeRunner(),
+        data_root=data_root,
+    )
+    seconds = {"base_softmax_rfs": 600.0, "softmax": 60.0, "balanced_softmax": 90.0}
+    for run in runs["runs"]:
+        path = os.path.join(run.out_dir, "done.json")
+        done = json.load(open(path))
+        done["duration_s"] = seconds[run.name]
+        json.dump(done, open(path, "w"))
+    capsys.readouterr()
+    lt.run_benchmark(
+        ["softmax", "balanced_softmax"],
+        [0],
+        out,
+        "tiny",
+        TINY_OPTS,
+        runner=FakeRunner(),
+        data_root=data_root,
+    )
+    printed = capsys.readouterr().out
+    first = next(ln for ln in printed.splitlines() if ln.startswith("[1/3]"))
+    assert "about 12 min 30 s left for 3 runs)" in first, printed  # 600 + 60 + 90
+
+
 def test_git_commit_ignores_its_own_results_files(tmp_path, monkeypatch):
     """The runner rewrites its tracked results files after every run; that alone must not mark
     the recorded commit as having uncommitted changes, while a changed source file must."""

@@ -4,6 +4,7 @@ running them (subprocesses of tools/train_net.py)."""
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import importlib.util
 import json
@@ -640,7 +641,8 @@ def fmt_duration(seconds: float) -> str:
 def _estimate(remaining: List[Run], fresh: List[Run], cached_runs: List[Run]) -> Optional[float]:
     """Seconds left. Each run takes the mean duration of the closest finished runs: the same
     method, else the same kind (base / decoupled), else any; within each, the runs finished in
-    this invocation (this machine, now) before the cached ones. A base model takes ~6x as long
+    this invocation (this machine, now) before the cached ones (this invocation's, and the same
+    runs of other seeds in the cache). A base model takes ~6x as long
     as a fine-tune, so kinds must not mix while both are known."""
 
     def mean(rs):
@@ -657,6 +659,23 @@ def _estimate(remaining: List[Run], fresh: List[Run], cached_runs: List[Run]) ->
             return None
         total += est
     return total
+
+
+def _same_runs_of_other_seeds(todo: List[Run]) -> List[Run]:
+    """Finished runs in the cache with the same method and hash as a planned run but another
+    seed (same config, so a comparable duration): extending a table with a new seed or method then
+    estimates a fine-tune from fine-tunes, not from whatever this invocation has seen (a base)."""
+    planned = {os.path.abspath(r.out_dir) for r in todo}
+    past = []
+    for r in todo:
+        pattern = os.path.join(os.path.dirname(os.path.dirname(r.out_dir)), "seed*")
+        for seed_dir in sorted(glob.glob(pattern)):
+            out_dir = os.path.join(seed_dir, os.path.basename(r.out_dir))
+            done = read_json(os.path.join(out_dir, "done.json"))
+            if os.path.abspath(out_dir) in planned or not done or not done.get("duration_s"):
+                continue
+            past.append(Run(r.method, done.get("seed", -1), duration_s=done["duration_s"]))
+    return past
 
 
 def print_line(msg: str) -> None:
@@ -693,6 +712,7 @@ def execute(
     todo = [r for r in runs if r.status == PLANNED]
     fresh: List[Run] = []
     cached_runs: List[Run] = []
+    other_seeds = _same_runs_of_other_seeds(todo)
     for i, run in enumerate(todo, 1):
         tag = f"[{i}/{len(todo)}] seed {run.seed} {run.name}"
         base = run.base_run
@@ -712,7 +732,7 @@ def execute(
         ahead = [r for r in todo[i:] if r.status == PLANNED]
         done_ahead = [r for r in ahead if cached(r, repair=False)]
         left = [r for r in ahead if r not in done_ahead]
-        eta = _estimate([run] + left, fresh, cached_runs + done_ahead)
+        eta = _estimate([run] + left, fresh, cached_runs + done_ahead + other_seeds)
         n_left = 1 + len(left)
         eta_text = (
             f"; about {fmt_duration(eta)} left for {n_left} run{'s' * (n_left > 1)}" if eta else ""
