@@ -55,7 +55,7 @@ def _detections(out: str, preset: str, method: str, seed: int) -> str:
     )
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"no detections for {method} seed {seed} ({path}); re-run benchmarks/longtail.py"
+            f"no detections for {method} seed {seed} ({path}); re-run python -m benchmarks.longtail"
         )
     return path
 

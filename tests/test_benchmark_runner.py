@@ -742,7 +742,7 @@ def test_per_class_dodge_never_crosses_a_group_line():
 
 def test_diagnostics_find_the_data_root_the_table_was_made_with(tmp_path):
     """inference_shift.py / false_positives.py default to the set the table in --out records
-    (a path with ", " in it included), else to where longtail.py puts the recorded preset's."""
+    (a path with ", " in it included), else to where the benchmark puts the recorded preset's."""
 
     def table(settings):
         out = tmp_path / f"t{len(list(tmp_path.iterdir()))}"

@@ -104,7 +104,7 @@ def fp_setup(tmp_path):
 
 
 def _write_table(out, rows):
-    """A results.csv as benchmarks/longtail.py writes it (the columns the diagnostics read)."""
+    """A results.csv as benchmarks.longtail writes it (the columns the diagnostics read)."""
     lines = ["method,seed,status,reason,run_dir"]
     lines += [
         f"{m},{seed},{status},{'exit 1' if status == 'failed' else ''},{d}"

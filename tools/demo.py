@@ -12,7 +12,7 @@ output/demo/<run>/inference/<dataset>/.
   python tools/demo.py [--output output/demo] [--seed 0] [--quick] [--device auto|cpu|cuda]
 
 Every run gets cfg SEED (default 0), so the table is reproducible: a 300-iteration base model's
-AP varies by several points with the seed (benchmarks/longtail.py measures that spread).
+AP varies by several points with the seed (python -m benchmarks.longtail measures that spread).
 """
 
 import argparse
