@@ -314,8 +314,19 @@ def test_failures_cache_and_not_implemented(data_root, tmp_path, capsys):
     assert "| broken | — | — | — | — | — | 0/2 | failed (exit code 1) |" in summary
     assert "| planned | — | — | — | — | — | 0/2 | not implemented |" in summary
     assert "| base_softmax_rfs |" in summary
+    # the csv and every figure state the command and commit that the md's Reproduce names
+    command = md.split("## Reproduce")[1].split("```")[1].strip()
+    commit = md.split("* git commit: ")[1].splitlines()[0]
+    assert command.startswith("run_benchmark(methods=") and commit  # called from Python
+    assert {(r["command"], r["rendered_at_commit"]) for r in rows} == {(command, commit)}
+    assert {r["trained_at_commit"] for r in rows if r["status"] == "ok"} == {lt.runs.git_commit()}
+    assert {r["trained_at_commit"] for r in rows if r["status"] != "ok"} == {""}
+    from PIL import Image
+
     for name in ("groups.png", "per_class.png", "groups_hardneg.png", "per_class_hardneg.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000
+        source = Image.open(os.path.join(out, name)).info["Description"]
+        assert source == f"{command}  (rendered at {commit})", name
     assert lt.benchmark_data_root(out) == data_root  # what the diagnostics will evaluate on
 
     # Re-run: only the failed runs run again; then a changed override runs everything again.

@@ -18,7 +18,15 @@ def _plt():
     return plt
 
 
-def plot_groups(rows: List[dict], path: str, subtitle: str = "") -> None:
+def _save(fig, path: str, source: str) -> None:
+    """``source`` (the command and commit that made the figure) as a footnote and as the PNG's
+    Description, so the figure states where it came from on its own."""
+    if source:
+        fig.text(0.0, 0.0, source, fontsize=6, color="grey", ha="left", va="top", wrap=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Description": source})
+
+
+def plot_groups(rows: List[dict], path: str, subtitle: str = "", source: str = "") -> None:
     plt = _plt()
     rows = [r for r in rows if r["good"]]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.2))
@@ -58,7 +66,7 @@ def plot_groups(rows: List[dict], path: str, subtitle: str = "") -> None:
         ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _save(fig, path, source)
     plt.close(fig)
 
 
@@ -95,7 +103,7 @@ def _within_group(count: float, x: float) -> float:
     return min(max(x, lo * 1.005), hi / 1.005)
 
 
-def plot_per_class(rows: List[dict], path: str, subtitle: str = "") -> None:
+def plot_per_class(rows: List[dict], path: str, subtitle: str = "", source: str = "") -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.8))
     markers = "osD^vP*Xh<>p"
@@ -144,7 +152,7 @@ def plot_per_class(rows: List[dict], path: str, subtitle: str = "") -> None:
     else:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3, which="both")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _save(fig, path, source)
     plt.close(fig)
 
 

@@ -173,11 +173,15 @@ def _cell(mean: float, std: float, signed: bool = False) -> str:
     return f"{m} ± {std:.1f}" if math.isfinite(std) else m
 
 
+def _trained_at(run: Run) -> str:
+    return (read_json(os.path.join(run.out_dir, "done.json")) or {}).get("git_commit", "unknown")
+
+
 def _run_commits(runs: List[Run]) -> Dict[str, int]:
     commits: Dict[str, int] = {}
     for r in runs:
         if _ok(r):
-            c = (read_json(os.path.join(r.out_dir, "done.json")) or {}).get("git_commit", "unknown")
+            c = _trained_at(r)
             commits[c] = commits.get(c, 0) + 1
     return commits
 
@@ -272,6 +276,7 @@ def write_results(
     """results.md (every protocol's tables, the headline first), results.csv (a row per
     method x seed x protocol) and the figures of each protocol."""
     os.makedirs(out, exist_ok=True)
+    commit = git_commit(ignore=out)  # one value for the md, the csv and the figures
     seeds = sorted({r.seed for r in runs})
     preset = settings.get("preset", "default")
     by_protocol = {p: [r.for_protocol(p) for r in runs] for p in PROTOCOLS}
@@ -294,6 +299,9 @@ def write_results(
                 "duration_s",
                 "hash",
                 "run_dir",
+                "trained_at_commit",
+                "command",
+                "rendered_at_commit",
             ]
         )
         for p, prs in by_protocol.items():
@@ -310,6 +318,9 @@ def write_results(
                         f"{r.duration_s:.1f}" if r.duration_s else "",
                         r.hash,
                         os.path.relpath(r.out_dir, out) if r.out_dir else "",
+                        _trained_at(r) if _ok(r) else "",
+                        command,
+                        commit,
                     ]
                 )
     os.replace(paths["csv"] + ".tmp", paths["csv"])
@@ -355,7 +366,7 @@ def write_results(
         command,
         "```",
         "",
-        f"* git commit: {git_commit(ignore=out)}",
+        f"* git commit: {commit}",
         "* commits the runs were trained at: "
         + (
             ", ".join(f"{c} ({n} run{'s' * (n > 1)})" for c, n in _run_commits(runs).items())
@@ -381,6 +392,7 @@ def write_results(
         for p, prs in by_protocol.items():
             suffix = "" if p == HEADLINE else f"_{p}"
             rows = summarize(prs)
-            plot_groups(rows, paths[f"groups{suffix}"], f"{p} protocol")
-            plot_per_class(rows, paths[f"per_class{suffix}"], f"{p} protocol")
+            source = f"{command}  (rendered at {commit})"
+            plot_groups(rows, paths[f"groups{suffix}"], f"{p} protocol", source)
+            plot_per_class(rows, paths[f"per_class{suffix}"], f"{p} protocol", source)
     return paths
