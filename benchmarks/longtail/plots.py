@@ -21,8 +21,10 @@ def _plt():
 def _save(fig, path: str, source: str) -> None:
     """``source`` (the command and commit that made the figure) as a footnote and as the PNG's
     Description, so the figure states where it came from on its own."""
-    if source:
-        fig.text(0.0, 0.0, source, fontsize=6, color="grey", ha="left", va="top", wrap=True)
+    if source:  # below everything drawn (rotated tick labels reach below the axes)
+        box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
+        x, y = box.x0 / fig.get_figwidth(), (box.y0 - 0.05) / fig.get_figheight()
+        fig.text(x, y, source, fontsize=6, color="grey", ha="left", va="top")
     fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Description": source})
 
 
