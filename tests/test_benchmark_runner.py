@@ -548,27 +548,24 @@ def test_plan_hash_schedule_and_cli(data_root, tmp_path, capsys):
     assert "m2m" in capsys.readouterr().out
 
 
+def _fake_softmax_pair(seeds, out, data_root):
+    """softmax and Balanced Softmax (and their base) on the tiny set, with the fake runner."""
+    return lt.run_benchmark(
+        ["softmax", "balanced_softmax"],
+        seeds,
+        out,
+        "tiny",
+        TINY_OPTS,
+        runner=FakeRunner(),
+        data_root=data_root,
+    )
+
+
 def test_estimate_counts_only_runs_left_to_train(data_root, tmp_path, capsys):
     out = str(tmp_path / "bench")
-    lt.run_benchmark(
-        ["softmax", "balanced_softmax"],
-        [1],
-        out,
-        "tiny",
-        TINY_OPTS,
-        runner=FakeRunner(),
-        data_root=data_root,
-    )
+    _fake_softmax_pair([1], out, data_root)
     capsys.readouterr()
-    lt.run_benchmark(
-        ["softmax", "balanced_softmax"],
-        [0, 1],
-        out,
-        "tiny",
-        TINY_OPTS,
-        runner=FakeRunner(),
-        data_root=data_root,
-    )
+    _fake_softmax_pair([0, 1], out, data_root)
     printed = capsys.readouterr().out
     # seed 1 is cached: from the first run on, the estimate covers the 3 runs of seed 0 only
     first = next(ln for ln in printed.splitlines() if ln.startswith("[1/6]"))
@@ -580,15 +577,7 @@ def test_estimate_takes_durations_from_other_seeds_in_the_cache(data_root, tmp_p
     """Adding a seed: nothing of this invocation has finished yet, so the estimate comes from the
     same runs (method and hash) of the seed already in the cache."""
     out = str(tmp_path / "bench")
-    runs = lt.run_benchmark(
-        ["softmax", "balanced_softmax"],
-        [1],
-        out,
-        "tiny",
-        TINY_OPTS,
-        runner=FakeRunner(),
-        data_root=data_root,
-    )
+    runs = _fake_softmax_pair([1], out, data_root)
     seconds = {"base_softmax_rfs": 600.0, "softmax": 60.0, "balanced_softmax": 90.0}
     for run in runs["runs"]:
         path = os.path.join(run.out_dir, "done.json")
@@ -596,15 +585,7 @@ def test_estimate_takes_durations_from_other_seeds_in_the_cache(data_root, tmp_p
         done["duration_s"] = seconds[run.name]
         json.dump(done, open(path, "w"))
     capsys.readouterr()
-    lt.run_benchmark(
-        ["softmax", "balanced_softmax"],
-        [0],
-        out,
-        "tiny",
-        TINY_OPTS,
-        runner=FakeRunner(),
-        data_root=data_root,
-    )
+    _fake_softmax_pair([0], out, data_root)
     printed = capsys.readouterr().out
     first = next(ln for ln in printed.splitlines() if ln.startswith("[1/3]"))
     assert "about 12 min 30 s left for 3 runs)" in first, printed  # 600 + 60 + 90

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
@@ -173,17 +174,15 @@ def _cell(mean: float, std: float, signed: bool = False) -> str:
     return f"{m} ± {std:.1f}" if math.isfinite(std) else m
 
 
-def _trained_at(run: Run) -> str:
-    return (read_json(os.path.join(run.out_dir, "done.json")) or {}).get("git_commit", "unknown")
-
-
-def _run_commits(runs: List[Run]) -> Dict[str, int]:
-    commits: Dict[str, int] = {}
-    for r in runs:
-        if _ok(r):
-            c = _trained_at(r)
-            commits[c] = commits.get(c, 0) + 1
-    return commits
+def _trained_at(runs: List[Run]) -> Dict[str, str]:
+    """The commit each completed run was trained at (its done.json), by run folder."""
+    return {
+        r.out_dir: (read_json(os.path.join(r.out_dir, "done.json")) or {}).get(
+            "git_commit", "unknown"
+        )
+        for r in runs
+        if _ok(r)
+    }
 
 
 def _summary_table(runs: List[Run], labels: List[str]) -> List[str]:
@@ -277,6 +276,7 @@ def write_results(
     method x seed x protocol) and the figures of each protocol."""
     os.makedirs(out, exist_ok=True)
     commit = git_commit(ignore=out)  # one value for the md, the csv and the figures
+    trained_at = _trained_at(runs)
     seeds = sorted({r.seed for r in runs})
     preset = settings.get("preset", "default")
     by_protocol = {p: [r.for_protocol(p) for r in runs] for p in PROTOCOLS}
@@ -318,7 +318,7 @@ def write_results(
                         f"{r.duration_s:.1f}" if r.duration_s else "",
                         r.hash,
                         os.path.relpath(r.out_dir, out) if r.out_dir else "",
-                        _trained_at(r) if _ok(r) else "",
+                        trained_at.get(r.out_dir, "") if _ok(r) else "",
                         command,
                         commit,
                     ]
@@ -369,7 +369,9 @@ def write_results(
         f"* git commit: {commit}",
         "* commits the runs were trained at: "
         + (
-            ", ".join(f"{c} ({n} run{'s' * (n > 1)})" for c, n in _run_commits(runs).items())
+            ", ".join(
+                f"{c} ({n} run{'s' * (n > 1)})" for c, n in Counter(trained_at.values()).items()
+            )
             or "none"
         ),
         "* settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
@@ -389,10 +391,10 @@ def write_results(
         f.write("\n".join(lines))
     os.replace(paths["md"] + ".tmp", paths["md"])
     if plots:
+        source = f"{command}  (rendered at {commit})"
         for p, prs in by_protocol.items():
             suffix = "" if p == HEADLINE else f"_{p}"
             rows = summarize(prs)
-            source = f"{command}  (rendered at {commit})"
             plot_groups(rows, paths[f"groups{suffix}"], f"{p} protocol", source)
             plot_per_class(rows, paths[f"per_class{suffix}"], f"{p} protocol", source)
     return paths
